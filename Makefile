@@ -1,0 +1,35 @@
+# make run  : execute every notebook in order, in place, in a fresh kernel (regenerates figures/)
+# make test : unit tests, then every notebook in quick mode under nbval
+# make lab  : JupyterLab on notebooks/
+# Each target creates .venv on first use and re-installs only when pyproject.toml or constraints.txt change.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test unit notebooks lab clean-venv
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11" >&2; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python scripts/run_notebooks.py notebooks
+
+test: unit notebooks
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+notebooks: $(STAMP)
+	VAELIB_QUICK=1 MPLBACKEND=agg $(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider \
+	    -o filterwarnings= -o testpaths= notebooks
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks
+
+clean-venv:
+	rm -rf $(VENV)

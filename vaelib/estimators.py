@@ -1,0 +1,241 @@
+"""Monte Carlo estimators of the evidence, the ELBO, the IWAE bound and of gradients of E_q[f(z)].
+
+q is always a diagonal Gaussian N(mu, diag(exp(logvar))) (`logvar` = log sigma^2). A `log_joint`
+argument is a callable (x (B, d), z (K, B, k)) -> log p(x, z) (K, B), e.g. `toy.LinearGaussian(...).log_joint`.
+Extra Monte Carlo samples live on a leading dimension K; per-example results have shape (B,).
+All values in nats.
+"""
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from vaelib import _validate
+from vaelib.distributions import _log_normal, _sample_normal
+
+
+class EvidenceEstimate(NamedTuple):
+    """A Monte Carlo estimate of log p(x) per example, with its standard error (delta method)."""
+
+    log_px: torch.Tensor  # (B,)
+    stderr: torch.Tensor  # (B,) standard error of log_px
+
+
+def log_mean_exp(log_w, dim=0):
+    """log (1/K sum_k exp(log_w_k)) along `dim`, computed stably as logsumexp(log_w) - log K.
+
+    Args:
+        log_w: (..., K, ...) log-weights; -inf entries are allowed (weight 0), NaN is not.
+        dim: the dimension to average over.
+    Returns:
+        log_w with `dim` removed.
+    """
+    _validate.tensor("log_w", log_w, min_dim=1, finite=False)
+    if bool(torch.isnan(log_w).any()):
+        raise ValueError(f"log_w contains NaN values (shape {tuple(log_w.shape)})")
+    if bool((log_w == float("inf")).any()):
+        raise ValueError("log_w contains +inf: a weight is infinite")
+    return torch.logsumexp(log_w, dim) - math.log(log_w.shape[dim])
+
+
+def _check_q(x, mu, logvar):
+    _validate.tensor("x", x, min_dim=1)
+    _validate.tensor("mu", mu, min_dim=1)
+    _validate.tensor("logvar", logvar, min_dim=1)
+    if mu.shape != logvar.shape:
+        raise ValueError(f"mu and logvar must have the same shape (B, k), got {tuple(mu.shape)} and {tuple(logvar.shape)}")
+    if mu.shape[:-1] != x.shape[:-1]:
+        raise ValueError(
+            f"mu must have the batch shape of x: x {tuple(x.shape)} -> mu (..., k) with batch "
+            f"{tuple(x.shape[:-1])}, got mu {tuple(mu.shape)}"
+        )
+
+
+def _log_weights(log_joint, x, mu, logvar, k, generator):
+    """log w = log p(x, z) - log q(z | x) for k samples z ~ q.  Returns (k, B)."""
+    z = _sample_normal(mu, logvar, k, generator)  # (k, B, latent)
+    log_w = log_joint(x, z) - _log_normal(z, mu, logvar)  # (k, B)
+    if log_w.shape != z.shape[:-1]:
+        raise ValueError(f"log_joint(x, z) must return shape {tuple(z.shape[:-1])} for z {tuple(z.shape)}, got {tuple(log_w.shape)}")
+    return log_w
+
+
+def _estimate(log_w):
+    """Evidence estimate and its delta-method standard error from log-weights (K, B)."""
+    K = log_w.shape[0]
+    log_px = torch.logsumexp(log_w, 0) - math.log(K)
+    # Normalised weights w_k / mean(w): the relative std of mean(w) is std(w) / (mean(w) sqrt(K)), and
+    # by the delta method that is the standard error of log mean(w).
+    w_rel = torch.exp(log_w - log_px)  # (K, B), mean 1
+    stderr = w_rel.std(0, correction=1) / math.sqrt(K) if K > 1 else torch.full_like(log_px, float("inf"))
+    return EvidenceEstimate(log_px, stderr)
+
+
+def prior_log_evidence(log_likelihood, x, latent_dim, n_samples, generator=None):
+    """Naive Monte Carlo evidence: log p(x) ~= log (1/K) sum_k p(x | z_k) with z_k ~ p(z) = N(0, I).
+
+    Unbiased for p(x), but its variance explodes when the posterior is narrow compared with the prior.
+
+    Args:
+        log_likelihood: callable (x (B, d), z (K, B, k)) -> log p(x | z) (K, B).
+        x: (B, d) observations.
+        latent_dim: k.
+        n_samples: K >= 1 prior samples per example.
+        generator: optional torch.Generator.
+    Returns:
+        EvidenceEstimate(log_px (B,), stderr (B,)).
+    """
+    _validate.tensor("x", x, min_dim=1)
+    _validate.positive_int("latent_dim", latent_dim)
+    _validate.positive_int("n_samples", n_samples)
+    _validate.generator("generator", generator)
+    zeros = torch.zeros(*x.shape[:-1], latent_dim, dtype=x.dtype, device=x.device)
+    z = _sample_normal(zeros, zeros, n_samples, generator)  # (K, B, k)
+    log_w = log_likelihood(x, z)  # (K, B)
+    return _estimate(log_w)
+
+
+def importance_log_evidence(log_joint, x, mu, logvar, n_samples, generator=None):
+    """Importance-sampling evidence: log p(x) ~= log (1/K) sum_k p(x, z_k) / q(z_k) with z_k ~ q = N(mu, diag exp(logvar)).
+
+    Args:
+        log_joint: callable (x (B, d), z (K, B, k)) -> log p(x, z) (K, B).
+        x: (B, d) observations.
+        mu, logvar: (B, k) the proposal q(z | x).
+        n_samples: K >= 1.
+        generator: optional torch.Generator.
+    Returns:
+        EvidenceEstimate(log_px (B,), stderr (B,)).
+    """
+    _check_q(x, mu, logvar)
+    _validate.positive_int("n_samples", n_samples)
+    _validate.generator("generator", generator)
+    return _estimate(_log_weights(log_joint, x, mu, logvar, n_samples, generator))
+
+
+def elbo(log_joint, x, mu, logvar, n_samples=1, generator=None):
+    """Monte Carlo ELBO: E_q[log p(x, z) - log q(z | x)] ~= (1/K) sum_k [log p(x, z_k) - log q(z_k | x)].
+
+    z_k = mu + exp(logvar / 2) eps_k is reparameterized, so the result is differentiable in mu and logvar
+    (Kingma & Welling 2013, eq. 6-7).
+
+    Args:
+        log_joint: callable (x (B, d), z (K, B, k)) -> log p(x, z) (K, B).
+        x: (B, d) observations.
+        mu, logvar: (B, k) parameters of q(z | x).
+        n_samples: K >= 1 samples per example.
+        generator: optional torch.Generator.
+    Returns:
+        (B,) the ELBO estimate per example in nats.
+    """
+    _check_q(x, mu, logvar)
+    _validate.positive_int("n_samples", n_samples)
+    _validate.generator("generator", generator)
+    return _log_weights(log_joint, x, mu, logvar, n_samples, generator).mean(0)
+
+
+def iwae_bound(log_joint, x, mu, logvar, k, generator=None):
+    """Importance-weighted bound IWAE_k = E[log (1/k) sum_i p(x, z_i) / q(z_i | x)] (Burda et al. 2016, eq. 8).
+
+    One draw of the k-sample bound: ELBO = IWAE_1 <= IWAE_k <= IWAE_{k+1} <= log p(x) in expectation.
+
+    Args:
+        log_joint: callable (x (B, d), z (K, B, k)) -> log p(x, z) (K, B).
+        x: (B, d) observations.
+        mu, logvar: (B, latent) parameters of q(z | x).
+        k: number of importance samples, >= 1.
+        generator: optional torch.Generator.
+    Returns:
+        (B,) the bound per example in nats.
+    """
+    _check_q(x, mu, logvar)
+    _validate.positive_int("k", k)
+    _validate.generator("generator", generator)
+    return log_mean_exp(_log_weights(log_joint, x, mu, logvar, k, generator), 0)
+
+
+class GradientEstimate(NamedTuple):
+    """Per-sample or averaged estimates of d/dmu and d/dlogvar of E_q[f(z)]."""
+
+    grad_mu: torch.Tensor
+    grad_logvar: torch.Tensor
+
+
+def _check_grad_args(f, mu, logvar, n_samples, generator):
+    if not callable(f):
+        raise TypeError(f"f must be a callable (K, ..., D) -> (K, ...), got {type(f).__name__}")
+    _validate.tensor("mu", mu, min_dim=1)
+    _validate.tensor("logvar", logvar, min_dim=1)
+    if mu.shape != logvar.shape:
+        raise ValueError(f"mu and logvar must have the same shape (..., D), got {tuple(mu.shape)} and {tuple(logvar.shape)}")
+    _validate.positive_int("n_samples", n_samples)
+    _validate.generator("generator", generator)
+
+
+def _f_values(f, z):
+    fz = f(z)
+    if not isinstance(fz, torch.Tensor) or fz.shape != z.shape[:-1]:
+        got = tuple(fz.shape) if isinstance(fz, torch.Tensor) else type(fz).__name__
+        raise ValueError(f"f(z) must return shape {tuple(z.shape[:-1])} for z {tuple(z.shape)}, got {got}")
+    return fz
+
+
+def score_function_grad(f, mu, logvar, n_samples, generator=None, reduce=True):
+    """Score-function (REINFORCE) estimate of the gradient of E_q[f(z)], q = N(mu, diag exp(logvar)).
+
+    grad = E_q[f(z) grad log q(z)], with d log q / d mu = (z - mu) / sigma^2 and
+    d log q / d logvar = ((z - mu)^2 / sigma^2 - 1) / 2  (Williams 1992; Mohamed et al. 2020, section 4).
+    Needs only values of f, never its gradient.
+
+    Args:
+        f: callable (K, ..., D) -> (K, ...); need not be differentiable.
+        mu, logvar: (..., D) parameters of q.
+        n_samples: K >= 1.
+        generator: optional torch.Generator.
+        reduce: True averages over the K samples; False returns the K single-sample estimates.
+    Returns:
+        GradientEstimate with grad_mu, grad_logvar of shape (..., D), or (K, ..., D) when reduce=False.
+    """
+    _check_grad_args(f, mu, logvar, n_samples, generator)
+    with torch.no_grad():
+        mu, logvar = mu.detach(), logvar.detach()
+        z = _sample_normal(mu, logvar, n_samples, generator)  # (K, ..., D)
+        fz = _f_values(f, z).unsqueeze(-1)  # (K, ..., 1)
+        inv_var = torch.exp(-logvar)
+        g_mu = fz * (z - mu) * inv_var
+        g_logvar = fz * 0.5 * ((z - mu) ** 2 * inv_var - 1.0)
+    if reduce:
+        return GradientEstimate(g_mu.mean(0), g_logvar.mean(0))
+    return GradientEstimate(g_mu, g_logvar)
+
+
+def pathwise_grad(f, mu, logvar, n_samples, generator=None, reduce=True):
+    """Pathwise (reparameterization) estimate of the gradient of E_q[f(z)], q = N(mu, diag exp(logvar)).
+
+    With z = mu + sigma eps: d f / d mu = f'(z) and d f / d logvar = f'(z) (z - mu) / 2
+    (Kingma & Welling 2013, section 2.4). Needs f to be differentiable in z (torch autograd).
+
+    Args:
+        f: differentiable callable (K, ..., D) -> (K, ...).
+        mu, logvar: (..., D) parameters of q.
+        n_samples: K >= 1.
+        generator: optional torch.Generator.
+        reduce: True averages over the K samples; False returns the K single-sample estimates.
+    Returns:
+        GradientEstimate with grad_mu, grad_logvar of shape (..., D), or (K, ..., D) when reduce=False.
+    """
+    _check_grad_args(f, mu, logvar, n_samples, generator)
+    mu, logvar = mu.detach(), logvar.detach()
+    with torch.no_grad():
+        z = _sample_normal(mu, logvar, n_samples, generator)  # (K, ..., D)
+    with torch.enable_grad():
+        z = z.requires_grad_(True)
+        fz = _f_values(f, z)
+        # The samples are independent, so the gradient of the sum is each sample's own gradient.
+        (df_dz,) = torch.autograd.grad(fz.sum(), z)
+    g_mu = df_dz
+    g_logvar = df_dz * (z.detach() - mu) * 0.5
+    if reduce:
+        return GradientEstimate(g_mu.mean(0), g_logvar.mean(0))
+    return GradientEstimate(g_mu, g_logvar)
