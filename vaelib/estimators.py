@@ -55,10 +55,11 @@ def _check_q(x, mu, logvar):
 def _log_weights(log_joint, x, mu, logvar, k, generator):
     """log w = log p(x, z) - log q(z | x) for k samples z ~ q.  Returns (k, B)."""
     z = _sample_normal(mu, logvar, k, generator)  # (k, B, latent)
-    log_w = log_joint(x, z) - _log_normal(z, mu, logvar)  # (k, B)
-    if log_w.shape != z.shape[:-1]:
-        raise ValueError(f"log_joint(x, z) must return shape {tuple(z.shape[:-1])} for z {tuple(z.shape)}, got {tuple(log_w.shape)}")
-    return log_w
+    log_pxz = log_joint(x, z)
+    if not isinstance(log_pxz, torch.Tensor) or log_pxz.shape != z.shape[:-1]:
+        got = tuple(log_pxz.shape) if isinstance(log_pxz, torch.Tensor) else type(log_pxz).__name__
+        raise ValueError(f"log_joint(x, z) must return shape {tuple(z.shape[:-1])} for z {tuple(z.shape)}, got {got}")
+    return log_pxz - _log_normal(z, mu, logvar)  # (k, B)
 
 
 def _estimate(log_w):

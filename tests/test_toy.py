@@ -1,0 +1,178 @@
+"""toy: exact evidence and posterior against scipy.stats, quadrature, and each other."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, optimize, stats
+
+from conftest import linear_gaussian
+from vaelib import distributions as D
+from vaelib.toy import LinearGaussian, NonlinearGaussian
+
+f64 = torch.float64
+
+
+@pytest.mark.parametrize("d,k", [(1, 1), (3, 2), (5, 3)], ids=["d1k1", "d3k2", "d5k3"])
+def test_log_evidence_matches_scipy(d, k):
+    m = linear_gaussian(d, k, seed=d)
+    x, _ = m.sample(6, torch.Generator().manual_seed(0))
+    want = stats.multivariate_normal(m.b.numpy(), m.marginal_cov().numpy()).logpdf(x.numpy())
+    np.testing.assert_allclose(m.log_evidence(x).numpy(), np.atleast_1d(want), rtol=1e-12)
+
+
+def test_posterior_satisfies_bayes_rule_at_any_z():
+    # log p(z|x) = log p(x, z) - log p(x) for every z: the closed-form posterior against Bayes' rule.
+    m = linear_gaussian(4, 2)
+    x, _ = m.sample(3, torch.Generator().manual_seed(1))
+    mean, cov = m.posterior(x)
+    z = torch.randn(5, 3, 2, generator=torch.Generator().manual_seed(2), dtype=f64)  # (K, B, k)
+    bayes = m.log_joint(x, z) - m.log_evidence(x)
+    torch.testing.assert_close(D.log_mvnormal(z, mean, cov), bayes, rtol=1e-11, atol=1e-11)
+
+
+def test_posterior_1d_against_scipy_quadrature():
+    m = linear_gaussian(2, 1, noise_std=0.7)
+    x = torch.tensor([[0.3, -1.2]], dtype=f64)
+    joint = lambda z: math.exp(m.log_joint(x, torch.tensor([[[z]]], dtype=f64)).item())
+    px, _ = integrate.quad(joint, -np.inf, np.inf, epsabs=1e-14, epsrel=1e-12)
+    mean_num, _ = integrate.quad(lambda z: z * joint(z) / px, -np.inf, np.inf, epsabs=1e-14)
+    var_num, _ = integrate.quad(lambda z: (z - mean_num) ** 2 * joint(z) / px, -np.inf, np.inf, epsabs=1e-14)
+    mean, cov = m.posterior(x)
+    assert abs(math.log(px) - m.log_evidence(x).item()) < 1e-9
+    assert abs(mean.item() - mean_num) < 1e-9 and abs(cov.item() - var_num) < 1e-9
+
+
+def test_log_joint_broadcasts_over_sample_dimension():
+    m = linear_gaussian(3, 2)
+    x = torch.zeros(4, 3, dtype=f64)
+    z = torch.zeros(7, 4, 2, dtype=f64)
+    assert m.log_joint(x, z).shape == (7, 4)
+    assert m.log_prior(z).shape == (7, 4)
+
+
+def test_sample_moments_match_marginal(gen):
+    # 200k draws: SE of each mean entry <= sqrt(C_ii / n) ~ 0.005; of each covariance entry ~ 0.01.
+    m = linear_gaussian(3, 2, noise_std=0.5)
+    x, z = m.sample(200_000, gen)
+    assert x.shape == (200_000, 3) and z.shape == (200_000, 2) and x.dtype == f64
+    torch.testing.assert_close(x.mean(0), m.b, atol=0.03, rtol=0)
+    torch.testing.assert_close(torch.cov(x.T), m.marginal_cov(), atol=0.06, rtol=0)
+
+
+def test_float32_model_returns_float32():
+    m = linear_gaussian(3, 2, dtype=torch.float32)
+    x, _ = m.sample(4)
+    assert m.log_evidence(x).dtype == torch.float32 and m.posterior(x)[0].dtype == torch.float32
+    torch.testing.assert_close(
+        m.log_evidence(x).double(), linear_gaussian(3, 2).log_evidence(x.double()), rtol=1e-5, atol=1e-5
+    )
+
+
+# ---- maximum-likelihood probabilistic PCA ----
+def gaussian_loglik(x, m):
+    return m.log_evidence(x).sum().item()
+
+
+def test_fit_ml_reaches_closed_form_maximum_and_beats_an_optimiser():
+    g = torch.Generator().manual_seed(3)
+    truth = LinearGaussian(torch.randn(5, 2, generator=g, dtype=f64), torch.randn(5, generator=g, dtype=f64), 0.4)
+    x, _ = truth.sample(500, g)
+    fit = LinearGaussian.fit_ml(x, 2)
+    N, d, k = 500, 5, 2
+    S = torch.cov(x.T, correction=0)
+    lam = torch.linalg.eigvalsh(S).flip(0)
+    s2 = lam[k:].mean()
+    # Tipping & Bishop (1999) eq. 8: L_max = -N/2 [d log 2pi + sum_{i<=k} log l_i + (d-k) log s2 + d].
+    closed = -N / 2 * (d * math.log(2 * math.pi) + torch.log(lam[:k]).sum() + (d - k) * torch.log(s2) + d)
+    assert abs(gaussian_loglik(x, fit) - closed.item()) / N < 1e-10
+    # An independent route: a generic optimiser over (W, b, log sigma) must not beat the closed form.
+    def neg(theta):
+        t = torch.tensor(theta, dtype=f64)
+        mdl = LinearGaussian(t[: d * k].reshape(d, k), t[d * k : d * k + d], math.exp(t[-1].item()))
+        return -gaussian_loglik(x, mdl) / N
+    start = np.concatenate([truth.W.flatten().numpy() * 0.5, np.zeros(d), [0.0]])
+    res = optimize.minimize(neg, start, method="L-BFGS-B", options=dict(maxiter=5000, ftol=1e-15, gtol=1e-10))
+    assert -res.fun <= closed.item() / N + 1e-9
+    assert abs(-res.fun - closed.item() / N) < 1e-6
+
+
+def test_fit_ml_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"latent_dim must be smaller than the data dimension d=3"):
+        LinearGaussian.fit_ml(torch.randn(10, 3, dtype=f64), 3)
+    with pytest.raises(ValueError, match=r"x must have shape \(N, d\) with N >= 2"):
+        LinearGaussian.fit_ml(torch.randn(1, 3, dtype=f64), 1)
+
+
+# ---- the non-linear model by quadrature ----
+def test_nonlinear_with_zero_curvature_is_linear_gaussian():
+    lin = linear_gaussian(3, 2, noise_std=0.6)
+    nl = NonlinearGaussian(lin.W, lin.b, 0.6, curvature=0.0)
+    x, _ = lin.sample(5, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(nl.log_evidence(x), lin.log_evidence(x), rtol=0, atol=1e-10)
+    mean, cov = lin.posterior(x)
+    nl_mean, nl_cov = nl.posterior_moments(x)
+    torch.testing.assert_close(nl_mean, mean, rtol=0, atol=1e-10)
+    torch.testing.assert_close(nl_cov, cov.expand_as(nl_cov), rtol=0, atol=1e-10)
+
+
+def test_nonlinear_1d_evidence_against_scipy_quad():
+    m = NonlinearGaussian(torch.tensor([[1.0]], dtype=f64), torch.zeros(1, dtype=f64), 0.3, curvature=1.0)
+    for xv in (1.0, -0.2, 3.0):
+        x = torch.tensor([[xv]], dtype=f64)
+        f = lambda z: stats.norm.pdf(xv, z + z * z, 0.3) * stats.norm.pdf(z)
+        ref, _ = integrate.quad(f, -10, 10, points=[-1.6, 0.6], epsabs=1e-15, epsrel=1e-13, limit=200)
+        assert abs(m.log_evidence(x).item() - math.log(ref)) < 1e-10
+
+
+def test_nonlinear_2d_grid_is_converged_and_posterior_normalised():
+    g = torch.Generator().manual_seed(5)
+    W, b = torch.randn(3, 2, generator=g, dtype=f64), torch.randn(3, generator=g, dtype=f64)
+    coarse = NonlinearGaussian(W, b, 0.5, curvature=0.7)
+    fine = NonlinearGaussian(W, b, 0.5, curvature=0.7, grid_limit=9.0, grid_points=501)
+    x, _ = coarse.sample(4, g)
+    torch.testing.assert_close(coarse.log_evidence(x), fine.log_evidence(x), rtol=0, atol=1e-10)
+    z, log_post = coarse.posterior_grid(x)
+    _, log_cell = coarse.grid()
+    torch.testing.assert_close(torch.logsumexp(log_post, 0) + log_cell, torch.zeros(4, dtype=f64), rtol=0, atol=1e-12)
+    assert z.shape == (301 * 301, 2) and log_post.shape == (301 * 301, 4)
+
+
+def test_nonlinear_posterior_is_bimodal_for_running_example():
+    m = NonlinearGaussian(torch.tensor([[1.0]], dtype=f64), torch.zeros(1, dtype=f64), 0.3, curvature=1.0)
+    z, log_post = m.posterior_grid(torch.tensor([[1.0]], dtype=f64))
+    p = log_post[:, 0].exp()
+    interior = (p[1:-1] > p[:-2]) & (p[1:-1] > p[2:])
+    modes = z[1:-1, 0][interior]
+    assert modes.numel() == 2
+    torch.testing.assert_close(modes, torch.tensor([-1.589, 0.609], dtype=f64), atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: LinearGaussian(torch.zeros(3), torch.zeros(3), 1.0), r"W must have at least 2 dimension"),
+        (lambda: LinearGaussian(torch.zeros(3, 2), torch.zeros(2), 1.0), r"b must have shape \(d,\) = \(3,\)"),
+        (lambda: LinearGaussian(torch.zeros(3, 2), torch.zeros(3), 0.0), r"noise_std must be a finite positive number"),
+        (lambda: LinearGaussian(torch.zeros(3, 2), torch.zeros(3), -1.0), r"noise_std must be a finite positive"),
+        (lambda: NonlinearGaussian(torch.zeros(3, 3), torch.zeros(3), 1.0), r"k in \{1, 2\}"),
+        (lambda: NonlinearGaussian(torch.zeros(3, 1), torch.zeros(3), 1.0, curvature=float("nan")), r"curvature"),
+    ],
+    ids=["W-1d", "b-shape", "noise-0", "noise-neg", "nl-k3", "nl-curv-nan"],
+)
+def test_constructor_errors(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_method_input_errors():
+    m = linear_gaussian(3, 2)
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 3\), got \(4, 2\)"):
+        m.log_evidence(torch.zeros(4, 2, dtype=f64))
+    with pytest.raises(ValueError, match=r"z must have shape \(\.\.\., 2\)"):
+        m.log_joint(torch.zeros(4, 3, dtype=f64), torch.zeros(4, 3, dtype=f64))
+    with pytest.raises(ValueError, match=r"x contains NaN"):
+        m.posterior(torch.full((1, 3), float("nan"), dtype=f64))
+    with pytest.raises(ValueError, match=r"n must be >= 1"):
+        m.sample(0)

@@ -1,0 +1,410 @@
+"""Datasets for the series: embedded digits, MNIST and Fashion-MNIST.
+
+Every dataset loads as `x` float32 (N, D) with pixel values in [0, 1] and `y` int64 (N,).
+
+- `digits`: scikit-learn's embedded 8x8 digits (1797 images, D = 64, pixel values 0..16 divided by 16).
+  Works offline; the default wherever images are needed without data or network.
+- `mnist`, `fashion-mnist`: the 28x28 IDX files (D = 784, bytes 0..255 divided by 255), read gzipped
+  or raw. Each file is searched for, in order, in
+      1. the explicit `root` argument (a directory holding the files),
+      2. `$VAELIB_DATA/<name>/`,
+      3. the user cache `$XDG_CACHE_HOME/vaelib/<name>/` (default `~/.cache/vaelib/<name>/`),
+      4. for fashion-mnist only, the Debian system copy `/usr/share/datasets/fashion-mnist/`
+         (package dataset-fashion-mnist),
+  and, if it is nowhere and `download=True`, fetched from the official mirrors into the first of
+  `root`, `$VAELIB_DATA/<name>/`, the user cache. The mirrors can be replaced with `mirrors=` or the
+  environment variable `VAELIB_MIRRORS` (comma-separated base URLs, http(s):// or file://).
+
+Every file, found or downloaded, is verified by the SHA-256 of its uncompressed bytes, so a
+recompressed copy (the Debian one) verifies the same as the upstream `.gz`. Decoded arrays are kept in
+memory per process: a second `load` of the same files is a copy, not a re-read.
+"""
+
+import gzip
+import hashlib
+import http.client
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from vaelib import _validate
+
+DATASETS = ("digits", "mnist", "fashion-mnist")
+SPLITS = ("train", "test")
+
+# digits: a fixed split of the 1797 images. np.random.RandomState(0).permutation(1797): the first
+# 1500 indices are "train", the remaining 297 "test". RandomState's stream is frozen by numpy's
+# compatibility policy, so the split is the same on every machine and numpy version.
+DIGITS_SEED = 0
+DIGITS_N_TRAIN = 1500
+
+# IDX files of each split: (images, labels), names without the ".gz".
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+class Checksum(NamedTuple):
+    """An expected digest, and which bytes it covers.
+
+    covers: "uncompressed" = the IDX bytes after gunzip (the same for a raw file, the upstream .gz and
+    any recompressed copy); "file" = the bytes of the file exactly as stored or served.
+    """
+
+    algorithm: str
+    digest: str
+    covers: str = "uncompressed"
+
+
+# (dataset, file) -> Checksum. Sources:
+# - fashion-mnist: SHA-256 of the uncompressed files as given in the design document; they match the
+#   Debian copy in /usr/share/datasets/fashion-mnist/ after gunzip.
+# - mnist: SHA-256 of the uncompressed files (47040016, 60008, 7840016 and 10008 bytes), as published
+#   in several independent projects that pin the decompressed MNIST files. The upstream .gz files are
+#   also known by MD5 (train-images f68b3c2dcbeaaa9fbdd348bbdeb94873, train-labels
+#   d53e105ee54ea40749a09fcbcd1e9432, t10k-images 9fb629c4189551a2d022fa330f9573f3, t10k-labels
+#   ec29112dd5afa0611ce80d1b7f02629c); those cover the compressed bytes only, so they are not used.
+_CHECKSUMS = {
+    ("mnist", "train-images-idx3-ubyte"): Checksum(
+        "sha256", "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
+    ("mnist", "train-labels-idx1-ubyte"): Checksum(
+        "sha256", "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
+    ("mnist", "t10k-images-idx3-ubyte"): Checksum(
+        "sha256", "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
+    ("mnist", "t10k-labels-idx1-ubyte"): Checksum(
+        "sha256", "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+    ("fashion-mnist", "train-images-idx3-ubyte"): Checksum(
+        "sha256", "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+    ("fashion-mnist", "train-labels-idx1-ubyte"): Checksum(
+        "sha256", "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+    ("fashion-mnist", "t10k-images-idx3-ubyte"): Checksum(
+        "sha256", "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+    ("fashion-mnist", "t10k-labels-idx1-ubyte"): Checksum(
+        "sha256", "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+}
+
+# Base URLs, tried in order; "<base><file>.gz" is fetched.
+_MIRRORS = {
+    "mnist": (
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    ),
+    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+}
+
+_SYSTEM_DIRS = {"fashion-mnist": ("/usr/share/datasets/fashion-mnist",)}
+
+# IDX type code -> numpy dtype (big-endian, as stored).
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+_CHUNK = 1 << 20
+
+# In-process memos: decoded tensors per (name, split, files), and the digest of each file on disk per
+# (path, size, mtime) so an unchanged file is hashed once per process.
+_ARRAYS = {}
+_DIGESTS = {}
+
+
+class DownloadError(OSError):
+    """A dataset file could be neither found on disk nor downloaded (network or mirror failure)."""
+
+
+def clear_cache():
+    """Forget the decoded datasets and file digests kept in memory by `load`."""
+    _ARRAYS.clear()
+    _DIGESTS.clear()
+
+
+def load(name, split="train", root=None, download=True, mirrors=None, timeout=30.0):
+    """Load a dataset split as flattened images in [0, 1] and integer labels.
+
+    Args:
+        name: "digits" (embedded, offline), "mnist" or "fashion-mnist".
+        split: "train" or "test". digits: a fixed split of 1500 train / 297 test images
+            (`np.random.RandomState(0).permutation(1797)`, first 1500 are train); MNIST and
+            Fashion-MNIST: the official 60000 / 10000.
+        root: a directory holding the IDX files (searched first, and where downloads go). Not used
+            for digits.
+        download: fetch missing IDX files from the mirrors. False: a missing file is an error.
+        mirrors: base URLs to try in order, overriding `$VAELIB_MIRRORS` and the official mirrors.
+        timeout: seconds to wait on each network operation.
+
+    Returns:
+        x: float32 tensor (N, D), D = 64 for digits and 784 for the 28x28 datasets, values in [0, 1].
+        y: int64 tensor (N,), class labels 0..9.
+
+    Raises:
+        ValueError: unknown name or split; a file that is corrupt, truncated or fails its checksum.
+        FileNotFoundError: a file is missing and `download=False`.
+        DownloadError: a file is missing and every mirror failed (the message lists where to put it).
+    """
+    if name not in DATASETS:
+        raise ValueError(f"name must be one of {', '.join(map(repr, DATASETS))}, got {name!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
+    if name == "digits":
+        return _load_digits(split)
+    timeout = _validate.positive_scalar("timeout", timeout)
+
+    image_file, label_file = _IDX_FILES[split]
+    image_path = _find_or_download(name, image_file, root, download, mirrors, timeout)
+    label_path = _find_or_download(name, label_file, root, download, mirrors, timeout)
+    key = (name, split, _file_key(image_path), _file_key(label_path))
+    if key not in _ARRAYS:
+        images = _read_verified(name, image_file, image_path)
+        labels = _read_verified(name, label_file, label_path)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError(
+                f"{image_path} and {label_path} do not match: images have shape {images.shape}, "
+                f"labels {labels.shape}; expected (N, rows, cols) images and (N,) labels"
+            )
+        x = torch.from_numpy(images.reshape(len(images), -1)).float().div_(255.0)  # (N, rows*cols)
+        y = torch.from_numpy(labels.astype(np.int64))  # (N,)
+        _ARRAYS[key] = (x, y)
+    x, y = _ARRAYS[key]
+    return x.clone(), y.clone()
+
+
+def read_idx(path):
+    """Read an IDX file (gzipped or raw) into a numpy array, checking its header against its length.
+
+    The IDX header is a magic number 0x0000 | type code | ndim, then ndim big-endian uint32 sizes;
+    the data must be exactly prod(sizes) items of the type.
+
+    Args:
+        path: a file, gzipped (by its `.gz` name or gzip magic bytes) or raw.
+
+    Returns:
+        numpy array with the declared shape (d_0, ..., d_{ndim-1}) and the declared type, in native
+        byte order (uint8 for MNIST images and labels).
+
+    Raises:
+        ValueError: bad gzip stream, wrong magic number, or a length that differs from the header;
+            the message names the file and the problem.
+    """
+    path = Path(path)
+    return _parse_idx(_read_bytes(path), path)
+
+
+def _load_digits(split):
+    key = ("digits", split)
+    if key not in _ARRAYS:
+        from sklearn.datasets import load_digits  # imported here: slow, and only digits needs it
+
+        digits = load_digits()
+        order = np.random.RandomState(DIGITS_SEED).permutation(len(digits.target))
+        idx = order[:DIGITS_N_TRAIN] if split == "train" else order[DIGITS_N_TRAIN:]
+        x = torch.from_numpy(digits.data[idx] / 16.0).float()  # (N, 64)
+        y = torch.from_numpy(digits.target[idx].astype(np.int64))  # (N,)
+        _ARRAYS[key] = (x, y)
+    x, y = _ARRAYS[key]
+    return x.clone(), y.clone()
+
+
+def _read_bytes(path, label=None):
+    """The uncompressed bytes of `path`; error messages call the file `label` (default: its path)."""
+    label = path if label is None else label
+    raw = path.read_bytes()
+    if path.suffix == ".gz" or raw[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(raw)
+        except EOFError:
+            raise ValueError(f"{label}: truncated gzip file (the compressed stream ends early)") from None
+        except (OSError, zlib.error) as e:
+            raise ValueError(f"{label}: corrupt gzip file ({e})") from None
+    return raw
+
+
+def _parse_idx(data, path):
+    """Decode IDX bytes; `path` names the file in error messages."""
+    if len(data) < 4:
+        raise ValueError(f"{path}: not an IDX file: {len(data)} bytes, too short for the 4-byte magic number")
+    zero, code, ndim = data[0:2], data[2], data[3]
+    if zero != b"\x00\x00" or code not in _IDX_DTYPES or ndim == 0:
+        raise ValueError(
+            f"{path}: not an IDX file: magic number 0x{data[:4].hex()}, expected 0x0000 then a type "
+            f"code in {{{', '.join(f'0x{c:02x}' for c in _IDX_DTYPES)}}} and a dimension count >= 1 "
+            "(0x00000803 for images, 0x00000801 for labels)"
+        )
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{path}: truncated IDX header: {len(data)} bytes, the header of {ndim} dimensions needs {header}")
+    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[code])
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    actual = len(data) - header
+    if actual != expected:
+        problem = "truncated" if actual < expected else "trailing bytes"
+        raise ValueError(
+            f"{path}: {problem}: the header declares shape {shape} of {dtype.name} = {expected} data bytes, "
+            f"the file holds {actual}"
+        )
+    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    return array.astype(dtype.newbyteorder("="))  # a writable copy in native byte order
+
+
+def _file_key(path):
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def _digest(checksum, path, data):
+    """Digest of the bytes `checksum` covers: `data` (uncompressed) or the file itself."""
+    if checksum.covers == "uncompressed":
+        return hashlib.new(checksum.algorithm, data).hexdigest()
+    if checksum.covers == "file":
+        h = hashlib.new(checksum.algorithm)
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(_CHUNK), b""):
+                h.update(block)
+        return h.hexdigest()
+    raise ValueError(f"checksum covers {checksum.covers!r}; expected 'uncompressed' or 'file'")
+
+
+def _read_verified(name, file, path):
+    """Read and parse `path`, checking it against the checksum table (digest memoized per file)."""
+    data = _read_bytes(path)
+    array = _parse_idx(data, path)
+    checksum = _CHECKSUMS[(name, file)]
+    key = (_file_key(path), checksum.algorithm, checksum.covers)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = _digest(checksum, path, data)
+    actual = _DIGESTS[key]
+    if actual != checksum.digest:
+        raise ValueError(
+            f"{path}: checksum mismatch for {name} {file} ({checksum.algorithm} of the {checksum.covers} "
+            f"bytes): expected {checksum.digest}, got {actual}. The file is corrupt or not the official "
+            "one: delete it and load again, or replace it with the official file"
+        )
+    return array
+
+
+def _cache_home():
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+
+
+def _search_dirs(name, root):
+    """The directories searched for the files of `name`, in order."""
+    dirs = []
+    if root is not None:
+        dirs.append(Path(root))
+    env = os.environ.get("VAELIB_DATA", "")
+    if env:
+        dirs.append(Path(env) / name)
+    dirs.append(_cache_home() / "vaelib" / name)
+    dirs.extend(Path(d) for d in _SYSTEM_DIRS.get(name, ()))
+    return dirs
+
+
+def _mirror_list(name, mirrors):
+    if mirrors is None:
+        env = os.environ.get("VAELIB_MIRRORS", "")
+        mirrors = env if env.strip() else _MIRRORS[name]
+    if isinstance(mirrors, str):
+        mirrors = mirrors.split(",")
+    bases = [m.strip() for m in mirrors if m.strip()]
+    if not bases:
+        raise ValueError(f"mirrors must name at least one base URL, got {mirrors!r}")
+    return [b if b.endswith("/") else b + "/" for b in bases]
+
+
+def _where_to_put(name, file, dirs):
+    listing = "\n".join(f"  {d}" for d in dirs)
+    return (
+        f"Searched for {file} or {file}.gz in:\n{listing}\n"
+        f"To install {name} by hand, put the four files ({', '.join(f + '.gz' for s in SPLITS for f in _IDX_FILES[s])}) "
+        "into one of these directories, pass root=DIR, or set VAELIB_DATA=DIR to use DIR/"
+        f"{name}/ (downloads go to the first of root, $VAELIB_DATA/{name}, the user cache)."
+    )
+
+
+def _find_or_download(name, file, root, download, mirrors, timeout):
+    """Path of `file` (raw preferred over .gz) in the search directories, downloading it if missing."""
+    dirs = _search_dirs(name, root)
+    for d in dirs:
+        for candidate in (d / file, d / (file + ".gz")):
+            if candidate.is_file():
+                return candidate
+    if not download:
+        raise FileNotFoundError(f"{name}: {file} not found and download=False.\n" + _where_to_put(name, file, dirs))
+    return _download(name, file, _download_dir(name, root), dirs, _mirror_list(name, mirrors), timeout)
+
+
+def _download_dir(name, root):
+    if root is not None:
+        return Path(root)
+    env = os.environ.get("VAELIB_DATA", "")
+    return Path(env) / name if env else _cache_home() / "vaelib" / name
+
+
+def _download(name, file, dest_dir, dirs, bases, timeout):
+    """Fetch `<base><file>.gz` from each base in turn into `dest_dir`; return the verified file's path.
+
+    The bytes stream into a temporary file in `dest_dir`, which is verified (gzip stream, IDX header,
+    checksum) and then renamed into place with `os.replace`, so a failed or interrupted download never
+    leaves a partial file under the final name. Any failure removes the temporary file.
+    """
+    dest = dest_dir / (file + ".gz")
+    failures = []  # (url, message)
+    content_failure = False
+    for base in bases:
+        url = base + file + ".gz"
+        try:
+            _fetch_verified(name, file, url, dest, timeout)
+            return dest
+        except ValueError as e:  # the mirror answered with bad content: try the next one
+            content_failure = True
+            failures.append((url, str(e)))
+        except (OSError, http.client.HTTPException) as e:
+            failures.append((url, f"{type(e).__name__}: {e}"))
+    tried = "\n".join(f"  {url}: {msg}" for url, msg in failures)
+    message = f"{name}: could not download {file}.gz. Tried:\n{tried}\n" + _where_to_put(name, file, dirs)
+    if content_failure:
+        raise ValueError(message)
+    raise DownloadError(message)
+
+
+def _fetch_verified(name, file, url, dest, timeout):
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = Path(tmp)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            print(f"vaelib.data: downloading {url} -> {dest}", file=sys.stderr)
+            try:
+                response = urllib.request.urlopen(url, timeout=timeout)
+            except urllib.error.HTTPError as e:
+                e.close()
+                raise
+            with response:
+                length = response.headers.get("Content-Length")
+                received = 0
+                for block in iter(lambda: response.read(_CHUNK), b""):
+                    out.write(block)
+                    received += len(block)
+            if length is not None and received != int(length):
+                raise DownloadError(f"connection dropped: received {received} of {int(length)} bytes")
+        label = f"{dest.name} (downloaded from {url})"
+        data = _read_bytes(tmp, label)
+        _parse_idx(data, label)
+        checksum = _CHECKSUMS[(name, file)]
+        actual = _digest(checksum, tmp, data)
+        if actual != checksum.digest:
+            raise ValueError(
+                f"{label}: checksum mismatch for {name} {file} ({checksum.algorithm} of the "
+                f"{checksum.covers} bytes): expected {checksum.digest}, got {actual}"
+            )
+        os.replace(tmp, dest)
+        _DIGESTS[(_file_key(dest), checksum.algorithm, checksum.covers)] = actual
+    finally:
+        tmp.unlink(missing_ok=True)
