@@ -26,6 +26,7 @@ def run(path, timeout):
     os.close(fd)
     try:
         nbformat.write(nb, tmp)
+        os.chmod(tmp, os.stat(path).st_mode & 0o777)  # keep the notebook's permissions (mkstemp makes 0600)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -61,3 +61,12 @@ def test_bad_names_are_rejected(name, tmp_path, monkeypatch):
 def test_non_figure_is_rejected():
     with pytest.raises(TypeError, match="fig must be a matplotlib Figure"):
         plotting.savefig("not a figure", "01_x")
+
+
+def test_saved_figure_has_ordinary_permissions(tmp_path, monkeypatch):
+    monkeypatch.setenv("VAELIB_FIGURES", str(tmp_path))
+    fig = small_figure()
+    path = plotting.savefig(fig, "01_perm")
+    plt.close(fig)
+    mask = plotting._umask()
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask

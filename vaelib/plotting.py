@@ -50,6 +50,12 @@ def figures_dir():
     return Path(__file__).resolve().parent.parent / "figures"
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def savefig(fig, name):
     """Save `fig` as figures/<name>.png (atomically) and return the path written.
 
@@ -70,6 +76,7 @@ def savefig(fig, name):
     os.close(fd)
     try:
         fig.savefig(tmp, format="png", metadata={"Software": None})
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a figure is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
