@@ -176,3 +176,63 @@ def test_method_input_errors():
         m.posterior(torch.full((1, 3), float("nan"), dtype=f64))
     with pytest.raises(ValueError, match=r"n must be >= 1"):
         m.sample(0)
+
+
+# ---- exact ELBO of a Gaussian q, and the KL identity ----
+def random_q(shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=f64), 0.5 * torch.randn(shape, generator=g, dtype=f64) - 0.5
+
+
+def test_linear_exact_elbo_is_log_evidence_minus_kl_to_posterior():
+    # Two routes: the closed-form ELBO, and log p(x) - KL(q || p(z|x)) with the full-covariance KL.
+    m = linear_gaussian(4, 2)
+    x, _ = m.sample(5, torch.Generator().manual_seed(0))
+    mu, logvar = random_q((5, 2), 1)
+    mean, cov = m.posterior(x)
+    kl = D.kl_mvnormal(mu, torch.diag_embed(logvar.exp()), mean, cov)
+    torch.testing.assert_close(m.exact_elbo(x, mu, logvar), m.log_evidence(x) - kl, rtol=0, atol=1e-10)
+    torch.testing.assert_close(m.kl_to_posterior(x, mu, logvar), kl, rtol=0, atol=1e-10)
+
+
+def test_exact_elbo_matches_monte_carlo_within_stderr(gen):
+    # 200k samples: per-sample std of log w is a few nats, so the standard error is ~0.01; allow 5 SE.
+    from vaelib.estimators import elbo
+
+    for m in (linear_gaussian(3, 2), NonlinearGaussian(torch.tensor([[1.0], [0.5]], dtype=f64), torch.zeros(2, dtype=f64), 0.4)):
+        x, _ = m.sample(3, gen)
+        mu, logvar = random_q((3, m.latent_dim), 2)
+        z = D.sample_normal(mu, logvar, 200_000, gen)
+        terms = m.log_joint(x, z) - D.log_normal(z, mu, logvar)
+        se = terms.std(0) / math.sqrt(200_000)
+        assert bool(((terms.mean(0) - m.exact_elbo(x, mu, logvar)).abs() < 5 * se).all())
+        assert bool(((elbo(m.log_joint, x, mu, logvar, 200_000, gen) - m.exact_elbo(x, mu, logvar)).abs() < 5 * se).all())
+
+
+def test_nonlinear_exact_elbo_matches_linear_and_grid_routes():
+    lin = linear_gaussian(3, 2)
+    nl = NonlinearGaussian(lin.W, lin.b, lin.noise_std, curvature=0.0)
+    x, _ = lin.sample(4, torch.Generator().manual_seed(3))
+    mu, logvar = random_q((4, 2), 4)
+    torch.testing.assert_close(nl.exact_elbo(x, mu, logvar), lin.exact_elbo(x, mu, logvar), rtol=0, atol=1e-10)
+    # Curved 1-D model: Gauss-Hermite against the KL computed on the posterior grid.
+    m = NonlinearGaussian(torch.tensor([[1.0]], dtype=f64), torch.zeros(1, dtype=f64), 0.3, curvature=1.0)
+    x = torch.tensor([[1.0]], dtype=f64)
+    mu, logvar = torch.tensor([[0.58]], dtype=f64), torch.tensor([[-3.9]], dtype=f64)
+    z, log_post = m.posterior_grid(x)
+    _, log_cell = m.grid()
+    log_q = D.log_normal(z[:, None, :], mu, logvar)  # (G, 1)
+    kl_grid = (torch.exp(log_q + log_cell) * (log_q - log_post)).sum(0)
+    torch.testing.assert_close(m.kl_to_posterior(x, mu, logvar), kl_grid, rtol=0, atol=1e-10)
+    torch.testing.assert_close(m.exact_elbo(x, mu, logvar, nodes=3), m.exact_elbo(x, mu, logvar, nodes=30), rtol=0, atol=1e-12)
+
+
+def test_exact_elbo_equals_evidence_at_exact_posterior_and_rejects_bad_q():
+    m = linear_gaussian(2, 1)
+    x, _ = m.sample(3, torch.Generator().manual_seed(5))
+    mean, cov = m.posterior(x)
+    torch.testing.assert_close(m.exact_elbo(x, mean, cov.diagonal().log().expand_as(mean)), m.log_evidence(x), rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match=r"mu must have shape \(\.\.\., 1\)"):
+        m.exact_elbo(x, torch.zeros(3, 2, dtype=f64), torch.zeros(3, 2, dtype=f64))
+    with pytest.raises(ValueError, match=r"logvar contains NaN"):
+        m.exact_elbo(x, mean, torch.full_like(mean, float("nan")))
