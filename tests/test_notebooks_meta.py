@@ -1,0 +1,61 @@
+"""The committed notebooks follow the series' rules: run top to bottom, end with a check cell, save figures.
+
+nbval (make test) re-executes them; these checks are about what is committed and what a reader sees.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def code_cells(nb):
+    return [c for c in nb["cells"] if c["cell_type"] == "code" and "".join(c["source"]).strip()]
+
+
+def test_notebooks_are_numbered_consecutively():
+    numbers = [int(p.name[:2]) for p in NOTEBOOKS]
+    assert numbers == list(range(1, len(numbers) + 1)), f"notebook numbers {numbers}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_committed_as_the_run_command_left_it(path):
+    nb = json.loads(path.read_text())
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    cells = code_cells(nb)
+    counts = [c["execution_count"] for c in cells]
+    assert counts == list(range(1, len(cells) + 1)), "re-run the notebook top to bottom with `make run`"
+    errors = [o for c in cells for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert not errors, f"stored error output: {errors[0].get('ename')}"
+    assert path.stat().st_size < 2_000_000, f"{path.name} is {path.stat().st_size / 1e6:.1f} MB with outputs"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_structure(path):
+    nb = json.loads(path.read_text())
+    cells = code_cells(nb)
+    markdown = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    first = "".join(cells[0]["source"])
+    assert "from vaelib" in first and "import *" not in first, "the first code cell imports from vaelib explicitly"
+    last = "".join(cells[-1]["source"])
+    assert last.lstrip().startswith("# NBVAL_CHECK_OUTPUT") and "assert" in last, "the last cell is the check cell"
+    assert cells[-1].get("outputs"), "the check cell's printed output is committed"
+    for heading in ("## Summary", "## Exercises", "## References"):
+        assert heading in markdown, f"missing section {heading!r}"
+    assert not re.search(r"^\s*class\s+(VAE|Autoencoder|LinearGaussian|NonlinearGaussian)\b", "\n".join(
+        "".join(c["source"]) for c in cells), re.M), "a notebook never redefines a vaelib class"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_saves_at_least_two_figures_that_exist(path):
+    source = "\n".join("".join(c["source"]) for c in code_cells(json.loads(path.read_text())))
+    names = set(re.findall(r"savefig\(\s*\w+\s*,\s*f?[\"']([0-9]{2}_[^\"']+)[\"']", source))
+    assert len(names) >= 2, f"{path.name} saves {len(names)} figure(s) with savefig"
+    for name in names:
+        if "{" not in name:
+            assert name.startswith(path.name[:3]), f"figure {name} should be named after its notebook"
+            assert (REPO / "figures" / f"{name}.png").exists(), f"figures/{name}.png is not committed"
