@@ -1,0 +1,299 @@
+"""vaelib.models: the VAE's ELBO and the Autoencoder's loss against independent oracles.
+
+Oracles: torch's binary_cross_entropy_with_logits, torch.distributions (Normal KL, Bernoulli and Normal
+log-probabilities), scipy.stats.norm, the exact evidence and posterior of a linear-Gaussian model
+(vaelib.toy.LinearGaussian) written into a linear VAE, and vaelib.estimators.elbo (Monte Carlo KL).
+Float64 throughout unless a test says otherwise.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+import torch.nn.functional as F
+from torch.distributions import Bernoulli, Normal, kl_divergence
+
+from conftest import linear_gaussian
+from vaelib import estimators
+from vaelib.distributions import kl_mvnormal
+from vaelib.models import VAE, Autoencoder
+
+D, K = 12, 3
+
+
+def make_vae(likelihood="bernoulli", hidden=(10, 7), seed=0, **kw):
+    torch.manual_seed(seed)
+    return VAE(D, K, hidden, likelihood=likelihood, **kw).double()
+
+
+def grey(B=5, seed=1):
+    """Grey-scale data in (0, 1): exercises the Bernoulli formula on non-binary targets too."""
+    return torch.rand(B, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def linear_vae(lg, perturb=0.0):
+    """A linear VAE whose decoder is LinearGaussian `lg` and whose encoder is its exact posterior.
+
+    lg must have orthogonal columns of W so the exact posterior covariance is diagonal (representable
+    by q). perturb > 0 moves q away from the posterior (mean shift and wider variance), so the ELBO is
+    strictly below log p(x) by KL(q || p(z|x)).
+    """
+    d, k = lg.data_dim, lg.latent_dim
+    vae = VAE(d, k, hidden_dims=(), likelihood="gaussian", sigma_x=lg.noise_std).double()
+    s2 = lg.noise_std**2
+    eye = torch.eye(k, dtype=torch.float64)
+    cov = torch.linalg.inv(eye + lg.W.T @ lg.W / s2)
+    assert torch.allclose(cov, torch.diag(torch.diagonal(cov)), atol=1e-12)  # diagonal posterior
+    with torch.no_grad():
+        vae.decoder.to_mean.weight.copy_(lg.W)  # (d, k)
+        vae.decoder.to_mean.bias.copy_(lg.b)
+        A = cov @ lg.W.T / s2  # posterior mean = A (x - b), (k, d)
+        vae.to_mu.weight.copy_(A)
+        vae.to_mu.bias.copy_(-A @ lg.b + perturb)
+        vae.to_logvar.weight.zero_()
+        vae.to_logvar.bias.copy_(torch.log(torch.diagonal(cov)) + perturb)
+    return vae
+
+
+# -- the ELBO against hand-written formulas ---------------------------------------------------------
+
+def test_bernoulli_elbo_equals_hand_written_bce_and_closed_form_kl():
+    model, x = make_vae(), grey()
+    n = 4
+    terms = model.elbo_terms(x, n_samples=n, generator=torch.Generator().manual_seed(7))
+    # Oracle: the same noise eps (same seed, same draw shape (n, B, K)), then BCE with logits and
+    # torch.distributions' Normal-Normal KL, written out independently of vaelib.distributions.
+    eps = torch.randn(n, x.shape[0], K, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    h = model.encoder(x)
+    mu, logvar = model.to_mu(h), model.to_logvar(h)
+    z = mu + torch.exp(0.5 * logvar) * eps  # (n, B, K)
+    logits = model.decoder(z)  # (n, B, D)
+    log_px_z = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1).mean(0)
+    kl = kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0)).sum(-1)
+    # float64 sums of 12 terms: agreement to ~1e-14; 1e-10 leaves room for different summation order.
+    torch.testing.assert_close(terms.log_px_z, log_px_z, rtol=0, atol=1e-10)
+    torch.testing.assert_close(terms.kl, kl, rtol=0, atol=1e-10)
+    torch.testing.assert_close(terms.elbo, log_px_z - kl, rtol=0, atol=1e-10)
+    elbo = model.elbo(x, n_samples=n, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(elbo, terms.elbo, rtol=0, atol=0)
+    assert elbo.shape == (5,)
+
+
+@pytest.mark.parametrize("learn", [False, True], ids=["fixed-sigma", "learned-sigma"])
+def test_gaussian_elbo_keeps_every_constant(learn):
+    model, x = make_vae("gaussian", sigma_x=0.3, learn_sigma_x=learn), grey()
+    terms = model.elbo_terms(x, n_samples=2, generator=torch.Generator().manual_seed(3))
+    eps = torch.randn(2, x.shape[0], K, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+        mean = model.decode(mu + torch.exp(0.5 * logvar) * eps).numpy()  # (2, B, D)
+    # scipy's normal log-density includes -1/2 log(2 pi sigma^2) per pixel. A learned sigma_x starts
+    # from float32(log 0.3), so use the model's current value; a fixed one is exactly 0.3.
+    sigma = model.sigma_x
+    assert sigma == (pytest.approx(0.3, rel=1e-7) if learn else 0.3)
+    log_px_z = scipy.stats.norm.logpdf(x.numpy(), mean, sigma).sum(-1).mean(0)
+    np.testing.assert_allclose(terms.log_px_z.detach().numpy(), log_px_z, rtol=0, atol=1e-10)
+
+
+def test_learned_sigma_gradient_matches_the_formula():
+    """d log N(x; m, s^2) / d log s = sum_d [(x_d - m_d)^2 / s^2 - 1]: autograd against the derivative by hand."""
+    model, x = make_vae("gaussian", sigma_x=0.5, learn_sigma_x=True), grey()
+    loss = model.loss(x, generator=torch.Generator().manual_seed(5))
+    (grad,) = torch.autograd.grad(loss, model.log_sigma_x)
+    eps = torch.randn(1, x.shape[0], K, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+        mean = model.decode(mu + torch.exp(0.5 * logvar) * eps)[0]  # (B, D)
+        s2 = model.sigma_x**2  # float32(log 0.5) made float64: 0.25 up to ~1e-8
+        expected = -(((x - mean) ** 2 / s2 - 1.0).sum(-1)).mean()  # loss = -mean ELBO
+    assert grad.item() == pytest.approx(expected.item(), rel=1e-10)
+
+
+def test_loss_is_minus_batch_mean_of_the_beta_weighted_elbo():
+    model, x = make_vae(), grey()
+    g = lambda: torch.Generator().manual_seed(11)  # noqa: E731
+    terms = model.elbo_terms(x, generator=g())
+    assert model.loss(x, generator=g()).item() == pytest.approx(-terms.elbo.mean().item(), abs=1e-12)
+    beta_loss = -(terms.log_px_z - 0.25 * terms.kl).mean()
+    assert model.loss(x, beta=0.25, generator=g()).item() == pytest.approx(beta_loss.item(), abs=1e-12)
+
+
+def test_log_joint_against_torch_distributions():
+    model = make_vae()
+    x = torch.bernoulli(grey(4), generator=torch.Generator().manual_seed(2))  # binary: a true Bernoulli pmf
+    z = torch.randn(6, 4, K, generator=torch.Generator().manual_seed(3), dtype=torch.float64)  # (K, B, k)
+    with torch.no_grad():
+        log_joint = model.log_joint(x, z)
+        oracle = Bernoulli(logits=model.decode(z)).log_prob(x).sum(-1) + Normal(0.0, 1.0).log_prob(z).sum(-1)
+    assert log_joint.shape == (6, 4)
+    torch.testing.assert_close(log_joint, oracle, rtol=0, atol=1e-10)
+    torch.testing.assert_close(model.log_prior(z), Normal(0.0, 1.0).log_prob(z).sum(-1), rtol=0, atol=1e-12)
+
+
+# -- the ELBO against the exact answer of a linear-Gaussian model ------------------------------------
+
+def test_linear_vae_at_the_exact_posterior_has_elbo_equal_to_log_evidence():
+    lg = linear_gaussian(d=5, k=2, noise_std=0.6, orthogonal=True)
+    vae = linear_vae(lg)
+    x, _ = lg.sample(4, generator=torch.Generator().manual_seed(0))
+    log_px = lg.log_evidence(x)
+    with torch.no_grad():
+        mu, logvar = vae.encode(x)
+        post_mean, post_cov = lg.posterior(x)
+        torch.testing.assert_close(mu, post_mean, rtol=0, atol=1e-12)
+        torch.testing.assert_close(torch.exp(logvar), torch.diagonal(post_cov).expand_as(logvar), rtol=0, atol=1e-12)
+        # q = p(z|x): every importance weight equals p(x), so one sample of log w is log p(x) exactly.
+        log_w = vae.log_joint(x, vae.encode(x)[0].unsqueeze(0)) - Normal(mu, torch.exp(0.5 * logvar)).log_prob(mu).sum(-1)
+        torch.testing.assert_close(log_w[0], log_px, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("perturb", [0.0, 0.4], ids=["exact-q", "perturbed-q"])
+def test_monte_carlo_elbo_matches_log_evidence_minus_posterior_kl(perturb):
+    """E[VAE.elbo] = log p(x) - KL(q || p(z|x)), both sides exact for the linear model; the MC mean of
+    the closed-form-KL ELBO (VAE.elbo) and of the Monte Carlo-KL ELBO (estimators.elbo with the
+    model's log_joint) must each match within 4 standard errors."""
+    lg = linear_gaussian(d=5, k=2, noise_std=0.6, orthogonal=True)
+    vae = linear_vae(lg, perturb)
+    x, _ = lg.sample(3, generator=torch.Generator().manual_seed(1))
+    M = 4000
+    with torch.no_grad():
+        mu, logvar = vae.encode(x)
+        post_mean, post_cov = lg.posterior(x)
+        exact = lg.log_evidence(x) - kl_mvnormal(mu, torch.diag_embed(torch.exp(logvar)), post_mean, post_cov)
+        xr = x.repeat(M, 1)  # (M*B, d): M independent single-sample estimates per example
+        a = vae.elbo(xr, generator=torch.Generator().manual_seed(2)).reshape(M, 3)
+        b = estimators.elbo(vae.log_joint, xr, mu.repeat(M, 1), logvar.repeat(M, 1),
+                            generator=torch.Generator().manual_seed(3)).reshape(M, 3)
+    for est in (a, b):
+        se = est.std(0) / math.sqrt(M)
+        assert bool((est.mean(0) - exact).abs().le(4 * se + 1e-9).all()), (est.mean(0), exact, se)
+    if perturb:
+        assert bool((exact < lg.log_evidence(x) - 0.01).all())  # the perturbation costs a visible gap
+
+
+# -- sampling, the Autoencoder, configuration ------------------------------------------------------
+
+def test_sample_decodes_prior_draws_to_probabilities():
+    model = make_vae()
+    s = model.sample(7, generator=torch.Generator().manual_seed(4))
+    z = torch.randn(7, K, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    with torch.no_grad():
+        expected = torch.sigmoid(model.decode(z))
+    torch.testing.assert_close(s, expected, rtol=0, atol=0)
+    assert s.shape == (7, D) and not s.requires_grad
+    assert bool(((s > 0) & (s < 1)).all())
+    g = make_vae("gaussian").sample(3, generator=torch.Generator().manual_seed(4))
+    assert g.shape == (3, D)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_autoencoder_loss_is_reconstruction_nll(likelihood):
+    torch.manual_seed(0)
+    ae = Autoencoder(D, K, (9,), likelihood=likelihood, sigma_x=0.5).double()
+    x = grey()
+    with torch.no_grad():
+        z = ae.to_mu(torch.relu(ae.encoder.hidden1(x)))  # the code, written out layer by layer
+        out = ae.decoder(z)
+        if likelihood == "bernoulli":
+            oracle = -F.binary_cross_entropy_with_logits(out, x, reduction="none").sum(-1)
+        else:
+            oracle = torch.from_numpy(scipy.stats.norm.logpdf(x.numpy(), out.numpy(), 0.5).sum(-1))
+        ll = ae.reconstruction_log_likelihood(x)
+    torch.testing.assert_close(ae.encode(x), z, rtol=0, atol=0)
+    torch.testing.assert_close(ll, oracle, rtol=0, atol=1e-10)
+    assert ae.loss(x).item() == pytest.approx(-oracle.mean().item(), abs=1e-12)
+
+
+def test_architecture_names_and_config_rebuild():
+    model = make_vae("gaussian", hidden=(10, 7), sigma_x=0.5, learn_sigma_x=True)
+    names = dict(model.named_modules())
+    assert isinstance(names["to_mu"], torch.nn.Linear) and isinstance(names["to_logvar"], torch.nn.Linear)
+    assert names["encoder.hidden1"].in_features == D and names["encoder.hidden2"].out_features == 7
+    assert names["decoder.hidden1"].in_features == K and names["decoder.to_mean"].out_features == D
+    assert "decoder.to_logits" in dict(make_vae().named_modules())
+    config = model.config
+    assert config == {"data_dim": D, "latent_dim": K, "hidden_dims": [10, 7], "likelihood": "gaussian",
+                      "sigma_x": 0.5, "learn_sigma_x": True}
+    config["hidden_dims"].append(99)  # a copy: changing it does not change the model
+    rebuilt = VAE(**model.config).double()
+    rebuilt.load_state_dict(model.state_dict())
+    x = grey()
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    torch.testing.assert_close(rebuilt.elbo(x, generator=g()), model.elbo(x, generator=g()), rtol=0, atol=0)
+    assert Autoencoder(**Autoencoder(D, K, (5,)).config).config["hidden_dims"] == [5]
+
+
+def test_float32_by_default():
+    torch.manual_seed(0)
+    model = VAE(D, K, (8,))
+    x = grey().float()
+    assert model.elbo(x).dtype == torch.float32 and model.sample(2).dtype == torch.float32
+
+
+# -- bad input --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "x, error, match",
+    [
+        ([[0.5] * D], TypeError, r"x must be a torch.Tensor, got list"),
+        (torch.ones(2, D, dtype=torch.int64), TypeError, r"x must be a floating-point tensor.*int64"),
+        (torch.full((2, D + 1), 0.5, dtype=torch.float64), ValueError, r"x must have shape \(B, 12\).*got \(2, 13\)"),
+        (torch.full((D,), 0.5, dtype=torch.float64), ValueError, r"x must have shape \(B, 12\).*got \(12,\)"),
+        (torch.full((2, D), float("nan"), dtype=torch.float64), ValueError, r"x contains NaN"),
+        (torch.full((2, D), float("inf"), dtype=torch.float64), ValueError, r"x contains inf"),
+        (torch.full((2, D), 1.5, dtype=torch.float64), ValueError, r"x must lie in \[0, 1\].*Bernoulli"),
+    ],
+    ids=["list", "int", "wrong-D", "1-d", "nan", "inf", "out-of-range"],
+)
+def test_elbo_and_loss_reject_bad_x(x, error, match):
+    model = make_vae()
+    with pytest.raises(error, match=match):
+        model.elbo(x)
+    with pytest.raises(error, match=match):
+        model.loss(x)
+
+
+def test_gaussian_accepts_values_outside_unit_interval():
+    assert make_vae("gaussian").elbo(torch.full((2, D), 3.0, dtype=torch.float64)).shape == (2,)
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda m, x: m.elbo(x, n_samples=0), ValueError, r"n_samples must be >= 1"),
+        (lambda m, x: m.elbo(x, generator=1), TypeError, r"generator must be a torch.Generator"),
+        (lambda m, x: m.loss(x, beta=-1.0), ValueError, r"beta must be a finite number >= 0"),
+        (lambda m, x: m.loss(x, beta="1"), TypeError, r"beta must be a number"),
+        (lambda m, x: m.decode(torch.zeros(2, K + 1, dtype=torch.float64)), ValueError, r"z must have shape \(\.\.\., 3\)"),
+        (lambda m, x: m.log_joint(x, torch.zeros(4, 2, 1, dtype=torch.float64)), ValueError, r"z must have shape"),
+        (lambda m, x: m.encode(torch.zeros(2, 5, dtype=torch.float64)), ValueError, r"x must have shape \(\.\.\., 12\)"),
+        (lambda m, x: m.sample(0), ValueError, r"n must be >= 1"),
+        (lambda m, x: m.elbo(x.float()), TypeError, r"x has dtype torch.float32 but the model's parameters are torch.float64"),
+        (lambda m, x: m.decode(torch.zeros(2, K)), TypeError, r"z has dtype torch.float32 but the model's"),
+    ],
+    ids=["n_samples", "generator", "beta-negative", "beta-type", "decode-z", "log_joint-z", "encode-x", "sample-n",
+         "x-dtype", "z-dtype"],
+)
+def test_other_bad_arguments(call, error, match):
+    with pytest.raises(error, match=match):
+        call(make_vae(), grey(2))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(data_dim=0, latent_dim=2), ValueError, r"data_dim must be >= 1"),
+        (dict(data_dim=4, latent_dim=2.0), TypeError, r"latent_dim must be an int"),
+        (dict(data_dim=4, latent_dim=2, hidden_dims="400"), TypeError, r"hidden_dims must be a sequence of ints"),
+        (dict(data_dim=4, latent_dim=2, hidden_dims=(8, 0)), ValueError, r"hidden_dims\[1\] must be >= 1"),
+        (dict(data_dim=4, latent_dim=2, likelihood="poisson"), ValueError, r"likelihood must be one of 'bernoulli', 'gaussian'"),
+        (dict(data_dim=4, latent_dim=2, likelihood="gaussian", sigma_x=0.0), ValueError, r"sigma_x must be a finite positive"),
+        (dict(data_dim=4, latent_dim=2, learn_sigma_x=True), ValueError, r"learn_sigma_x=True needs likelihood='gaussian'"),
+    ],
+    ids=["data_dim", "latent_dim", "hidden-str", "hidden-zero", "likelihood", "sigma_x", "learn-bernoulli"],
+)
+def test_constructor_rejects_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        VAE(**kwargs)
