@@ -184,3 +184,166 @@ def test_bits_per_dim():
 def test_bad_input(lg, lg_x, call, error, match):
     with pytest.raises(error, match=match):
         call(linear_vae(lg), lg_x)
+
+
+# -- the best Gaussian q per example, and the approximation and amortization gaps ---------------------
+
+def vae_with_decoder(lg, seed=0):
+    """A linear VAE whose decoder is LinearGaussian `lg` (any W) and whose encoder is left at its random start."""
+    torch.manual_seed(seed)
+    vae = VAE(lg.data_dim, lg.latent_dim, hidden_dims=(), likelihood="gaussian", sigma_x=lg.noise_std).double()
+    with torch.no_grad():
+        vae.decoder.to_mean.weight.copy_(lg.W)
+        vae.decoder.to_mean.bias.copy_(lg.b)
+    return vae
+
+
+def log_weight_stderr(vae, x, mu, logvar, n, seed):
+    """Standard error of an n-draw mean of log p(x, z) - log q(z), from 2000 independent draws.  (B,)"""
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(2000, *mu.shape, generator=torch.Generator().manual_seed(seed),
+                                                   dtype=torch.float64)  # (2000, B, k)
+    with torch.no_grad():
+        log_w = vae.log_joint(x, z) - Normal(mu, torch.exp(0.5 * logvar)).log_prob(z).sum(-1)  # (2000, B)
+    return log_w.std(0) / math.sqrt(n)
+
+
+@pytest.mark.parametrize("latent, orthogonal", [(1, False), (2, True)], ids=["k1", "orthogonal-W-k2"])
+def test_optimal_gaussian_q_is_the_exact_posterior_when_that_is_diagonal(latent, orthogonal):
+    """k = 1, or W with orthogonal columns: p(z|x) is a diagonal Gaussian, so the best q is p(z|x) itself.
+
+    Oracle: LinearGaussian.kl_to_posterior of the returned q, in closed form. The path-derivative gradient is
+    exactly zero at the posterior, so the decayed Adam iterates settle on it to round-off (KL ~ 1e-13 here;
+    1e-8 is the optimisation tolerance). At the posterior every log-weight log p(x, z) - log q(z) equals
+    log p(x); the log-weights move at first order in the distance to it, sqrt(KL) ~ 1e-7, so the returned
+    Monte Carlo ELBO is log p(x) to 1e-6 (observed ~2e-8). The encoder's ELBO, with the same draws, is
+    checked against its closed form within 4 standard errors of the 1000-draw mean.
+    """
+    lg = linear_gaussian(d=6, k=latent, noise_std=0.5, seed=3, orthogonal=orthogonal)
+    x = lg.sample(8, generator=torch.Generator().manual_seed(0))[0]  # (8, 6)
+    vae = linear_vae(lg, perturb=0.5)  # the encoder misses the posterior
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    out = evaluate.optimal_gaussian_elbo(vae, x, steps=300, lr=0.1, n_samples=16, eval_samples=1000,
+                                         generator=torch.Generator().manual_seed(1))
+    assert out.elbo.shape == (8,) and out.mu.shape == out.logvar.shape == (8, latent)
+    log_px = lg.log_evidence(x)
+    assert float(lg.kl_to_posterior(x, out.mu, out.logvar).max()) < 1e-8
+    torch.testing.assert_close(out.elbo, log_px, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        mu0, logvar0 = vae.encode(x)
+    exact_encoder = lg.exact_elbo(x, mu0, logvar0)
+    assert bool((log_px - exact_encoder > 0.3).all())  # a real gap for the optimisation to close
+    se = log_weight_stderr(vae, x, mu0, logvar0, 1000, seed=2)
+    assert bool(((out.elbo_encoder - exact_encoder).abs() <= 4 * se).all()), (out.elbo_encoder - exact_encoder, se)
+    # The model is only read: same weights, no gradients left behind.
+    assert all(torch.equal(v, before[k]) for k, v in vae.state_dict().items())
+    assert all(p.grad is None for p in vae.parameters())
+
+
+def test_optimal_gaussian_q_is_the_mean_field_optimum_of_a_correlated_posterior():
+    """Correlated p(z|x) = N(m, S) with precision L = S^-1: no diagonal q is exact. The best one (Bishop 2006,
+    PRML sec. 10.1.2) has mean m and variances 1/L_jj, and its KL is 1/2 [sum_j log L_jj - log det L].
+
+    Its ELBO log p(x) - KL_mf is a hard ceiling (no diagonal q can pass it, so 1e-10 is round-off); the
+    optimiser, started from a random encoder (log-variances ~4 away from the answer), must come within
+    1e-2 nats of it, with the mean and log-variances of the closed form. Here the path-derivative gradient
+    is not zero at the optimum (q is not p(z|x)), and Adam keeps taking steps of about its learning rate
+    until that has decayed: the remaining error is about 1e-3 nats (2e-3 at worst over settings tried).
+    """
+    from vaelib.toy import LinearGaussian
+
+    W = torch.tensor([[1.0, 0.8], [0.5, 0.9], [0.3, -0.2], [0.0, 0.4], [0.2, 0.1], [-0.3, 0.2]], dtype=torch.float64)
+    lg = LinearGaussian(W, torch.linspace(-1.0, 1.0, 6, dtype=torch.float64), 0.5)
+    x = lg.sample(8, generator=torch.Generator().manual_seed(0))[0]
+    vae = vae_with_decoder(lg)
+    out = evaluate.optimal_gaussian_elbo(vae, x, steps=500, lr=0.1, n_samples=64, eval_samples=1000,
+                                         generator=torch.Generator().manual_seed(1))
+    mean, cov = lg.posterior(x)
+    precision = torch.linalg.inv(cov)
+    kl_mf = 0.5 * (torch.log(torch.diagonal(precision)).sum() - torch.logdet(precision))
+    assert float(kl_mf) > 0.2  # strongly correlated: a visible approximation gap
+    ceiling = lg.log_evidence(x) - kl_mf
+    reached = lg.exact_elbo(x, out.mu, out.logvar)
+    assert bool((reached <= ceiling + 1e-10).all())
+    assert float((ceiling - reached).max()) < 1e-2
+    torch.testing.assert_close(out.mu, mean, rtol=0, atol=0.05)
+    torch.testing.assert_close(out.logvar, -torch.log(torch.diagonal(precision)).expand_as(out.logvar), rtol=0, atol=0.1)
+    se = log_weight_stderr(vae, x, out.mu, out.logvar, 1000, seed=2)
+    assert bool(((out.elbo - reached).abs() <= 4 * se).all()), (out.elbo - reached, se)
+
+
+def test_elbo_gaps_vanish_at_the_exact_posterior():
+    """Encoder = p(z|x) (diagonal): q* ends there, every log-weight is log p(x), so the three numbers equal
+    log p(x) and both gaps are 0. Adam does wander off: its steps have the size of the learning rate
+    whatever the gradient's size, and the gradient at p(z|x) is round-off; the decaying learning rate brings
+    it back to sqrt(KL) ~ 1e-7 (see above), hence 1e-6. The encoder's ELBO and log_px are round-off exact."""
+    lg = linear_gaussian(d=6, k=2, noise_std=0.5, seed=3, orthogonal=True)
+    x = lg.sample(8, generator=torch.Generator().manual_seed(0))[0]
+    gaps = evaluate.elbo_gaps(linear_vae(lg), x, k=100, steps=300, eval_samples=100,
+                              generator=torch.Generator().manual_seed(1))
+    log_px = lg.log_evidence(x)
+    torch.testing.assert_close(gaps.elbo_encoder, log_px, rtol=0, atol=1e-10)
+    torch.testing.assert_close(gaps.log_px, log_px, rtol=0, atol=1e-6)
+    torch.testing.assert_close(gaps.elbo_optimal, log_px, rtol=0, atol=1e-6)
+    assert float(gaps.approximation_gap.abs().max()) < 1e-6
+    assert float(gaps.amortization_gap.abs().max()) < 1e-6
+
+
+def test_elbo_gaps_of_a_poor_encoder_are_all_amortization():
+    """Encoder off the (diagonal) posterior: the Gaussian family contains p(z|x), so the approximation gap is
+    0 and the amortization gap is the whole KL(q_phi(z|x) || p(z|x)), known in closed form.
+
+    Tolerances: the amortization gap is elbo_optimal (exact at the posterior) minus the encoder's 1000-draw
+    ELBO: 4 of that mean's standard errors. log_px is the larger of two IWAE estimates; the one with q* as
+    proposal is exactly log p(x), the other is noisy and may land above it: 4 of its delta-method standard
+    errors (estimators.importance_log_evidence, the same k).
+    """
+    lg = linear_gaussian(d=6, k=2, noise_std=0.5, seed=3, orthogonal=True)
+    x = lg.sample(8, generator=torch.Generator().manual_seed(0))[0]
+    vae = linear_vae(lg, perturb=0.5)
+    gaps = evaluate.elbo_gaps(vae, x, k=1000, steps=300, eval_samples=1000, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        mu, logvar = vae.encode(x)
+        iwae_se = estimators.importance_log_evidence(vae.log_joint, x, mu, logvar, 1000,
+                                                     generator=torch.Generator().manual_seed(3)).stderr
+    kl = lg.kl_to_posterior(x, mu, logvar)
+    se = log_weight_stderr(vae, x, mu, logvar, 1000, seed=2)
+    assert bool(((gaps.amortization_gap - kl).abs() <= 4 * se).all()), (gaps.amortization_gap - kl, se)
+    assert bool((gaps.approximation_gap >= -1e-6).all())  # q* is p(z|x) to sqrt(KL) ~ 1e-7, see above
+    assert bool((gaps.approximation_gap <= 4 * iwae_se + 1e-6).all()), (gaps.approximation_gap, iwae_se)
+    torch.testing.assert_close(gaps.log_px - gaps.elbo_encoder, gaps.approximation_gap + gaps.amortization_gap,
+                               rtol=0, atol=1e-10)
+
+
+def test_elbo_gaps_of_a_trained_digits_vae_are_nonnegative(digits_model):
+    """A non-linear Bernoulli VAE (no exact answer): both gaps >= 0 up to Monte Carlo error, and on average
+    clearly positive. Per example the Monte Carlo error of each number is about 0.6 / sqrt(400) = 0.03 nats
+    (the spread of one log-weight is ~0.6 nats for this model), so -0.15 nats is 5 standard errors."""
+    model, x = digits_model
+    x = x[:24]
+    gaps = evaluate.elbo_gaps(model, x, k=400, steps=200, eval_samples=400, generator=torch.Generator().manual_seed(1))
+    assert bool((gaps.amortization_gap >= -0.15).all()) and bool((gaps.approximation_gap >= -0.15).all())
+    assert float(gaps.amortization_gap.mean()) > 0.05 and float(gaps.approximation_gap.mean()) > 0.05
+    with torch.no_grad():
+        elbo = evaluate.test_elbo(model, x, n_samples=400, generator=torch.Generator().manual_seed(2))
+    assert abs(float((gaps.elbo_encoder - elbo).mean())) < 0.1  # the same ELBO as test_elbo's estimator
+    torch.testing.assert_close(gaps.log_px - gaps.elbo_encoder, gaps.approximation_gap + gaps.amortization_gap,
+                               rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda m, x: evaluate.optimal_gaussian_elbo(Autoencoder(6, 2).double(), x), TypeError, r"model must be a vaelib.models.VAE"),
+        (lambda m, x: evaluate.optimal_gaussian_elbo(m, x, steps=0), ValueError, r"steps must be >= 1"),
+        (lambda m, x: evaluate.optimal_gaussian_elbo(m, x, lr=0.0), ValueError, r"lr must be a finite positive"),
+        (lambda m, x: evaluate.optimal_gaussian_elbo(m, x, n_samples=0), ValueError, r"n_samples must be >= 1"),
+        (lambda m, x: evaluate.optimal_gaussian_elbo(m, x, eval_samples=0), ValueError, r"eval_samples must be >= 1"),
+        (lambda m, x: evaluate.optimal_gaussian_elbo(m, x[:, :5]), ValueError, r"x must have shape \(B, 6\)"),
+        (lambda m, x: evaluate.elbo_gaps(m, x, k=0), ValueError, r"k must be >= 1"),
+        (lambda m, x: evaluate.elbo_gaps(m, x, generator=1), TypeError, r"generator must be a torch.Generator"),
+    ],
+    ids=["autoencoder", "steps", "lr", "n-samples", "eval-samples", "shape", "k", "generator"],
+)
+def test_gap_functions_reject_bad_input(lg, lg_x, call, error, match):
+    with pytest.raises(error, match=match):
+        call(linear_vae(lg), lg_x)

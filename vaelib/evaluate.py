@@ -1,13 +1,16 @@
-"""Evaluating a trained model: test ELBO, importance-weighted log-likelihood, active units.
+"""Evaluating a trained model: test ELBO, importance-weighted log-likelihood, active units, and the gaps
+between the ELBO and log p(x) (the best Gaussian q per example; approximation and amortization gaps).
 
 All values are per example, in nats (divide by D log 2 for bits per dimension, `bits_per_dim`).
-Functions run without gradients, in minibatches of `batch_size` examples on the model's device, and
-return their results on the device of `x`. A Bernoulli model is evaluated on `x` as given: binarize
+Functions run without gradients (except inside `optimal_gaussian_elbo`, which climbs the ELBO in q's own
+parameters and never changes the model), in minibatches of `batch_size` examples on the model's device,
+and return their results on the device of `x`. A Bernoulli model is evaluated on `x` as given: binarize
 grey-scale test images first (e.g. `torch.bernoulli(x, generator=...)`, one fixed draw) to report numbers
 that compare with published tables for dynamically binarized data.
 """
 
 import math
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -90,14 +93,19 @@ def iwae_log_likelihood(model, x, k=5000, batch_size=100, chunk_size=500, genera
     for xb in tqdm(x.split(batch_size), disable=not progress, unit="batch", desc=f"IWAE k={k}"):
         xb = xb.to(device, dtype)  # (B, D)
         mu, logvar = model._encode(xb)  # (B, k_latent) each
-        acc = torch.full((xb.shape[0],), -math.inf, dtype=dtype, device=device)  # running log sum_i w_i, (B,)
-        for start in range(0, k, chunk_size):
-            m = min(chunk_size, k - start)
-            z = _sample_normal(mu, logvar, m, generator)  # (m, B, k_latent)
-            log_w = model._log_joint(xb, z) - _log_normal(z, mu, logvar)  # (m, B)
-            acc = torch.logaddexp(acc, torch.logsumexp(log_w, 0))
-        out.append(acc - math.log(k))
+        out.append(_iwae(model, xb, mu, logvar, k, chunk_size, generator))
     return torch.cat(out).to(x.device)
+
+
+def _iwae(model, xb, mu, logvar, k, chunk_size, generator):
+    """log (1/k) sum_i p(xb, z_i) / q(z_i) with z_i ~ q = N(mu, diag exp(logvar)), in chunks of samples.  (B,)"""
+    acc = torch.full((xb.shape[0],), -math.inf, dtype=mu.dtype, device=mu.device)  # running log sum_i w_i, (B,)
+    for start in range(0, k, chunk_size):
+        m = min(chunk_size, k - start)
+        z = _sample_normal(mu, logvar, m, generator)  # (m, B, k_latent)
+        log_w = model._log_joint(xb, z) - _log_normal(z, mu, logvar)  # (m, B)
+        acc = torch.logaddexp(acc, torch.logsumexp(log_w, 0))
+    return acc - math.log(k)
 
 
 @torch.no_grad()
@@ -130,3 +138,138 @@ def active_units(model, x, threshold=0.01, batch_size=1000):
     mu = torch.cat([mean_code(xb) for xb in x.split(batch_size)])  # (N, k)
     variance = mu.var(0, correction=1).to(x.device)  # (k,)
     return int((variance > threshold).sum()), variance
+
+
+# -- the gaps between the ELBO and log p(x) ----------------------------------------------------------
+
+class OptimalGaussian(NamedTuple):
+    """What `optimal_gaussian_elbo` returns: the best Gaussian q of each example and two ELBOs, in nats."""
+
+    elbo: torch.Tensor  # (N,) ELBO of the optimised q (Monte Carlo, eval_samples draws)
+    mu: torch.Tensor  # (N, k) means of the optimised q
+    logvar: torch.Tensor  # (N, k) log-variances of the optimised q
+    elbo_encoder: torch.Tensor  # (N,) ELBO of the starting q (the encoder's), with the same draws as `elbo`
+
+
+class ELBOGaps(NamedTuple):
+    """What `elbo_gaps` returns, each (N,) in nats: log_px - elbo_encoder = approximation_gap + amortization_gap."""
+
+    log_px: torch.Tensor  # IWAE_k estimate of log p(x): the larger of the two proposals' estimates
+    elbo_encoder: torch.Tensor  # ELBO of the encoder's q(z | x)
+    elbo_optimal: torch.Tensor  # ELBO of the best diagonal Gaussian q for each example
+    approximation_gap: torch.Tensor  # log_px - elbo_optimal: the price of a diagonal Gaussian family
+    amortization_gap: torch.Tensor  # elbo_optimal - elbo_encoder: the price of one encoder for all x
+
+
+def _mc_elbos(model, xb, qs, n_samples, chunk_size, generator):
+    """ELBO = mean_s [log p(xb, z_s) - log q(z_s)] for each q = (mu, logvar) in `qs`, all with the same eps.  [(B,)]"""
+    sums = [torch.zeros(xb.shape[0], dtype=xb.dtype, device=xb.device) for _ in qs]
+    for start in range(0, n_samples, chunk_size):
+        m = min(chunk_size, n_samples - start)
+        eps = torch.randn(m, *qs[0][0].shape, generator=generator, dtype=xb.dtype, device=xb.device)  # (m, B, k)
+        for i, (mu, logvar) in enumerate(qs):
+            z = mu + torch.exp(0.5 * logvar) * eps  # (m, B, k)
+            sums[i] += (model._log_joint(xb, z) - _log_normal(z, mu, logvar)).sum(0)  # (m, B) -> (B,)
+    return [s / n_samples for s in sums]
+
+
+def optimal_gaussian_elbo(model, x, steps=500, lr=0.1, n_samples=16, eval_samples=1000, batch_size=1000,
+                          chunk_size=250, generator=None):
+    """The ELBO of the best diagonal Gaussian q for each example, with the decoder held fixed.
+
+    ELBO*(x_i) = max over (mu_i, logvar_i) of E_q[log p(x_i | z)] - KL(q || N(0, I)),  q = N(mu_i, diag exp(logvar_i)):
+    one free q per example instead of the encoder's q(z | x_i) (the optimal q* of Cremer, Li & Duvenaud 2018,
+    "Inference Suboptimality in Variational Autoencoders", table 1). Each q starts at the encoder's output and
+    climbs the ELBO with Adam: reparameterized path-derivative gradients (Roeder, Wu & Duvenaud 2017, "Sticking
+    the Landing"; n_samples draws of z per step), which are exactly zero at the true posterior, and a learning
+    rate decaying linearly from lr to 0, so the final q does not jitter. Adam's update is elementwise and the
+    objective a sum over examples, so the N optimisations run side by side without interacting. Only q's
+    parameters move: the model's weights and their .grad are untouched. The final ELBOs average
+    log p(x, z) - log q(z) over eval_samples fresh draws (the estimator of `vaelib.estimators.elbo`, exact when
+    q is the posterior); the encoder's q is evaluated with the same standard-normal draws, so
+    `elbo - elbo_encoder` (the amortization gap) carries less Monte Carlo noise than two independent estimates.
+
+    Args:
+        model: a vaelib.models.VAE.
+        x: (N, D) data (binarized for a Bernoulli model, see the module docstring).
+        steps: Adam steps per example (>= 1).
+        lr: initial Adam learning rate (> 0): the first steps move each mu_j and logvar_j by about lr.
+        n_samples: draws of z per example and step (>= 1).
+        eval_samples: draws of z per example for the final ELBOs (>= 1).
+        batch_size: examples optimised together (memory only: the examples do not interact).
+        chunk_size: draws of z per decoder pass in the final evaluation.
+        generator: optional torch.Generator on the model's device.
+    Returns:
+        OptimalGaussian(elbo (N,), mu (N, k), logvar (N, k), elbo_encoder (N,)), on the device of x.
+    """
+    _check(model, x, batch_size)
+    _validate.positive_int("steps", steps)
+    lr = _validate.positive_scalar("lr", lr)
+    _validate.positive_int("n_samples", n_samples)
+    _validate.positive_int("eval_samples", eval_samples)
+    _validate.positive_int("chunk_size", chunk_size)
+    _validate.generator("generator", generator)
+    device, dtype = _device_of(model)
+    outs = []
+    for xb in x.split(batch_size):
+        xb = xb.to(device, dtype)  # (B, D)
+        with torch.no_grad():
+            mu0, logvar0 = model._encode(xb)  # (B, k) each: the starting point
+        mu = mu0.clone().requires_grad_(True)
+        logvar = logvar0.clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([mu, logvar], lr=lr)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1.0 - t / steps)
+        with torch.enable_grad():
+            for _ in range(steps):
+                z = _sample_normal(mu, logvar, n_samples, generator)  # (S, B, k), reparameterized
+                # log p(x, z) - log q(z) with q's parameters detached inside log q: the path derivative
+                # ("sticking the landing", Roeder, Wu & Duvenaud 2017), an unbiased gradient of the ELBO whose
+                # variance vanishes when q equals the posterior. Not the ELBO's value: only its gradient is used.
+                surrogate = (model._log_joint(xb, z) - _log_normal(z, mu.detach(), logvar.detach())).mean(0)  # (B,)
+                grad_mu, grad_logvar = torch.autograd.grad(-surrogate.sum(), (mu, logvar))
+                mu.grad, logvar.grad = grad_mu, grad_logvar
+                optimizer.step()
+                schedule.step()
+        mu, logvar = mu.detach(), logvar.detach()
+        with torch.no_grad():
+            qs = [(mu, logvar), (mu0, logvar0)]  # the optimised q and the starting q, evaluated with the same eps
+            elbo, elbo_encoder = _mc_elbos(model, xb, qs, eval_samples, chunk_size, generator)
+        outs.append((elbo, mu, logvar, elbo_encoder))
+    return OptimalGaussian(*(torch.cat(parts).to(x.device) for parts in zip(*outs)))
+
+
+def elbo_gaps(model, x, k=1000, steps=500, lr=0.1, n_samples=16, eval_samples=1000, batch_size=1000,
+              chunk_size=250, generator=None):
+    """Split log p(x) - ELBO into the approximation gap and the amortization gap (Cremer et al. 2018, table 1).
+
+    log p(x) - ELBO[q_phi(z|x)] = (log p(x) - ELBO[q*]) + (ELBO[q*] - ELBO[q_phi(z|x)])
+                                =  approximation gap    +  amortization gap,
+    where q* is the best diagonal Gaussian for each example (`optimal_gaussian_elbo`). log p(x) is estimated
+    by IWAE_k twice, with the encoder's q and with q* as proposals, keeping the larger per example: each is a
+    lower bound in expectation, and either proposal can be the better one (q* fits the posterior's main mode
+    more closely, the encoder's q is often wider).
+
+    Args:
+        model: a vaelib.models.VAE.
+        x: (N, D) data (binarized for a Bernoulli model).
+        k: importance samples per example for the log p(x) estimate.
+        steps, lr, n_samples, eval_samples, batch_size, chunk_size, generator: as in `optimal_gaussian_elbo`
+            (chunk_size also for the IWAE).
+    Returns:
+        ELBOGaps(log_px, elbo_encoder, elbo_optimal, approximation_gap, amortization_gap), each (N,), on
+        the device of x. Both gaps are >= 0 up to Monte Carlo and optimisation error.
+    """
+    _validate.positive_int("k", k)
+    opt = optimal_gaussian_elbo(model, x, steps=steps, lr=lr, n_samples=n_samples, eval_samples=eval_samples,
+                                batch_size=batch_size, chunk_size=chunk_size, generator=generator)
+    device, dtype = _device_of(model)
+    log_px = []
+    with torch.no_grad():
+        for xb, mub, logvarb in zip(x.split(batch_size), opt.mu.split(batch_size), opt.logvar.split(batch_size)):
+            xb = xb.to(device, dtype)  # (B, D)
+            mu, logvar = model._encode(xb)  # (B, k_latent) each
+            iwae_encoder = _iwae(model, xb, mu, logvar, k, chunk_size, generator)
+            iwae_optimal = _iwae(model, xb, mub.to(device, dtype), logvarb.to(device, dtype), k, chunk_size, generator)
+            log_px.append(torch.maximum(iwae_encoder, iwae_optimal))
+    log_px = torch.cat(log_px).to(x.device)
+    return ELBOGaps(log_px, opt.elbo_encoder, opt.elbo, log_px - opt.elbo, opt.elbo - opt.elbo_encoder)

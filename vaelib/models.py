@@ -180,7 +180,9 @@ class VAE(_EncoderDecoder):
 
     Encoder: x -> [Linear, ReLU] per hidden layer -> `to_mu`, `to_logvar` (Linear heads, (B, k) each).
     Decoder: z -> [Linear, ReLU] per hidden layer (reversed) -> `decoder.to_logits` (Bernoulli) or
-    `decoder.to_mean` (Gaussian). `hidden_dims=()` gives linear maps (a linear VAE, cf. probabilistic PCA).
+    `decoder.to_mean` (Gaussian). `hidden_dims=()` gives linear maps: the linear VAE
+    `VAE(D, k, hidden_dims=(), likelihood="gaussian", learn_sigma_x=True)` has probabilistic PCA as its decoder
+    (Tipping & Bishop 1999), and its ELBO can reach pPCA's maximum log-likelihood (Lucas et al. 2019; notebook 10).
 
     Args:
         data_dim: D, pixels per example.
