@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-CONDA_NAMES = {"torch": "pytorch"}  # PyPI name -> conda-forge name where they differ
+CONDA_NAMES = {"torch": "pytorch", "playwright": "playwright-python"}  # PyPI name -> conda-forge name where they differ
 
 
 def canonical(name):
@@ -20,10 +20,15 @@ def requirement_name(req):
     return canonical(re.split(r"[\s<>=!~\[;]", req.strip(), maxsplit=1)[0])
 
 
-def pyproject_packages():
+def pyproject_requirements():
+    """PyPI names of the runtime dependencies and the dev extra."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    reqs = project["dependencies"] + project["optional-dependencies"]["dev"]
-    return {CONDA_NAMES.get(requirement_name(r), requirement_name(r)) for r in reqs}
+    return {requirement_name(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+
+
+def pyproject_packages():
+    """The same packages under their conda-forge names."""
+    return {CONDA_NAMES.get(n, n) for n in pyproject_requirements()}
 
 
 def test_environment_yml_names_the_same_packages_as_pyproject():
@@ -45,8 +50,7 @@ def test_constraints_pin_cpu_torch_and_every_direct_dependency():
             assert version, f"constraints.txt line is not an exact pin: {line!r}"
             pins[canonical(name)] = version
     assert pins["torch"] == "2.13.0"
-    direct = {CONDA_NAMES.get(n, n) for n in pyproject_packages()} - {"pytorch"}
-    missing = {n for n in direct if n not in pins}
+    missing = {n for n in pyproject_requirements() if n not in pins}
     assert not missing, f"direct dependencies without a pin in constraints.txt: {missing}"
 
 
