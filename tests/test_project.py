@@ -76,3 +76,16 @@ def test_importing_vaelib_runs_nothing():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_readme_links_point_to_files_that_exist():
+    readme = (REPO / "README.md").read_text()
+    targets = set(re.findall(r"\]\(((?:notebooks|figures)/[^)#]+)\)", readme))
+    assert len(targets) >= 10, "the README's checklist links to notebooks and figures"
+    missing = sorted(t for t in targets if not (REPO / t).exists())
+    assert not missing, f"README links to missing files: {missing}"
+
+
+def test_readme_opens_with_the_two_commands():
+    head = (REPO / "README.md").read_text().split("##")[0]
+    assert head.index("make run") < head.index("make test")
