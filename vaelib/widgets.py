@@ -285,14 +285,15 @@ def kl_identity_explorer(models=None, m=0.3, logvar=-1.0):
     ax_q.set(xlim=(-4, 4), xlabel="z (latent units)", ylabel="density")
     ax_q.legend(loc="upper left", fontsize=8)
     bars = ax_b.bar([0, 1, 2], [0, 0, 0], color=["k", "C0", "C3"], width=0.6)
-    (gap,) = ax_b.plot([1, 1], [0, 0], color="C3", lw=6, solid_capstyle="butt", label="KL on top of the ELBO")
+    (gap,) = ax_b.bar([1], [0], bottom=[0], width=0.6, color="C3", alpha=0.45, hatch="//", label="KL stacked on the ELBO")
+    level = ax_b.axhline(0, color="k", ls="--", lw=1, label="log p(x)")
     ax_b.axhline(0, color="k", lw=0.6)
     ax_b.set_xticks([0, 1, 2], ["log p(x)", "ELBO", "KL(q‖p(z|x))"])
     ax_b.set(ylabel="nats")
-    ax_b.legend(loc="lower right", fontsize=8)
+    ax_b.legend(loc="upper left", fontsize=7.5)
     ax_b.set_title("log p(x) = ELBO + KL", fontsize=10)
     fig.fig.tight_layout()
-    fig.animate(q_line, *bars, gap)
+    fig.animate(q_line, *bars, gap, level)
     readout_html = widgets.HTML()
     state = {"model": next(iter(models)), "fill": post_fill}
 
@@ -311,7 +312,9 @@ def kl_identity_explorer(models=None, m=0.3, logvar=-1.0):
         ax_q.set_title(f"{v['model']} model: q against the exact posterior", fontsize=10)
         for bar, h in zip(bars, (r["log_px"], r["elbo"], r["kl"])):
             bar.set_height(h)
-        gap.set_ydata([r["elbo"], r["elbo"] + r["kl"]])
+        gap.set_y(r["elbo"])
+        gap.set_height(r["kl"])
+        level.set_ydata([r["log_px"], r["log_px"]])
         lo, hi = min(0.0, r["elbo"], r["log_px"]), max(0.0, r["kl"], r["log_px"])
         _sticky_lim(ax_b, lo, hi, margin=0.08)
         readout_html.value = _pre([
@@ -446,14 +449,14 @@ def gradient_explorer(mu=1.0, sigma=0.5, K=1, repeats=None):
             ranges.clear()
             for param in ("mu", "logvar"):
                 both = np.concatenate([r1["estimates"][("score", param)], r1["estimates"][("pathwise", param)]])
-                lo, hi = np.quantile(both, [0.005, 0.995])
+                lo, hi = np.quantile(both, [0.01, 0.99])
                 ranges.setdefault((mu, sigma), {})[param] = (lo, hi) if hi - lo > 1e-9 else (lo - 0.5, hi + 0.5)
         return ranges[(mu, sigma)]
 
     def update(v):
         r = gradient_readout(v["mu"], v["sigma"], v["K"], repeats=repeats)
         for ax, param in zip(axes, ("mu", "logvar")):
-            _sticky_lim(ax, *x_ranges(v["mu"], v["sigma"])[param], axis="x", margin=0.25)
+            _sticky_lim(ax, *x_ranges(v["mu"], v["sigma"])[param], axis="x", margin=0.15)
             edges = np.linspace(*ax.get_xlim(), 81)
             counts = {est: np.histogram(r["estimates"][(est, param)], bins=edges)[0] for est in ("score", "pathwise")}
             top = max(c.max() for c in counts.values()) or 1
