@@ -166,13 +166,17 @@ def _image_shape(data_dim, image_shape):
 
 
 def _decoded_mean(model, z):
-    """Mean of p(x | z): pixel probabilities (Bernoulli) or the Gaussian mean.  z: (..., k) -> (..., D)."""
-    out = model.decode(z)
-    return torch.sigmoid(out) if model.likelihood == "bernoulli" else out
+    """Mean of p(x | z): pixel probabilities (Bernoulli) or the Gaussian mean, float64 on the CPU.
+
+    z: (..., k) on any device -> (..., D)."""
+    out = model.decode(_to_model(model, z))
+    return (torch.sigmoid(out) if model.likelihood == "bernoulli" else out).double().cpu()
 
 
-def _model_dtype(model):
-    return next(model.parameters()).dtype
+def _to_model(model, t):
+    """t on the model's device and in its dtype (a model trained on CUDA is used where it lives)."""
+    p = next(model.parameters())
+    return t.to(device=p.device, dtype=p.dtype)
 
 
 # -- 1. the KL identity -------------------------------------------------------------------------------------------
@@ -456,7 +460,7 @@ def gradient_explorer(mu=1.0, sigma=0.5, K=1, repeats=None):
     def update(v):
         r = gradient_readout(v["mu"], v["sigma"], v["K"], repeats=repeats)
         for ax, param in zip(axes, ("mu", "logvar")):
-            _sticky_lim(ax, *x_ranges(v["mu"], v["sigma"])[param], axis="x", margin=0.15)
+            _sticky_lim(ax, *x_ranges(v["mu"], v["sigma"])[param], axis="x", margin=0.3)
             edges = np.linspace(*ax.get_xlim(), 81)
             counts = {est: np.histogram(r["estimates"][(est, param)], bins=edges)[0] for est in ("score", "pathwise")}
             top = max(c.max() for c in counts.values()) or 1
@@ -565,17 +569,17 @@ def kl_weight_readout(model, x, n_images=8):
     _validate.tensor("x", x, min_dim=2)
     if x.dim() != 2 or x.shape[0] < 2 or x.shape[1] != model.data_dim:
         raise ValueError(f"x must have shape (N >= 2, {model.data_dim}), got {tuple(x.shape)}")
-    x = x.to(_model_dtype(model))
-    mu, logvar = model.encode(x)  # (N, k) each
-    kl_units = kl_normal(mu[..., None], logvar[..., None]).mean(0)  # (k,) KL of each unit, mean over x
+    x = x.double().cpu()
+    mu, logvar = model.encode(_to_model(model, x))  # (N, k) each
+    kl_units = kl_normal(mu[..., None], logvar[..., None]).mean(0).double().cpu()  # (k,) KL of each unit, mean over x
     recon_all = _decoded_mean(model, mu)  # (N, D)
-    n_active, variance = active_units(model, x)
+    n_active, variance = active_units(model, _to_model(model, x))
     return {
-        "recon": recon_all[:n_images].double().numpy(),
-        "kl_per_unit": kl_units.double().numpy(),
+        "recon": recon_all[:n_images].numpy(),
+        "kl_per_unit": kl_units.numpy(),
         "kl": float(kl_units.sum()),
         "active": n_active,
-        "code_variance": variance.double().numpy(),
+        "code_variance": variance.double().cpu().numpy(),
         "sse": float(((x - recon_all) ** 2).sum(-1).mean()),
     }
 
@@ -664,7 +668,7 @@ def latent_codes(model, x):
 
     if not isinstance(model, VAE) or model.latent_dim != 2:
         raise ValueError(f"model must be a vaelib.models.VAE with latent_dim 2, got {model!r:.80}")
-    return model.encode(x.to(_model_dtype(model)))[0].double().numpy()
+    return model.encode(_to_model(model, x))[0].double().cpu().numpy()
 
 
 @torch.no_grad()
@@ -687,7 +691,7 @@ def latent_readout(model, z, codes, n_neighbours=5):
         raise ValueError(f"codes must have shape (N >= 1, 2), got {codes.shape}")
     zt = torch.tensor([z1, z2], dtype=torch.float64)
     log_prior = log_normal(zt, torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)).item()
-    decoded = _decoded_mean(model, zt.to(_model_dtype(model))[None])[0].double().numpy()
+    decoded = _decoded_mean(model, zt[None])[0].numpy()
     dist = np.hypot(codes[:, 0] - z1, codes[:, 1] - z2)
     n = min(n_neighbours, len(codes))
     nearest = np.argpartition(dist, n - 1)[:n]
@@ -706,10 +710,10 @@ def interpolation_path(model, x_a, x_b, n=10):
         z (n, k) numpy path, decoded (n, D) numpy means of p(x | z).
     """
     _validate.positive_int("n", n, minimum=2)
-    ends = model.encode(torch.stack([x_a, x_b]).to(_model_dtype(model)))[0].double()  # (2, k)
+    ends = model.encode(_to_model(model, torch.stack([x_a, x_b])))[0].double().cpu()  # (2, k)
     t = torch.linspace(0, 1, n, dtype=torch.float64)[:, None]  # (n, 1)
     z = (1 - t) * ends[0] + t * ends[1]  # (n, k)
-    return z.numpy(), _decoded_mean(model, z.to(_model_dtype(model))).double().numpy()
+    return z.numpy(), _decoded_mean(model, z).numpy()
 
 
 def latent_explorer(model, x_train, x_test, labels=None, pair=(0, 1), n_codes=2000, n_neighbours=5, image_shape=None):
