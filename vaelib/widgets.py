@@ -15,7 +15,8 @@ The returned widget is an `ipywidgets.VBox` with three extra attributes for test
 `controls` (dict name -> slider), `readout` (the dict behind the text), `timings` (wall-clock seconds taken by each
 update after a control moved: computation, artist updates and PNG rendering), `cpu_timings` (the same in CPU seconds
 of this process, which other programs on a busy machine do not inflate) and `figure` (the matplotlib Figure in
-`figure.fig`; `figure.full_redraws` counts the updates that had to redraw axes and text, not just the moving parts). Setting a control's `.value` runs the update synchronously.
+`figure.fig`; `figure.full_redraws` counts the updates that had to redraw axes and text, not just the moving parts).
+Setting a control's `.value` runs the update synchronously.
 
 ipywidgets is imported inside the functions (it is in the dev extra, not a core dependency); without it the
 explorers raise ImportError with the install command. Nothing runs at import time. `logvar` is log sigma^2.
@@ -468,8 +469,9 @@ def gradient_explorer(mu=1.0, sigma=0.5, K=1, repeats=None):
                 lines[(est, param)].set_data(0.5 * (edges[1:] + edges[:-1]), c / top)
             exact = r["exact"]["grad_" + param]
             lines[("exact", param)].set_xdata([exact, exact])
-        rows = [f"q = N({v['mu']:.2f}, {v['sigma']:.2f}²), K = {v['K']}:  L = E_q[z²] = μ² + σ² = {v['mu']**2 + v['sigma']**2:.4f};  exact gradient: ∂L/∂μ = 2μ = "
-                f"{r['exact']['grad_mu']:.4f},  ∂L/∂log σ² = σ² = {r['exact']['grad_logvar']:.4f}",
+        rows = [f"q = N({v['mu']:.2f}, {v['sigma']:.2f}²), K = {v['K']}:  L = E_q[z²] = μ² + σ² = "
+                f"{v['mu']**2 + v['sigma']**2:.4f};  exact gradient: ∂L/∂μ = 2μ = {r['exact']['grad_mu']:.4f},  "
+                f"∂L/∂log σ² = σ² = {r['exact']['grad_logvar']:.4f}",
                 f"{'estimator':22s}{'mean of estimates':>18s}{'measured var':>14s}{'exact var (v1/K)':>18s}"]
         for key in r["estimates"]:
             rows.append(f"{key[0] + ', ' + key[1]:22s}{r['mean'][key]:18.4f}{r['var'][key]:14.4g}{r['exact_var'][key]:18.4g}")
