@@ -884,9 +884,9 @@ def iwae_explorer(model=None, x=None, mu=None, logvar=None, ks=IWAE_KS, repeats=
     ax_c.errorbar(kk, gaps, yerr=2 * ses, fmt="o-", color="C2", ms=4, capsize=2, label="log p(x) − mean IWAE_k, ± 2 s.e.")
     ax_c.axhline(log_px - elbo, color="C0", ls="--", label="log p(x) − ELBO = KL")
     (mark,) = ax_c.plot([], [], "o", ms=12, mfc="none", mec="k", mew=2)
-    ax_c.set(xscale="log", xlabel="k", ylabel="gap to log p(x) (nats)")
-    if (gaps > 0).all():
-        ax_c.set_yscale("log")
+    # symlog: logarithmic above 1e-3 nats, linear through 0 (a mean of draws can overshoot log p(x) by noise)
+    ax_c.set(xscale="log", xlabel="k", ylabel="log p(x) − IWAE_k (nats, symlog)")
+    ax_c.set_yscale("symlog", linthresh=1e-3)
     ax_c.legend(loc="lower left", fontsize=7.5)
     ax_h.set_title(f"{repeats} draws of IWAE_k", fontsize=10)
     fig.fig.tight_layout()
