@@ -29,6 +29,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from enum import Enum
 from pathlib import PurePath, Path
 from typing import NamedTuple
@@ -395,30 +396,31 @@ def fit(
     N = x.shape[0]
     n_steps = math.ceil(N / batch_size)
 
-    optimizer = torch.optim.Adam(params, lr=lr)
-    if optimizer_state is not None:
-        try:
-            optimizer.load_state_dict(optimizer_state)
-        except (ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise ValueError(f"optimizer_state does not fit this model's parameters ({e})") from None
-        for group in optimizer.param_groups:
-            group["lr"] = lr
     gen = _make_generator(device, seed, rng_state)
-
-    if valid_x is not None:
-        vgen = torch.Generator(device=device).manual_seed(_derived_seed(seed, "valid"))
-        vx = valid_x.to(device=device, dtype=dtype)  # (M, D)
-        if binarize:
-            vx = torch.bernoulli(vx, generator=vgen)  # one fixed binarization
-        vgen_state = vgen.get_state()
-        if is_vae:
-            valid_fn = lambda xb: model._elbo_terms(xb, 1, vgen).elbo  # noqa: E731
-        else:
-            valid_fn = model._reconstruction_log_likelihood
-        valid_batch = max(batch_size, 1024)
-
-    snapshot = _take_snapshot(model, optimizer, gen, history)  # the state to fall back to
+    # The state to fall back to on an interrupt or a NaN: the start, until the first epoch ends.
+    snapshot = _Snapshot(_clone(model.state_dict()), _clone(optimizer_state), gen.get_state(), len(history["epoch"]))
     try:
+        optimizer = torch.optim.Adam(params, lr=lr)  # the first Adam of a process imports torch._dynamo: seconds
+        if optimizer_state is not None:
+            try:
+                optimizer.load_state_dict(optimizer_state)
+            except (ValueError, KeyError, TypeError, RuntimeError) as e:
+                raise ValueError(f"optimizer_state does not fit this model's parameters ({e})") from None
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+        if valid_x is not None:
+            vgen = torch.Generator(device=device).manual_seed(_derived_seed(seed, "valid"))
+            vx = valid_x.to(device=device, dtype=dtype)  # (M, D)
+            if binarize:
+                vx = torch.bernoulli(vx, generator=vgen)  # one fixed binarization
+            vgen_state = vgen.get_state()
+            if is_vae:
+                valid_fn = lambda xb: model._elbo_terms(xb, 1, vgen).elbo  # noqa: E731
+            else:
+                valid_fn = model._reconstruction_log_likelihood
+            valid_batch = max(batch_size, 1024)
+
         with tqdm(total=epochs * n_steps, disable=not progress, unit="batch", dynamic_ncols=True) as bar:
             for epoch in range(start + 1, start + epochs + 1):
                 beta_e = beta * min(1.0, (epoch - 1) / warmup_epochs) if warmup_epochs else beta
@@ -810,7 +812,9 @@ def _read_payload(path):
     """torch.load(weights_only=True) of an existing file; anything unreadable becomes a ValueError naming it."""
     with open(path, "rb") as f:  # errors opening the file (permissions) surface as they are
         try:
-            return torch.load(f, weights_only=True, map_location="cpu")
+            with warnings.catch_warnings():  # a damaged file can make the unpickler warn before it fails
+                warnings.simplefilter("ignore")
+                return torch.load(f, weights_only=True, map_location="cpu")
         except Exception as e:  # corrupt or truncated zip (even as OSError), bad pickle, disallowed globals
             kind, first = type(e).__name__, (str(e).strip().splitlines() or [""])[0][:200]
     if first.startswith("Weights only load failed"):
