@@ -239,6 +239,7 @@ def latent_scatter(z, labels=None, dims=(0, 1), ax=None, title=None, s=6, alpha=
     i, j = dims
     if not (0 <= i < z.shape[1] and 0 <= j < z.shape[1]) or i == j:
         raise ValueError(f"dims must be two different latent dimensions in [0, {z.shape[1]}), got {dims}")
+    own_axes = ax is None
     fig, ax = _new_axes(ax, (5.5, 5))
     if labels is None:
         ax.scatter(z[:, i], z[:, j], s=s, alpha=alpha, linewidths=0)
@@ -251,7 +252,10 @@ def latent_scatter(z, labels=None, dims=(0, 1), ax=None, title=None, s=6, alpha=
         for n, c in enumerate(classes):
             keep = labels == c
             ax.scatter(z[keep, i], z[keep, j], s=s, alpha=alpha, linewidths=0, color=cmap(n % cmap.N), label=str(c))
-        ax.legend(title="label", markerscale=3, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        if own_axes:  # beside the plot; inside it when drawing into your axes (it might cover a neighbour)
+            ax.legend(title="label", markerscale=3, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        else:
+            ax.legend(title="label", markerscale=3, loc="best", fontsize="small", ncols=2)
     ax.set(xlabel=f"$z_{i + 1}$", ylabel=f"$z_{j + 1}$", title=title or "")
     ax.set_aspect("equal", adjustable="datalim")
     return fig
