@@ -183,3 +183,22 @@ def test_beta_vae_read_with_kl_per_unit_and_plots_in_a_folder_of_your_choice(ima
         assert plotting.savefig(fig, out / name) == out / name
     assert sorted(p.name for p in out.iterdir()) == sorted(figs)
     assert all((out / n).stat().st_size > 1000 for n in figs)
+
+
+def test_the_command_line_on_your_own_npz_file(images28, tmp_path, capsys):
+    # The assignment's last step: your images in an .npz file, trained, evaluated and sampled from the command line.
+    # evaluate and sample take the data file and image shape from the checkpoint, not from the command line.
+    from vaelib.__main__ import main
+
+    x, _, xt, _ = images28
+    npz = tmp_path / "my_images.npz"
+    np.savez(npz, x_train=x[:400].numpy(), x_test=xt[:50].numpy())
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(npz), "--image-shape", "28", "28", "--latent-dim", "4", "--hidden", "32",
+                 "--epochs", "2", "--no-progress", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "model.pt"), "--k", "8", "--no-progress"]) == 0
+    report = capsys.readouterr().out
+    assert "my_images.npz" in report and "50 examples" in report
+    assert main(["sample", str(out / "model.pt"), "--n", "16", "--out", str(tmp_path / "samples.png")]) == 0
+    assert (tmp_path / "samples.png").stat().st_size > 1000
