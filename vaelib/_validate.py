@@ -4,15 +4,24 @@ Each raises TypeError (wrong type or dtype) or ValueError (wrong shape or value)
 that names the argument, what it got and what was expected.
 """
 
+import math
+import operator
+
 import torch
+
+# The floating dtypes vaelib computes in. Half precision (float16, bfloat16) is refused: log-densities
+# of hundreds of nats, exp(-logvar) and Cholesky factors lose all their digits there (float16 has 3
+# significant digits and overflows at 65504), and several torch CPU kernels do not implement it.
+FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
 def tensor(name, x, *, min_dim=0, finite=True):
-    """Check that `x` is a floating-point tensor with at least `min_dim` dimensions and finite entries."""
+    """Check that `x` is a float32/float64 tensor with at least `min_dim` dimensions and finite entries."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor (float32 or float64), got dtype {x.dtype}")
+    if x.dtype not in FLOAT_DTYPES:
+        hint = " (half precision is not supported: convert with .float() or .double())" if x.is_floating_point() else ""
+        raise TypeError(f"{name} must be a floating-point tensor (float32 or float64), got dtype {x.dtype}{hint}")
     if x.dim() < min_dim:
         raise ValueError(f"{name} must have at least {min_dim} dimension(s) (..., D), got shape {tuple(x.shape)}")
     if finite and not bool(torch.isfinite(x).all()):
@@ -58,3 +67,55 @@ def generator(name, g):
     if g is not None and not isinstance(g, torch.Generator):
         raise TypeError(f"{name} must be a torch.Generator or None, got {type(g).__name__}")
     return g
+
+
+def function(name, f, signature):
+    """Check that `f` is callable; `signature` describes what it should map, e.g. "(x, z) -> log p(x, z)"."""
+    if not callable(f):
+        raise TypeError(f"{name} must be a callable {signature}, got {type(f).__name__}")
+    return f
+
+
+def flag(name, b):
+    """Check that `b` is a bool (not a string such as "no", which would count as true)."""
+    if not isinstance(b, bool):
+        raise TypeError(f"{name} must be True or False, got {type(b).__name__} {b!r}")
+    return b
+
+
+def dim(name, d, ndim):
+    """Check that `d` is an int that indexes one of `ndim` dimensions (negative counts from the end); return it >= 0."""
+    if isinstance(d, bool):
+        raise TypeError(f"{name} must be an int, got bool")
+    try:
+        d = operator.index(d)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(d).__name__}") from None
+    if not -ndim <= d < ndim:
+        raise ValueError(f"{name} must be in [{-ndim}, {ndim - 1}] for a tensor with {ndim} dimension(s), got {d}")
+    return d % ndim
+
+
+def nonempty_batch(name, x):
+    """Check that the (B, ...) tensor `x` holds at least one example: a mean over B = 0 is NaN."""
+    if x.dim() >= 1 and x.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one example, got an empty batch of shape {tuple(x.shape)}")
+    return x
+
+
+def symmetric(name, a):
+    """Check that the (..., D, D) matrix `a` is symmetric up to rounding; return the symmetrised 0.5 (a + a^T).
+
+    Tolerance: |a - a^T| <= sqrt(eps) * max|a| elementwise (1.5e-8 relative in float64, 3.5e-4 in float32),
+    far above the rounding of a computed product such as W W^T + s I, far below a real asymmetry.
+    """
+    at = a.transpose(-2, -1)
+    scale = float(a.abs().max()) if a.numel() else 0.0
+    tol = math.sqrt(torch.finfo(a.dtype).eps) * scale
+    worst = float((a - at).abs().max()) if a.numel() else 0.0
+    if worst > tol:
+        raise ValueError(
+            f"{name} must be symmetric, got max |{name} - {name}^T| = {worst:.3g} (shape {tuple(a.shape)}, "
+            f"tolerance {tol:.3g} = sqrt(eps) * max|{name}|)"
+        )
+    return 0.5 * (a + at)

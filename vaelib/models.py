@@ -523,6 +523,7 @@ class VAE(_EncoderDecoder):
             0-dim tensor.
         """
         self._check_elbo_args(x, n_samples, generator)
+        _validate.nonempty_batch("x", x)  # the mean over an empty batch is NaN
         beta = _check_beta(beta)
         return self._loss(x, beta, n_samples, generator)[0]
 
@@ -626,7 +627,7 @@ class Autoencoder(_EncoderDecoder):
         Returns:
             0-dim tensor.
         """
-        return self._loss(self._check_x(x))[0]
+        return self._loss(_validate.nonempty_batch("x", self._check_x(x)))[0]
 
 
 MODELS = {"VAE": VAE, "Autoencoder": Autoencoder}
