@@ -24,10 +24,11 @@ def _sq_over_var(diff, logvar):
 
     The direct form diff^2 * exp(-logvar) overflows exp(-logvar) for logvar below about -88 (float32) or
     -709 (float64) and then gives 0 * inf = NaN at diff = 0; in log space, exp(2 log|diff| - logvar), it
-    overflows only when the result itself does. diff = 0 gives 0 with gradient 0 (no log 0 in the graph).
+    overflows only when the result itself does. diff = 0 gives 0 with gradient 0 (no log 0 or exp overflow in the graph).
     """
     zero = diff == 0
-    return torch.exp(torch.log(torch.where(zero, 1.0, diff).square()) - logvar).masked_fill(zero, 0.0)
+    log_ratio = 2.0 * torch.log(torch.where(zero, 1.0, diff).abs()) - logvar
+    return torch.exp(log_ratio.masked_fill(zero, -math.inf))  # exp(-inf) = 0, and its gradient 0 too
 
 
 def _log_normal(x, mu, logvar):
