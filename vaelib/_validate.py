@@ -119,3 +119,42 @@ def symmetric(name, a):
             f"tolerance {tol:.3g} = sqrt(eps) * max|{name}|)"
         )
     return 0.5 * (a + at)
+
+
+def nonempty(name, x):
+    """Check that the tensor `x` has at least one entry."""
+    if x.numel() == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
+    return x
+
+
+def sampleable_logvar(name, logvar):
+    """Check that exp(logvar / 2), the standard deviation of a Gaussian to sample from, is finite.
+
+    Above 2 log(max float) (177.4 in float32, 1419.6 in float64) every sample is +-inf and anything
+    computed from it (z - mu, the score) is inf or NaN.
+    """
+    limit = 2.0 * math.log(torch.finfo(logvar.dtype).max)
+    if logvar.numel() and float(logvar.detach().max()) >= limit:
+        raise ValueError(
+            f"{name} must be below {limit:.1f} for {logvar.dtype} so that the standard deviation exp({name} / 2) "
+            f"is finite, got a maximum of {float(logvar.detach().max()):.4g} (shape {tuple(logvar.shape)})"
+        )
+    return logvar
+
+
+def unit_scale(x, dims):
+    """x divided by a power of two near max|x| over `dims` where that maximum is extreme; exact otherwise.
+
+    For scale-invariant statistics (autocorrelation, effective sample size) whose sums of squares would
+    overflow (or underflow to 0) for huge (or tiny) values. Dividing by a power of two changes only the
+    exponent, so it is exact; columns whose maximum lies in [2^(-e/4), 2^(e/4)], e the dtype's largest
+    exponent (2^32 in float32), are left bit-for-bit as they are, and so are columns that are all zero.
+    """
+    amax = x.abs().amax(dim=dims, keepdim=True)
+    bound = 2.0 ** (math.frexp(torch.finfo(x.dtype).max)[1] // 4)
+    extreme = (amax > bound) | ((amax < 1.0 / bound) & (amax > 0))
+    if not bool(extreme.any()):
+        return x
+    scale = torch.where(extreme, torch.exp2(torch.floor(torch.log2(amax))), torch.ones_like(amax))
+    return x / scale

@@ -107,6 +107,8 @@ def kl_normal(mu_q, logvar_q, mu_p=None, logvar_p=None):
     Returns:
         (...) KL in nats, >= 0.
     """
+    _validate.tensor("mu_q", mu_q, min_dim=1)  # q is required; only p's parameters may be None
+    _validate.tensor("logvar_q", logvar_q, min_dim=1)
     named = {"mu_q": mu_q, "logvar_q": logvar_q, "mu_p": mu_p, "logvar_p": logvar_p}
     named = {k: v for k, v in named.items() if v is not None}
     for name, t in named.items():
@@ -141,6 +143,7 @@ def sample_normal(mu, logvar, n=None, generator=None):
     _validate.tensor("mu", mu, min_dim=1)
     _validate.tensor("logvar", logvar, min_dim=1)
     _validate.broadcast(mu=mu, logvar=logvar)
+    _validate.sampleable_logvar("logvar", logvar)
     if n is not None:
         _validate.positive_int("n", n)
     _validate.generator("generator", generator)

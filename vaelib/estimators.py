@@ -48,6 +48,7 @@ def _check_q(x, mu, logvar):
     _validate.tensor("logvar", logvar, min_dim=1)
     if mu.shape != logvar.shape:
         raise ValueError(f"mu and logvar must have the same shape (B, k), got {tuple(mu.shape)} and {tuple(logvar.shape)}")
+    _validate.sampleable_logvar("logvar", logvar)
     if mu.shape[:-1] != x.shape[:-1]:
         raise ValueError(
             f"mu must have the batch shape of x: x {tuple(x.shape)} -> mu (..., k) with batch "
@@ -177,6 +178,7 @@ def _check_grad_args(f, mu, logvar, n_samples, generator, reduce):
     _validate.tensor("logvar", logvar, min_dim=1)
     if mu.shape != logvar.shape:
         raise ValueError(f"mu and logvar must have the same shape (..., D), got {tuple(mu.shape)} and {tuple(logvar.shape)}")
+    _validate.sampleable_logvar("logvar", logvar)
     _validate.positive_int("n_samples", n_samples)
     _validate.generator("generator", generator)
 
@@ -186,6 +188,12 @@ def _f_values(f, z):
     if not isinstance(fz, torch.Tensor) or fz.shape != z.shape[:-1]:
         got = tuple(fz.shape) if isinstance(fz, torch.Tensor) else type(fz).__name__
         raise ValueError(f"f(z) must return shape {tuple(z.shape[:-1])} for z {tuple(z.shape)}, got {got}")
+    if not bool(torch.isfinite(fz).all()):
+        bad = "NaN" if bool(torch.isnan(fz).any()) else "inf"
+        raise ValueError(
+            f"f(z) returned {bad} for {int((~torch.isfinite(fz)).sum())} of {fz.numel()} samples; "
+            "a gradient estimate needs finite values of f"
+        )
     return fz
 
 

@@ -62,10 +62,14 @@ def bits_per_dim(log_px, data_dim):
     _validate.positive_int("data_dim", data_dim)
     if isinstance(log_px, torch.Tensor):
         _validate.tensor("log_px", log_px, finite=False)
+        if bool(torch.isnan(log_px).any()):
+            raise ValueError(f"log_px contains NaN values (shape {tuple(log_px.shape)})")
     elif isinstance(log_px, bool) or not isinstance(log_px, (int, float, np.ndarray, np.floating, np.integer)):
         raise TypeError(f"log_px must be a tensor, numpy array or number of nats, got {type(log_px).__name__}")
     elif isinstance(log_px, np.ndarray) and log_px.dtype.kind not in "fiu":
         raise TypeError(f"log_px must hold real numbers, got a numpy array of dtype {log_px.dtype}")
+    elif bool(np.isnan(log_px).any()):
+        raise ValueError(f"log_px contains NaN values (shape {np.shape(log_px)})")
     return -log_px / (data_dim * math.log(2.0))
 
 
