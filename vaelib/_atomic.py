@@ -1,4 +1,4 @@
-"""Atomic file writes shared by downloads (data.py) and checkpoints (train.py).
+"""Atomic file writes for dataset downloads (data.py); train.atomic_write does the same for checkpoints.
 
 `atomic_file(path, suffix)` writes into a temporary file ".<name>.<random><suffix>" beside the final file
 and renames it over `path` with os.replace only when the caller's block finishes, so `path` is always the
