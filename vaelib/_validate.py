@@ -15,11 +15,14 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
-def tensor(name, x, *, min_dim=0, finite=True):
-    """Check that `x` is a float32/float64 tensor with at least `min_dim` dimensions and finite entries."""
+def tensor(name, x, *, min_dim=0, finite=True, allow_half=False):
+    """Check that `x` is a float32/float64 tensor with at least `min_dim` dimensions and finite entries.
+
+    allow_half: also accept float16/bfloat16, for data that the caller converts (exactly) to float32/64.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in FLOAT_DTYPES:
+    if x.dtype not in FLOAT_DTYPES and not (allow_half and x.dtype in (torch.float16, torch.bfloat16)):
         hint = " (half precision is not supported: convert with .float() or .double())" if x.is_floating_point() else ""
         raise TypeError(f"{name} must be a floating-point tensor (float32 or float64), got dtype {x.dtype}{hint}")
     if x.dim() < min_dim:

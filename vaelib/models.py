@@ -305,7 +305,7 @@ class _EncoderDecoder(nn.Module):
             raise ValueError(f"{name} is on {t.device} but the model is on {p.device}: move one of them")
 
     def _check_x(self, x, name="x", event_only=False, match_model=True):
-        _validate.tensor(name, x, min_dim=1, finite=False)
+        _validate.tensor(name, x, min_dim=1, finite=False, allow_half=not match_model)  # converted when not matched
         if match_model:
             self._check_like_model(name, x)
         if event_only:
