@@ -18,7 +18,10 @@ from nbclient import NotebookClient
 
 def run(path, timeout):
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    # store_widget_state=False: explorers (vaelib.widgets) need a live kernel; their saved state would only add
+    # megabytes and a widget manager script from another host to the static book.
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=False,
+                            resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
     client.execute()
     seconds = time.perf_counter() - start

@@ -21,3 +21,16 @@ def linear_gaussian(d=3, k=2, noise_std=0.5, seed=0, dtype=torch.float64, orthog
         W = Q * torch.linspace(0.8, 2.0, k, dtype=dtype)
     b = torch.randn(d, generator=g, dtype=dtype)
     return LinearGaussian(W, b, noise_std)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print each notebook's core-path budget figures (words, visible code lines) after the run."""
+    import sys
+
+    meta = sys.modules.get("test_notebooks_meta") or next(
+        (m for name, m in sys.modules.items() if name.endswith("test_notebooks_meta")), None)
+    table = getattr(meta, "BUDGET_TABLE", None)
+    if table:
+        terminalreporter.section("core path of each notebook (budget: 2000 words, 200 visible code lines)")
+        for stem, (words, lines) in sorted(table.items()):
+            terminalreporter.write_line(f"{stem:40s} {words:5d} words {lines:4d} code lines")

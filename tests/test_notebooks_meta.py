@@ -19,7 +19,62 @@ def code_cells(nb):
 
 def test_notebooks_are_numbered_consecutively():
     numbers = [int(p.name[:2]) for p in NOTEBOOKS]
-    assert numbers == list(range(1, len(numbers) + 1)), f"notebook numbers {numbers}"
+    assert numbers == list(range(0, len(numbers))), f"notebook numbers {numbers} (00_start_here, then 01, 02, ...)"
+
+
+# The reader's budget for a notebook's core path (everything before the first "Going deeper" heading):
+# at most 2,000 words of prose and 200 lines of visible code. Hidden cells and the check cell do not count.
+CORE_WORDS, CORE_LINES = 2000, 200
+
+
+def core_path(nb):
+    """(words of markdown, non-blank lines of visible code) before the first 'Going deeper' heading."""
+    words = lines = 0
+    for cell in nb["cells"]:
+        src = "".join(cell["source"])
+        if cell["cell_type"] == "markdown":
+            if any(l.startswith("#") and l.lstrip("#").strip().lower().startswith("going deeper") for l in src.splitlines()):
+                break
+            words += len(src.split())
+        elif cell["cell_type"] == "code":
+            if cell.get("metadata", {}).get("jupyter", {}).get("source_hidden") or "NBVAL_CHECK_OUTPUT" in src:
+                continue
+            lines += sum(1 for l in src.splitlines() if l.strip())
+    return words, lines
+
+
+def test_core_path_counter_stops_at_going_deeper_and_skips_hidden_code():
+    md = lambda s: {"cell_type": "markdown", "source": [s]}
+    code = lambda s, hidden=False: {"cell_type": "code", "source": [s],
+                                    "metadata": {"jupyter": {"source_hidden": True}} if hidden else {}}
+    nb = {"cells": [md("# T\none two three"), code("a = 1\n\nb = 2"), code("x\ny\nz", hidden=True),
+                    md("## Going deeper: more\nfour five"), code("c = 3")]}
+    assert core_path(nb) == (5, 2)  # "#" counts as a word, as in the before-stop hook
+
+
+NUMBERED = [p for p in NOTEBOOKS if p.name[:2] != "00"]
+
+
+@pytest.mark.parametrize("path", NUMBERED, ids=[p.stem for p in NUMBERED])
+def test_core_path_fits_the_readers_budget(path, record_property):
+    nb = json.loads(path.read_text())
+    words, lines = core_path(nb)
+    record_property("core_path", (words, lines))
+    BUDGET_TABLE[path.stem] = (words, lines)
+    assert words <= CORE_WORDS and lines <= CORE_LINES, (
+        f"{path.name}: core path {words} words and {lines} visible code lines; the budget is {CORE_WORDS} and "
+        f"{CORE_LINES}: move material under a 'Going deeper: ...' heading or hide long cells")
+
+
+BUDGET_TABLE = {}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_opens_with_in_one_minute_and_what_you_will_learn(path):
+    first = "".join(json.loads(path.read_text())["cells"][0]["source"])
+    assert first.startswith("# "), "the first cell is the title"
+    assert "**In one minute" in first, "an 'In one minute' paragraph right under the title"
+    assert "What you will learn" in first
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

@@ -139,6 +139,23 @@ def test_saved_figure_has_ordinary_permissions(tmp_path, monkeypatch):
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
+def test_vae_architecture_counts_the_weights_of_the_model_it_draws():
+    # The boxes print weight counts by formula; they must add up to the parameters of the VAE they describe.
+    import re
+
+    import matplotlib.pyplot as plt
+
+    from vaelib.models import VAE
+    from vaelib.plotting import vae_architecture
+
+    fig = vae_architecture(64, 32, 3)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    counts = [int(m.replace(",", "")) for t in texts for m in re.findall(r"([\d,]+) weights", t)]
+    assert sum(counts) == sum(p.numel() for p in VAE(64, 3, (32,)).parameters())
+    assert any("64 pixels" in t for t in texts)
+    plt.close(fig)
+
+
 # -- plots ----------------------------------------------------------------------------------------------
 
 def rendered_pixels(fig):
