@@ -292,6 +292,7 @@ def ess_reference(x, monotone=True):
     W = acov[0] * n / (n - 1)
     var_plus = W * (n - 1) / n + (x.mean(0).var(ddof=1) if C > 1 else 0.0)
     rho = 1 - (W - acov) / var_plus
+    rho[0] = 1.0  # Stan's definition: rho_0 = 1, not the formula's 1 - W / (n var_plus)
     tau, smallest = -1.0, math.inf
     for m in range(n // 2):
         pair = rho[2 * m] + rho[2 * m + 1]
@@ -310,6 +311,26 @@ def test_ess_equals_plain_loop_reference(n, C, seed):
     expected = ess_reference(x.numpy())
     assert effective_sample_size(x.unsqueeze(-1)).item() == pytest.approx(expected, rel=1e-10)
     assert ess_reference(x.numpy(), monotone=False) != pytest.approx(expected, rel=1e-3)
+
+
+# Stan's ESS worked by hand (exact fractions) for two tiny inputs. In both the second pair sum is negative, so
+# the sum stops after Gamma_0 = rho_0 + rho_1, and the even lag of that rejected pair is negative, so Stan's extra
+# antithetic term (left out by vaelib) is 0 as well: these are Stan's own numbers.
+#  - one chain (3, 3, 2, 1, 0, 0): mean 3/2, acov_0 = 19/12, acov_1 = 23/24, W = acov_0 * 6/5 = 19/10,
+#    var_plus = W * 5/6 = 19/12, rho_1 = 1 - (19/10 - 23/24) / (19/12) = 77/190; rho_2 + rho_3 = -151/190 < 0.
+#    tau = -1 + 2 (1 + 77/190) = 172/95, ESS = 6 * 95/172 = 285/86.
+#  - two chains (2, 0, 0, 1, 2, 1), (1, 1, 3, 3, 1, 1): chain means 1 and 5/3, so var(means) = 2/9;
+#    mean acov_0 = 7/9, mean acov_1 = 2/27, W = 14/15, var_plus = 7/9 + 2/9 = 1, rho_1 = 1 - (14/15 - 2/27) = 19/135;
+#    rho_2 + rho_3 = -283/540 < 0. tau = -1 + 2 (1 + 19/135) = 173/135, ESS = 12 * 135/173 = 1620/173.
+# With rho_0 = 1 - W / (n var_plus) instead of 1 (4/5 and 38/45 here) the ESS would be 285/67 and 1620/131.
+@pytest.mark.parametrize(
+    "chains, expected",
+    [([[3, 3, 2, 1, 0, 0]], 285 / 86), ([[2, 0, 0, 1, 2, 1], [1, 1, 3, 3, 1, 1]], 1620 / 173)],
+    ids=["one-chain", "two-chains"],
+)
+def test_ess_matches_stan_formula_by_hand(chains, expected):
+    x = torch.tensor(chains, dtype=DTYPE).T.unsqueeze(-1)  # (n, C, 1)
+    assert effective_sample_size(x).item() == pytest.approx(expected, rel=1e-12)
 
 
 def test_autocorrelation_fft_equals_direct_sum():

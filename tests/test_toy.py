@@ -126,6 +126,28 @@ def test_nonlinear_1d_evidence_against_scipy_quad():
         assert abs(m.log_evidence(x).item() - math.log(ref)) < 1e-10
 
 
+@pytest.mark.parametrize("noise_std", [0.1, 0.3, 1.0])
+def test_nonlinear_1d_evidence_accurate_over_the_documented_x_range(noise_std):
+    # The docstring's claim: with the default grid, curvature 1, W = 1, b = 0, |error| < 1e-10 nats for x in [-3, 35].
+    m = NonlinearGaussian(torch.tensor([[1.0]], dtype=f64), torch.zeros(1, dtype=f64), noise_std, curvature=1.0)
+    for xv in np.linspace(-3.0, 35.0, 39):
+        roots = [r.real for r in np.roots([1.0, 1.0, -xv]) if abs(r.imag) < 1e-12] or [-0.5]  # where z + z^2 = x
+        log_px = m.log_evidence(torch.tensor([[xv]], dtype=f64)).item()
+        log_norm = -math.log(2 * math.pi * noise_std)  # log of the two Gaussians' normalising constants
+        f = lambda z: math.exp(log_norm - 0.5 * ((xv - z - z * z) / noise_std) ** 2 - 0.5 * z * z - log_px)  # p(z | x)
+        ref, _ = integrate.quad(f, -12, 12, points=sorted(roots), epsabs=0, epsrel=1e-13, limit=500)
+        assert abs(math.log(ref)) < 1e-10, (xv, math.log(ref))  # log of the integral of p(x, z) / p(x)_grid
+
+
+def test_nonlinear_1d_evidence_outside_the_documented_range_is_inaccurate():
+    # The limit of the claim: with curvature 0 the posterior of x = 7 sits at z = 6.4, near the box edge 7.
+    m = NonlinearGaussian(torch.tensor([[1.0]], dtype=f64), torch.zeros(1, dtype=f64), 0.3, curvature=0.0)
+    lin = LinearGaussian(torch.tensor([[1.0]], dtype=f64), torch.zeros(1, dtype=f64), 0.3)
+    x_in, x_out = torch.tensor([[5.0]], dtype=f64), torch.tensor([[7.0]], dtype=f64)
+    assert abs(m.log_evidence(x_in).item() - lin.log_evidence(x_in).item()) < 1e-10
+    assert abs(m.log_evidence(x_out).item() - lin.log_evidence(x_out).item()) > 1e-3
+
+
 def test_nonlinear_2d_grid_is_converged_and_posterior_normalised():
     g = torch.Generator().manual_seed(5)
     W, b = torch.randn(3, 2, generator=g, dtype=f64), torch.randn(3, generator=g, dtype=f64)

@@ -155,8 +155,9 @@ def effective_sample_size(samples):
     The multi-chain estimator of Stan (Gelman et al. 2013, BDA3 section 11.5; Vehtari et al. 2021),
     without rank-normalisation or splitting chains in half. Per-chain autocovariances acov_t (by FFT)
     are averaged over chains and combined with the between-chain variance:
-    rho_t = 1 - (W - mean_c acov_t) / var_plus, with W the mean within-chain variance and
-    var_plus = W (n - 1) / n + var(chain means), so chains stuck in different modes get a small ESS.
+    rho_t = 1 - (W - mean_c acov_t) / var_plus for t >= 1 and rho_0 = 1, with W the mean within-chain
+    variance and var_plus = W (n - 1) / n + var(chain means), so chains stuck in different modes get a
+    small ESS.
     The sum is truncated by Geyer's initial positive sequence (stop before the first pair sum
     rho_{2m} + rho_{2m+1} that is not positive) and the pair sums are made non-increasing (initial
     monotone sequence), Geyer 1992. As in Stan, tau is floored at 1 / log10(C n); Stan's extra term
@@ -183,6 +184,9 @@ def effective_sample_size(samples):
     B_over_n = x.mean(0).var(0) if C > 1 else torch.zeros_like(W)  # variance of the chain means
     var_plus = W * (n - 1) / n + B_over_n
     rho = 1 - (W - acov) / var_plus  # (n, k)
+    # Stan sets rho_0 = 1 exactly: the formula above gives 1 - W / (n var_plus) at lag 0, not 1, because
+    # acov_0 is the biased (divide-by-n) variance while W is the unbiased one.
+    rho[0] = 1.0  # (constant samples still give NaN: rho_1 is 0 / 0)
 
     M = n // 2
     pairs = rho[0 : 2 * M : 2] + rho[1 : 2 * M : 2]  # (M, k) Gamma_m = rho_2m + rho_2m+1
