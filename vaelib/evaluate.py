@@ -7,11 +7,15 @@ parameters and never changes the model), in minibatches of `batch_size` examples
 and return their results on the device of `x`. A Bernoulli model is evaluated on `x` as given: binarize
 grey-scale test images first (e.g. `torch.bernoulli(x, generator=...)`, one fixed draw) to report numbers
 that compare with published tables for dynamically binarized data.
+
+`x` may be a torch tensor or a numpy array (float32 or float64; e.g. your own data loaded with np.load):
+results are torch tensors either way (on the CPU for numpy input; `.numpy()` converts them back).
 """
 
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -20,12 +24,25 @@ from vaelib.distributions import _log_normal, _sample_normal
 from vaelib.models import VAE, Autoencoder
 
 
+def _as_tensor(x):
+    """A floating-point numpy array becomes a tensor sharing its memory (its dtype kept)."""
+    if isinstance(x, np.ndarray):
+        if x.dtype not in (np.float32, np.float64):
+            raise TypeError(f"x must be a floating-point array (float32 or float64), got a numpy array of dtype {x.dtype}; "
+                            "convert it, e.g. x.astype(np.float32) / 255 for 8-bit images")
+        return torch.from_numpy(np.ascontiguousarray(x))
+    return x
+
+
 def _check(model, x, batch_size, types=(VAE,)):
+    """Check the arguments; return x as a tensor (numpy arrays are converted)."""
     if not isinstance(model, types):
         names = " or ".join(t.__name__ for t in types)
         raise TypeError(f"model must be a vaelib.models.{names}, got {type(model).__name__}")
+    x = _as_tensor(x)
     model._check_x(x, match_model=False)  # batches are converted to the model's dtype and device
     _validate.positive_int("batch_size", batch_size)
+    return x
 
 
 def _device_of(model):
@@ -46,14 +63,14 @@ def test_elbo(model, x, batch_size=1000, n_samples=1, generator=None):
 
     Args:
         model: a vaelib.models.VAE.
-        x: (N, D) data (binarized for a Bernoulli model, see the module docstring).
+        x: (N, D) data, tensor or numpy array (binarized for a Bernoulli model, see the module docstring).
         batch_size: examples per forward pass.
         n_samples: K >= 1 samples of z per example.
         generator: optional torch.Generator on the model's device.
     Returns:
         (N,) ELBO per example in nats.
     """
-    _check(model, x, batch_size)
+    x = _check(model, x, batch_size)
     _validate.positive_int("n_samples", n_samples)
     _validate.generator("generator", generator)
     device, dtype = _device_of(model)
@@ -74,7 +91,7 @@ def iwae_log_likelihood(model, x, k=5000, batch_size=100, chunk_size=500, genera
 
     Args:
         model: a vaelib.models.VAE.
-        x: (N, D) data.
+        x: (N, D) data, tensor or numpy array.
         k: importance samples per example (>= 1).
         batch_size: examples per pass.
         chunk_size: samples of z per pass (>= 1); the result does not depend on it beyond float rounding
@@ -84,7 +101,7 @@ def iwae_log_likelihood(model, x, k=5000, batch_size=100, chunk_size=500, genera
     Returns:
         (N,) estimate of log p(x) per example in nats.
     """
-    _check(model, x, batch_size)
+    x = _check(model, x, batch_size)
     _validate.positive_int("k", k)
     _validate.positive_int("chunk_size", chunk_size)
     _validate.generator("generator", generator)
@@ -118,14 +135,14 @@ def active_units(model, x, threshold=0.01, batch_size=1000):
 
     Args:
         model: a vaelib.models.VAE or Autoencoder.
-        x: (N, D) data, N >= 2.
+        x: (N, D) data, N >= 2, tensor or numpy array.
         threshold: activity threshold (Burda et al. use 0.01).
         batch_size: examples per forward pass.
     Returns:
         count: int, the number of active units.
         variance: (k,) tensor, Cov_x(E_q[u]) for each latent dimension u, on the device of x.
     """
-    _check(model, x, batch_size, types=(VAE, Autoencoder))
+    x = _check(model, x, batch_size, types=(VAE, Autoencoder))
     if x.shape[0] < 2:
         raise ValueError(f"x must hold at least 2 examples to estimate a variance, got shape {tuple(x.shape)}")
     threshold = _validate.positive_scalar("threshold", threshold)
@@ -138,6 +155,32 @@ def active_units(model, x, threshold=0.01, batch_size=1000):
     mu = torch.cat([mean_code(xb) for xb in x.split(batch_size)])  # (N, k)
     variance = mu.var(0, correction=1).to(x.device)  # (k,)
     return int((variance > threshold).sum()), variance
+
+
+@torch.no_grad()
+def kl_per_unit(model, x, batch_size=1000):
+    """The KL term per latent unit, averaged over the data: which units carry information about x.
+
+    KL_j = (1/N) sum_n 1/2 [exp(logvar_nj) + mu_nj^2 - 1 - logvar_nj],  (mu_n, logvar_n) = encoder(x_n);
+    the units' KL_j add up to the mean KL(q(z | x) || N(0, I)) of the ELBO (Kingma & Welling 2013, app. B).
+    A unit with KL_j near 0 has collapsed onto the prior (see also `active_units`).
+
+    Args:
+        model: a vaelib.models.VAE.
+        x: (N, D) data, tensor or numpy array (binarized for a Bernoulli model, see the module docstring).
+        batch_size: examples per forward pass.
+    Returns:
+        (k,) tensor of KL_j in nats, on the device of x (the CPU for numpy input).
+    """
+    x = _check(model, x, batch_size)
+    if x.shape[0] == 0:
+        raise ValueError(f"x must hold at least one example, got shape {tuple(x.shape)}")
+    device, dtype = _device_of(model)
+    total = torch.zeros(model.latent_dim, dtype=dtype, device=device)  # (k,) sum over examples
+    for xb in x.split(batch_size):
+        mu, logvar = model._encode(xb.to(device, dtype))  # (B, k) each
+        total += (0.5 * (torch.exp(logvar) + mu**2 - 1.0 - logvar)).sum(0)  # (B, k) -> (k,)
+    return (total / x.shape[0]).to(x.device)
 
 
 # -- the gaps between the ELBO and log p(x) ----------------------------------------------------------
@@ -154,7 +197,7 @@ class OptimalGaussian(NamedTuple):
 class ELBOGaps(NamedTuple):
     """What `elbo_gaps` returns, each (N,) in nats: log_px - elbo_encoder = approximation_gap + amortization_gap."""
 
-    log_px: torch.Tensor  # IWAE_k estimate of log p(x): the larger of the two proposals' estimates
+    log_px: torch.Tensor  # importance-sampling estimate of log p(x), proposal 1/2 (encoder's q + q*) (`elbo_gaps`)
     elbo_encoder: torch.Tensor  # ELBO of the encoder's q(z | x)
     elbo_optimal: torch.Tensor  # ELBO of the best diagonal Gaussian q for each example
     approximation_gap: torch.Tensor  # log_px - elbo_optimal: the price of a diagonal Gaussian family
@@ -202,7 +245,7 @@ def optimal_gaussian_elbo(model, x, steps=500, lr=0.1, n_samples=16, eval_sample
     Returns:
         OptimalGaussian(elbo (N,), mu (N, k), logvar (N, k), elbo_encoder (N,)), on the device of x.
     """
-    _check(model, x, batch_size)
+    x = _check(model, x, batch_size)
     _validate.positive_int("steps", steps)
     lr = _validate.positive_scalar("lr", lr)
     _validate.positive_int("n_samples", n_samples)
@@ -238,6 +281,28 @@ def optimal_gaussian_elbo(model, x, steps=500, lr=0.1, n_samples=16, eval_sample
     return OptimalGaussian(*(torch.cat(parts).to(x.device) for parts in zip(*outs)))
 
 
+def _iwae_mixture(model, xb, qs, k, chunk_size, generator):
+    """log (1/k) sum_i p(xb, z_i) / r(z_i), r = sum_j (k_j / k) q_j, with k_j of the k draws from each q_j.  (B,)
+
+    Multiple importance sampling with the balance heuristic (Veach & Guibas 1995): the k draws are split as
+    evenly as possible between the proposals q_j = N(mu_j, diag exp(logvar_j)) in `qs`, and every draw is
+    weighted by the mixture density r, whatever component it came from. The average weight is then unbiased
+    for p(xb), so its log is a lower bound in expectation (Jensen); each weight is at most
+    p(xb, z) / ((k_j / k) q_j(z)) for every j, so the estimate is never much worse than the better proposal's.
+    """
+    counts = [k // len(qs) + (j < k % len(qs)) for j in range(len(qs))]  # k_j, summing to k
+    log_frac = [math.log(c / k) if c > 0 else -math.inf for c in counts]
+    acc = torch.full((xb.shape[0],), -math.inf, dtype=qs[0][0].dtype, device=qs[0][0].device)  # log sum_i w_i, (B,)
+    for (mu, logvar), count in zip(qs, counts):
+        for start in range(0, count, chunk_size):
+            m = min(chunk_size, count - start)
+            z = _sample_normal(mu, logvar, m, generator)  # (m, B, k_latent)
+            log_r = torch.logsumexp(torch.stack([f + _log_normal(z, mu_j, logvar_j)
+                                                 for f, (mu_j, logvar_j) in zip(log_frac, qs) if f > -math.inf]), 0)  # (m, B)
+            acc = torch.logaddexp(acc, torch.logsumexp(model._log_joint(xb, z) - log_r, 0))
+    return acc - math.log(k)
+
+
 def elbo_gaps(model, x, k=1000, steps=500, lr=0.1, n_samples=16, eval_samples=1000, batch_size=1000,
               chunk_size=250, generator=None):
     """Split log p(x) - ELBO into the approximation gap and the amortization gap (Cremer et al. 2018, table 1).
@@ -245,21 +310,27 @@ def elbo_gaps(model, x, k=1000, steps=500, lr=0.1, n_samples=16, eval_samples=10
     log p(x) - ELBO[q_phi(z|x)] = (log p(x) - ELBO[q*]) + (ELBO[q*] - ELBO[q_phi(z|x)])
                                 =  approximation gap    +  amortization gap,
     where q* is the best diagonal Gaussian for each example (`optimal_gaussian_elbo`). log p(x) is estimated
-    by IWAE_k twice, with the encoder's q and with q* as proposals, keeping the larger per example: each is a
-    lower bound in expectation, and either proposal can be the better one (q* fits the posterior's main mode
-    more closely, the encoder's q is often wider).
+    by importance sampling with the mixture proposal r = 1/2 (q_phi(z|x) + q*), k/2 draws from each and every
+    draw weighted by p(x, z) / r(z) (the balance heuristic, Veach & Guibas 1995):
+        log_px = log (1/k) sum_i p(x, z_i) / r(z_i).
+    The average weight is unbiased for p(x), so log_px is a lower bound in expectation, like IWAE_k, and the
+    mixture covers the posterior wherever either proposal does (q* fits the posterior's main mode more
+    closely, the encoder's q is often wider). Taking the larger of two separate IWAE estimates instead would
+    be biased upward: the maximum of two noisy estimates is not a bound.
 
     Args:
         model: a vaelib.models.VAE.
         x: (N, D) data (binarized for a Bernoulli model).
-        k: importance samples per example for the log p(x) estimate.
+        k: importance samples per example for the log p(x) estimate (ceil(k/2) from the encoder's q, the
+            rest from q*).
         steps, lr, n_samples, eval_samples, batch_size, chunk_size, generator: as in `optimal_gaussian_elbo`
-            (chunk_size also for the IWAE).
+            (chunk_size also for the importance sampling).
     Returns:
         ELBOGaps(log_px, elbo_encoder, elbo_optimal, approximation_gap, amortization_gap), each (N,), on
         the device of x. Both gaps are >= 0 up to Monte Carlo and optimisation error.
     """
     _validate.positive_int("k", k)
+    x = _as_tensor(x)
     opt = optimal_gaussian_elbo(model, x, steps=steps, lr=lr, n_samples=n_samples, eval_samples=eval_samples,
                                 batch_size=batch_size, chunk_size=chunk_size, generator=generator)
     device, dtype = _device_of(model)
@@ -267,9 +338,7 @@ def elbo_gaps(model, x, k=1000, steps=500, lr=0.1, n_samples=16, eval_samples=10
     with torch.no_grad():
         for xb, mub, logvarb in zip(x.split(batch_size), opt.mu.split(batch_size), opt.logvar.split(batch_size)):
             xb = xb.to(device, dtype)  # (B, D)
-            mu, logvar = model._encode(xb)  # (B, k_latent) each
-            iwae_encoder = _iwae(model, xb, mu, logvar, k, chunk_size, generator)
-            iwae_optimal = _iwae(model, xb, mub.to(device, dtype), logvarb.to(device, dtype), k, chunk_size, generator)
-            log_px.append(torch.maximum(iwae_encoder, iwae_optimal))
+            qs = [model._encode(xb), (mub.to(device, dtype), logvarb.to(device, dtype))]  # encoder's q, q*: (B, k_latent) each
+            log_px.append(_iwae_mixture(model, xb, qs, k, chunk_size, generator))
     log_px = torch.cat(log_px).to(x.device)
     return ELBOGaps(log_px, opt.elbo_encoder, opt.elbo, log_px - opt.elbo, opt.elbo - opt.elbo_encoder)
