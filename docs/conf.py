@@ -1,0 +1,89 @@
+"""Sphinx configuration of the book (`make book`): MyST-NB renders the committed notebooks, never executing them.
+
+The sources are staged by docs/build.py into _build/src/ (notebooks, the landing page, the API page); this file
+is read from docs/ (sphinx-build -c docs). Everything the pages load is served from the site itself: MathJax 3 is
+copied from the sphinx-mathjax-offline wheel, the theme bundles its fonts and icons, and widget JavaScript from a
+CDN is switched off (docs/build.py renders saved progress bars as static HTML instead).
+"""
+
+import importlib.metadata
+import shutil
+from pathlib import Path
+
+project = "vae-notebooks"
+author = "the vae-notebooks authors"
+copyright = "the vae-notebooks authors"
+html_title = "The VAE from first principles"
+
+extensions = [
+    "myst_nb",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",
+]
+
+root_doc = "index"
+exclude_patterns = ["_build", "**.ipynb_checkpoints"]
+suppress_warnings = []
+
+# Notebooks: render the committed outputs, never execute.
+nb_execution_mode = "off"
+nb_ipywidgets_js = {}  # no require.js / widget manager from a CDN
+nb_merge_streams = True
+myst_enable_extensions = ["dollarmath", "amsmath"]
+myst_heading_anchors = 3
+nb_code_prompt_show = "Show code cell {type}"
+nb_code_prompt_hide = "Hide code cell {type}"
+
+# The library page: Google-style docstrings ("Args:", "Returns:"), in source order.
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_default_options = {"members": True, "show-inheritance": False}
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+default_role = "literal"  # `name` in a docstring is code
+
+# MathJax 3, served from _static/mathjax (copied below), never from another host.
+mathjax_path = "mathjax/tex-chtml.js"
+MATHJAX_PARTS = ["tex-chtml.js", "output/chtml", "input/tex/extensions", "ui"]
+
+
+def mathjax_dir():
+    dist = importlib.metadata.distribution("sphinx-mathjax-offline")
+    return Path(dist.locate_file("sphinx-mathjax-offline/static/mathjax"))
+
+
+def copy_mathjax(app, exc):
+    if exc is not None or app.builder.format != "html":
+        return
+    src, dst = mathjax_dir(), Path(app.outdir) / "_static" / "mathjax"
+    for part in MATHJAX_PARTS:
+        if (src / part).is_dir():
+            shutil.copytree(src / part, dst / part, dirs_exist_ok=True)
+        else:
+            dst.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / part, dst / part)
+
+
+def setup(app):
+    app.connect("build-finished", copy_mathjax)
+
+
+# Theme: sphinx-book-theme with previous/next links at the foot of every page, a search box, no launch buttons
+# (they point to other hosts) and no repository buttons.
+html_theme = "sphinx_book_theme"
+html_theme_options = {
+    "show_navbar_depth": 1,
+    "show_toc_level": 2,
+    "use_download_button": True,
+    "use_fullscreen_button": False,
+    "use_repository_button": False,
+    "home_page_in_toc": True,
+    "navigation_with_keys": False,
+}
+html_static_path = ["_static"]
+html_css_files = ["book.css"]
+html_copy_source = False
+html_show_search_summary = False  # summaries are fetched, which file:// pages may not do: the search page would fail
+html_show_sourcelink = False
+html_last_updated_fmt = None
