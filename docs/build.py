@@ -121,7 +121,11 @@ def stage_notebook_json(nb):
 # ---------------------------------------------------------------------------------------------- landing page
 def checklist(readme, pages):
     """The README's checklist section (its intro and table), with links pointing into the book: a notebook link
-    to its page, a figure link (figures/NN_name.png) to the page of notebook NN, which draws it."""
+    to its page, titled by the notebook's heading; a figure link (figures/NN_name.png) to the page of notebook NN,
+    which draws it, as "NN name" (so a narrow column can wrap it).
+
+    In a table row, `\\|` is an escaped pipe to GitHub and to MyST alike, also inside $...$, where the author meant
+    LaTeX's double bar ‖: there it becomes \\Vert."""
     start = readme.find(CHECKLIST_HEADING)
     if start < 0:
         raise SystemExit(f"README.md has no section starting with {CHECKLIST_HEADING!r}: the landing page needs it")
@@ -131,12 +135,14 @@ def checklist(readme, pages):
     by_number = {p.name[:2]: p.name for p in pages}
 
     def figure_link(match):
-        number = match.group(1)[:2]
-        if number not in by_number:
-            raise SystemExit(f"README.md links to figures/{match.group(1)}.png, and no notebook {number}_* exists")
-        return f"](notebooks/{by_number[number]})"
+        name = match.group(1)
+        if name[:2] not in by_number:
+            raise SystemExit(f"README.md links to figures/{name}.png, and no notebook {name[:2]}_* exists")
+        return f"[{name.replace('_', ' ')}](notebooks/{by_number[name[:2]]})"
 
-    body = re.sub(r"\]\(figures/([^)]+?)\.png\)", figure_link, body)
+    body = re.sub(r"\[[^\]]*\]\((notebooks/[^)]+\.ipynb)\)", r"[](\1)", body)
+    body = re.sub(r"\[[^\]]*\]\(figures/([^)]+?)\.png\)", figure_link, body)
+    body = re.sub(r"(?<!\\)\$[^$\n]+?\$", lambda m: m.group(0).replace("\\|", "\\Vert "), body)
     return body.strip() + "\n"
 
 

@@ -65,8 +65,15 @@ def copy_mathjax(app, exc):
             shutil.copy2(src / part, dst / part)
 
 
+def drop_namedtuple_aliases(app, what, name, obj, options, lines):
+    """A NamedTuple field's generated docstring ("Alias for field number 0") says nothing to a reader."""
+    if len(lines) == 1 and lines[0].startswith("Alias for field number"):
+        lines.clear()
+
+
 def setup(app):
     app.connect("build-finished", copy_mathjax)
+    app.connect("autodoc-process-docstring", drop_namedtuple_aliases)
 
 
 # Theme: sphinx-book-theme with previous/next links at the foot of every page, a search box, no launch buttons

@@ -181,7 +181,8 @@ def test_staging_folds_hidden_cells_and_draws_saved_progress_bars():
         return {"output_type": "display_data", "metadata": {},
                 "data": {"text/plain": "  0%|          | 0/8", build.WIDGET_VIEW: {"model_id": model_id}}}
 
-    nb = {"cells": [{"cell_type": "markdown", "source": "# 99 · Test", "metadata": {}},
+    solution = "1. Why?\n   <details><summary>Solution</summary>\n   Because $a$.\n   </details>\n2. Next."
+    nb = {"cells": [{"cell_type": "markdown", "source": solution, "metadata": {}},
                     code("x = 1"),
                     code("plot()", jupyter={"source_hidden": True}),
                     code("# NBVAL_CHECK_OUTPUT\nprint(x)"),
@@ -189,6 +190,8 @@ def test_staging_folds_hidden_cells_and_draws_saved_progress_bars():
                     code("explore()", [view(slider[0])], jupyter={"outputs_hidden": True})],
           "metadata": {"widgets": {build.WIDGET_STATE: {"state": state}}}, "nbformat": 4, "nbformat_minor": 5}
     staged = json.loads(build.stage_notebook_json(nb))
+    assert staged["cells"][0]["source"] == ("1. Why?\n   <details><summary>Solution</summary>\n\n   Because $a$.\n\n"
+                                            "   </details>\n2. Next."), "a solution in <details> is read as Markdown"
     tags = [c["metadata"].get("tags", []) for c in staged["cells"]]
     assert tags == [[], [], ["hide-input"], ["hide-input"], [], ["hide-output"]]
     assert "widgets" not in staged["metadata"], "the widget state (for a CDN widget manager) is dropped"
