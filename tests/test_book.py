@@ -227,8 +227,14 @@ def local_target(page, ref):
 
 def test_every_local_link_and_image_resolves(book):
     broken, pages = [], {}
+
+    def parse(path):
+        if path not in pages:
+            pages[path] = Parsed(path.read_text(encoding="utf-8"))
+        return pages[path]
+
     for path in html_pages(book):
-        parsed = pages.setdefault(path, Parsed(path.read_text(encoding="utf-8")))
+        parsed = parse(path.resolve())
         for tag, attrs in parsed.tags:
             ref = attrs.get("href") if tag in ("a", "link") else attrs.get("src") if tag in ("img", "script") else None
             if not ref or ref.startswith(("mailto:", "javascript:")):
@@ -242,8 +248,7 @@ def test_every_local_link_and_image_resolves(book):
             if not target.exists():
                 broken.append(f"{path.relative_to(book.html)}: {ref}")
             elif fragment and target.suffix == ".html" and tag == "a":
-                ids = pages.setdefault(target, Parsed(target.read_text(encoding="utf-8"))).ids
-                if unquote(fragment) not in ids:
+                if unquote(fragment) not in parse(target).ids:
                     broken.append(f"{path.relative_to(book.html)}: {ref} (no such anchor)")
     assert not broken, f"{len(broken)} broken local links: {broken[:20]}"
 
