@@ -7,6 +7,7 @@ CDN is switched off (docs/build.py renders saved progress bars as static HTML in
 """
 
 import importlib.metadata
+import re
 import shutil
 from pathlib import Path
 
@@ -71,9 +72,29 @@ def drop_namedtuple_aliases(app, what, name, obj, options, lines):
         lines.clear()
 
 
+INLINE_LITERAL = re.compile(r"(``.*?``|`[^`]*`)")
+
+
+def escape_bars(app, what, name, obj, options, lines):
+    """vaelib's docstrings write math as plain text: |x| is an absolute value, not a reStructuredText
+    substitution. Escape every | outside literal blocks (after "::") and `inline code`, where a backslash would
+    show; a docstring that means a table or a substitution would have to say so in a literal block."""
+    literal_indent = None
+    for i, line in enumerate(lines):
+        indent = len(line) - len(line.lstrip())
+        if literal_indent is not None and line.strip() and indent <= literal_indent:
+            literal_indent = None
+        if literal_indent is None:
+            lines[i] = "".join(part if INLINE_LITERAL.fullmatch(part) else part.replace("|", "\\|")
+                               for part in INLINE_LITERAL.split(line))
+            if line.rstrip().endswith("::"):
+                literal_indent = indent
+
+
 def setup(app):
     app.connect("build-finished", copy_mathjax)
     app.connect("autodoc-process-docstring", drop_namedtuple_aliases)
+    app.connect("autodoc-process-docstring", escape_bars)
 
 
 # Theme: sphinx-book-theme with previous/next links at the foot of every page, a search box, no launch buttons
