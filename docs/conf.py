@@ -108,6 +108,7 @@ html_theme_options = {
     "use_repository_button": False,
     "home_page_in_toc": True,
     "navigation_with_keys": False,
+    "navbar_persistent": [],  # the search field sits in the sidebar; no second one in a header bar
 }
 html_static_path = ["_static"]
 html_css_files = ["book.css"]
