@@ -43,6 +43,7 @@ autodoc_default_options = {"members": True, "show-inheritance": False}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 default_role = "literal"  # `name` in a docstring is code
+highlight_language = "none"  # a docstring's literal block is plain text (notebook cells say their language)
 
 # MathJax 3, served from _static/mathjax (copied below), never from another host.
 mathjax_path = "mathjax/tex-chtml.js"
@@ -72,6 +73,39 @@ def drop_namedtuple_aliases(app, what, name, obj, options, lines):
         lines.clear()
 
 
+STRUCTURED = re.compile(r"^\s*([-*+] |\d+[.)] |#\. |:[^:]+:|\.\. |>>>)")
+
+
+def indent_of(line):
+    return len(line) - len(line.lstrip())
+
+
+def plain_text_blocks(app, what, name, obj, options, lines):
+    """vaelib's docstrings are plain text: an indented line under a paragraph is a displayed formula or a list,
+    which reStructuredText reads as an error ("Unexpected indentation") or as a definition list that runs its
+    lines together (and must end in a blank line). Show such a block as written: a literal block (after an
+    otherwise empty "::" paragraph, which shows nothing), ended by a blank line. Lists, fields (napoleon's
+    Args/Returns), directives and doctests are left alone."""
+    out, i = [], 0
+    while i < len(lines):
+        line = lines[i]
+        out.append(line)
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        if line.strip() and nxt.strip() and indent_of(nxt) > indent_of(line) and not STRUCTURED.match(line) \
+                and not line.rstrip().endswith("::"):
+            block = i + 1
+            while block < len(lines) and (not lines[block].strip() or indent_of(lines[block]) > indent_of(line)):
+                block += 1
+            out += ["", " " * indent_of(line) + "::", ""]
+            out += lines[i + 1:block]
+            if block < len(lines) and lines[block - 1].strip():
+                out.append("")
+            i = block
+            continue
+        i += 1
+    lines[:] = out
+
+
 INLINE_LITERAL = re.compile(r"(``.*?``|`[^`]*`)")
 
 
@@ -94,6 +128,7 @@ def escape_bars(app, what, name, obj, options, lines):
 def setup(app):
     app.connect("build-finished", copy_mathjax)
     app.connect("autodoc-process-docstring", drop_namedtuple_aliases)
+    app.connect("autodoc-process-docstring", plain_text_blocks)
     app.connect("autodoc-process-docstring", escape_bars)
 
 
