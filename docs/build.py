@@ -21,6 +21,7 @@ import html
 import json
 import pkgutil
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ DOCS = REPO / "docs"
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 CHECKLIST_HEADING = "## The study notes' checklist"
 CHECK_CELL_MARK = "# NBVAL_CHECK_OUTPUT"
+NOTEBOOK_LINK = re.compile(r"(\]\(|href=[\"'])(\d\d_\w+)\.ipynb")
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
@@ -108,6 +110,10 @@ def stage_notebook_json(nb):
             add_tag(cell, "hide-output")
         for out in cell.get("outputs", []):
             data = out.get("data", {})
+            for mime in ("text/markdown", "text/html"):  # an output's links to notebooks: to their pages
+                if mime in data:
+                    text = "".join(data[mime]) if isinstance(data[mime], list) else data[mime]
+                    data[mime] = NOTEBOOK_LINK.sub(r"\1\2.html", text)
             if WIDGET_VIEW in data:
                 static = widget_html(data.pop(WIDGET_VIEW).get("model_id", ""), state)
                 if static is None:
@@ -207,6 +213,12 @@ def stage(src):
         wanted[src / "notebooks" / path.name] = stage_notebook(path)
     for path, text in wanted.items():
         write_if_changed(path, text)
+    for figure in sorted((REPO / "figures").glob("*.png")):  # notebooks show some as ![...](../figures/NN_name.png)
+        target = src / "figures" / figure.name
+        wanted[target] = None
+        if not target.exists() or target.read_bytes() != figure.read_bytes():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(figure, target)
     for path in src.rglob("*"):  # a notebook renamed or removed since the last build
         if path.is_file() and path not in wanted:
             path.unlink()

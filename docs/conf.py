@@ -9,6 +9,7 @@ CDN is switched off (docs/build.py renders saved progress bars as static HTML in
 import importlib.metadata
 import re
 import shutil
+import sys
 from pathlib import Path
 
 project = "vae-notebooks"
@@ -33,6 +34,10 @@ nb_ipywidgets_js = {}  # no require.js / widget manager from a CDN
 nb_merge_streams = True
 myst_enable_extensions = ["dollarmath", "amsmath"]
 myst_heading_anchors = 3
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # docs/book_anchors.py
+myst_heading_slug_func = "book_anchors.jupyterlab_anchor"  # JupyterLab's anchors: notebook links work unchanged
 nb_code_prompt_show = "Show code cell {type}"
 nb_code_prompt_hide = "Hide code cell {type}"
 
