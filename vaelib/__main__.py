@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import signal
 import sys
 import tempfile
@@ -220,15 +221,28 @@ def _raise_terminated(signum, frame):
 
 @contextlib.contextmanager
 def _signals_deferred():
-    """Hold SIGINT and SIGTERM while a file is written; they arrive (and stop the run) right after it."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+    """Hold SIGINT and SIGTERM while a file is written; they arrive (and stop the run) right after it.
+
+    Python-level handlers note the signal and the previous handler runs once the write is done. (Blocking the
+    signals with pthread_sigmask in the main thread alone let the kernel hand a Ctrl-C to one of torch's worker
+    threads, and about one run in eight then finished as if never interrupted.)
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    caught = []
+    old = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if caught:
+            handler = old[caught[0]]
+            if callable(handler):
+                handler(caught[0], None)  # default_int_handler raises KeyboardInterrupt; cmd_train's raises _Terminated
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), caught[0])
 
 
 # -- train ------------------------------------------------------------------------------------------
