@@ -9,13 +9,18 @@ run through `main(argv)` in-process, which is the same code behind the same argu
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import matplotlib.image
 import pytest
 import torch
+
+import numpy as np
 
 from vaelib import data, evaluate, train
 from vaelib.__main__ import main
@@ -28,6 +33,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def env():
     e = dict(os.environ)
     e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+    e["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # the same threads as this process: the same float sums
     return e
 
 
@@ -47,6 +53,12 @@ def assert_one_line_error(result, *fragments):
     assert lines[0].startswith("vaelib: error: ") and "Traceback" not in result.stderr
     for f in fragments:
         assert f in lines[0], (f, lines[0])
+
+
+@pytest.fixture(autouse=True)
+def in_a_temporary_folder(tmp_path, monkeypatch):
+    """Run every test from a temporary folder: a command that wrongly writes into "." cannot touch the repository."""
+    monkeypatch.chdir(tmp_path)
 
 
 def in_process(argv, capsys):
@@ -137,8 +149,14 @@ def test_sample_writes_a_grid_image(trained, capsys):
         ([], ["required"]),
         (["fly"], ["invalid choice: 'fly'"]),
         (["sample", "m.pt", "--n", "0", "--out", "s.png"], ["--n"]),
+        (["train", "--seed", str(2**64), "--out", "x"], ["--seed", "[0, 2**64)"]),
+        (["evaluate", "m.pt", "--seed", "-1"], ["--seed"]),
+        (["train", "--dataset", "digits", "--data", "d.npz", "--out", "x"], ["--data", "not allowed with"]),
+        (["train", "--image-shape", "8", "--out", "x"], ["--image-shape", "2 arguments"]),
+        (["train", "--sigma-x", "0", "--out", "x"], ["--sigma-x", "positive"]),
     ],
-    ids=["dataset", "hidden", "lr", "no-out", "no-command", "command", "n"],
+    ids=["dataset", "hidden", "lr", "no-out", "no-command", "command", "n", "seed-65-bits", "seed-negative",
+         "dataset-and-data", "image-shape", "sigma-x"],
 )
 def test_usage_errors_are_one_line(argv, fragments, tmp_path):
     result = run(*argv, cwd=tmp_path)
@@ -176,3 +194,234 @@ def test_help_and_import_have_no_side_effects(capsys):
     assert "train" in capsys.readouterr().out
     assert main(["train", "--help"]) == 0
     assert "--latent-dim" in capsys.readouterr().out
+
+
+# -- training that survives interruption (issue 14, item 3) ------------------------------------------
+
+RUN = ["--latent-dim", 2, "--hidden", 16, "--batch-size", 128, "--valid-size", 100, "--epochs", 40, "--seed", 3,
+       "--no-progress"]
+
+
+def wait_for(condition, proc, what, timeout=120):
+    start = time.monotonic()
+    while not condition():
+        assert proc.poll() is None, f"the run ended before {what}: {proc.communicate()}"
+        assert time.monotonic() - start < timeout, f"no {what} after {timeout} s"
+        time.sleep(0.01)
+
+
+def final_state(out):
+    ck = train.load_checkpoint(out / "model.pt", with_state=True)
+    return ck.model, {k: v for k, v in ck.history.items() if k != "seconds"}
+
+
+def test_runs_stopped_by_sigint_sigterm_or_sigkill_resume_to_the_same_weights(tmp_path, capsys):
+    """Three CLI runs of 40 epochs, stopped mid-run: SIGINT (saves the last complete epoch on the way out, between
+    the checkpoints of --checkpoint-every 4), SIGTERM (the same with no periodic checkpoint; exit status 143) and
+    SIGKILL (nothing runs: the last checkpoint of --checkpoint-every 1 is what is left). `train --resume DIR` then finishes each, and each ends with exactly the weights and
+    history of one uninterrupted run (bit for bit: same seeds, same generator state, same Adam moments)."""
+    runs = {"sigint": (signal.SIGINT, 4), "sigterm": (signal.SIGTERM, 0), "sigkill": (signal.SIGKILL, 1)}
+    procs = {}
+    for name, (_, every) in runs.items():  # started together: the imports overlap
+        cmd, kw = cli("train", *RUN, "--checkpoint-every", every, "--out", tmp_path / name, cwd=tmp_path)
+        kw = {k: v for k, v in kw.items() if k not in ("capture_output", "timeout")}
+        procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    for name, (sig, every) in runs.items():
+        proc, out = procs[name], tmp_path / name
+        if every:
+            wait_for(lambda: (out / "model.pt").exists(), proc, "a first checkpoint")
+            time.sleep(0.15)  # into a later epoch
+        else:  # no periodic checkpoint: everything rests on the save on the way out
+            assert proc.stdout.readline().startswith("training VAE 64-16-2"), proc.communicate()
+            time.sleep(1.0)
+        assert proc.poll() is None, f"{name}: the run finished before it could be stopped"
+        proc.send_signal(sig)
+    results = {name: (proc.wait(timeout=120), proc.communicate()) for name, proc in procs.items()}
+
+    code, (_, err) = results["sigint"]
+    assert code == 130, err
+    assert re.search(r"^vaelib: interrupted; saved the state after epoch \d+ to .*model\.pt; continue with: "
+                     r"python -m vaelib train --resume ", err, re.M), err
+    code, (_, err) = results["sigterm"]
+    assert code == 128 + 15, err
+    assert re.search(r"^vaelib: terminated \(SIGTERM\); saved the state after epoch \d+", err, re.M), err
+    assert results["sigkill"][0] == -signal.SIGKILL
+
+    stopped_at = {}
+    for name in runs:
+        out = tmp_path / name
+        stopped_at[name] = len(train.load_checkpoint(out / "model.pt", with_state=True).history["epoch"])
+        assert stopped_at[name] < 40, name  # really stopped mid-run
+        assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+        result = in_process(["train", "--resume", out, "--no-progress"], capsys)
+        assert result.returncode == 0, result.stderr
+        assert f"resuming VAE 64-16-2 (bernoulli) at epoch {stopped_at[name]}" in result.stdout
+
+    assert main(["train", *map(str, RUN), "--out", str(tmp_path / "straight")]) == 0
+    straight, straight_history = final_state(tmp_path / "straight")
+    for name in runs:
+        model, history = final_state(tmp_path / name)
+        sa, sb = model.state_dict(), straight.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sb), f"{name} (stopped after epoch {stopped_at[name]})"
+        assert history == straight_history, name
+        assert json.loads((tmp_path / name / "history.json").read_text())["epoch"] == list(range(1, 41))
+
+
+def test_nan_in_training_saves_the_last_finite_state(tmp_path, capsys):
+    out = tmp_path / "run"
+    result = in_process(["train", "--latent-dim", 2, "--hidden", 16, "--epochs", 3, "--lr", "1e30", "--no-progress",
+                         "--out", out], capsys)
+    assert_one_line_error(result, "the training loss is nan at epoch 1", "saved the last finite state (after epoch 0)",
+                          "--resume", "--lr 1e+29")
+    ck = train.load_checkpoint(out / "model.pt", with_state=True)
+    assert all(torch.isfinite(p).all() for p in ck.model.parameters()) and ck.history["epoch"] == []
+
+
+def test_out_is_checked_before_training(tmp_path, capsys):
+    assert_one_line_error(in_process(["train", "--out", ""], capsys), "--out must name a directory, got ''")
+    assert_one_line_error(in_process(["train", "--out", " "], capsys), "--out must name a directory, got ' '")
+    assert list(tmp_path.iterdir()) == []  # nothing written into the current folder
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert_one_line_error(in_process(["train", "--out", a_file], capsys), "exists and is not a directory")
+    assert_one_line_error(in_process(["train", "--out", a_file / "sub"], capsys), "is not a writable directory")
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert_one_line_error(in_process(["train", "--out", locked], capsys), "is not a writable directory")
+
+
+def test_resume_continues_only_a_cli_run_with_its_own_settings(tmp_path, capsys, trained):
+    _, out, _ = trained
+    assert_one_line_error(in_process(["train", *RUN, "--out", out], capsys), "model.pt exists", "--resume", "--overwrite")
+    assert_one_line_error(in_process(["train", "--resume", out, "--latent-dim", 3], capsys),
+                          "--latent-dim 3 differs from the run's 2")
+    assert_one_line_error(in_process(["train", "--resume", tmp_path], capsys), "no model.pt there to continue")
+    assert_one_line_error(in_process(["train", "--resume", out, "--out", tmp_path], capsys), "leave out --out")
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    train.save_checkpoint(lib / "model.pt", VAE(64, 2, (4,)))
+    assert_one_line_error(in_process(["train", "--resume", lib], capsys), "does not record the settings")
+    done = in_process(["train", "--resume", out, "--no-progress"], capsys)  # already at its 2 epochs
+    assert done.returncode == 0 and "resuming VAE 64-16-8-2 (bernoulli) at epoch 2 on digits: 1400 examples, 0 epochs" in done.stdout
+
+
+# -- Gaussian likelihood: sigma_x (issue 9, item 3) --------------------------------------------------
+
+def test_default_gaussian_run_learns_sigma_x_and_uses_its_latent_code(tmp_path, capsys):
+    """The default Gaussian run (64-400-20, 10 epochs on digits) learns sigma_x, starting from the data's pixel
+    standard deviation, and keeps active units (Burda et al.: Cov_x E_q[u] > 0.01). With sigma_x fixed at 1 on
+    [0, 1] pixels, the old default, the KL wins: no active unit (notebook 07). Measured: 20 of 20 active units
+    with sigma_x 0.2705 -> 0.267, against 0 (largest Cov_x E_q[u] = 0.003)."""
+    x, _ = data.load("digits", "train")
+    x_test, _ = data.load("digits", "test")
+    result = in_process(["train", "--likelihood", "gaussian", "--no-progress", "--out", tmp_path / "learned"], capsys)
+    assert result.returncode == 0, result.stderr
+    spread = x.double().var(0, correction=0).mean().sqrt().item()  # sqrt(mean_d Var(x_d)) = 0.2705
+    assert f"(gaussian, sigma_x learned from {spread:.4g})" in result.stdout
+    model = train.load_checkpoint(tmp_path / "learned" / "model.pt")
+    assert model.config["learn_sigma_x"] is True and model.config["sigma_x"] == float(f"{spread:.4g}")
+    assert model.sigma_x != model.config["sigma_x"]  # it moved: learned
+    active, _ = evaluate.active_units(model, x_test)
+    assert active > 0
+    with warnings.catch_warnings():  # a fixed sigma_x = 1 on [0, 1] data may warn; that is the point
+        warnings.simplefilter("ignore")
+        result = in_process(["train", "--likelihood", "gaussian", "--sigma-x", 1, "--no-learn-sigma-x", "--no-progress",
+                             "--out", tmp_path / "fixed"], capsys)
+    assert result.returncode == 0, result.stderr
+    fixed = train.load_checkpoint(tmp_path / "fixed" / "model.pt")
+    assert fixed.sigma_x == 1.0 and evaluate.active_units(fixed, x_test)[0] == 0
+    result = in_process(["train", "--sigma-x", "0.3", "--out", tmp_path / "b"], capsys)
+    assert_one_line_error(result, "--sigma-x and --learn-sigma-x need --likelihood gaussian")
+
+
+# -- your own data (issue 13, item 4) ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def npz_file(tmp_path_factory):
+    """Digits as (N, 4, 16) uint8 images: non-square, integer pixels, train and test arrays."""
+    x, _ = data.load("digits", "train")
+    xt, _ = data.load("digits", "test")
+    path = tmp_path_factory.mktemp("npz") / "mine.npz"
+    to_u8 = lambda a: np.round(a.numpy() * 255).astype(np.uint8).reshape(-1, 4, 16)  # noqa: E731
+    np.savez(path, x_train=to_u8(x), x_test=to_u8(xt))
+    return path
+
+
+def test_train_evaluate_and_sample_on_an_npz_file(npz_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    result = in_process(["train", "--data", npz_file, "--latent-dim", 2, "--hidden", 16, "--epochs", 2, "--no-progress",
+                         "--out", out], capsys)
+    assert result.returncode == 0, result.stderr
+    assert "on mine.npz: 1500 examples" in result.stdout
+    ck = train.load_checkpoint(out / "model.pt", with_state=True)
+    assert ck.metadata["data"] == str(npz_file.resolve()) and ck.metadata["image_shape"] == [4, 16]
+    # evaluate reads the data (x_test) from the checkpoint
+    result = in_process(["evaluate", out / "model.pt", "--k", 5, "--limit", 30, "--no-progress"], capsys)
+    assert result.returncode == 0, result.stderr
+    assert "data: mine.npz test split, 30 examples" in result.stdout
+    x = torch.from_numpy(np.load(npz_file)["x_test"][:30].reshape(30, 64).astype(np.float32) / 255)
+    x = torch.bernoulli(x, generator=torch.Generator().manual_seed(0))
+    elbo = evaluate.test_elbo(ck.model, x, batch_size=100, generator=torch.Generator().manual_seed(0)).mean().item()
+    assert f"test ELBO: {elbo:.3f} nats" in result.stdout
+    # sample draws 4 x 16 tiles, the shape recorded in the checkpoint
+    result = in_process(["sample", out / "model.pt", "--n", 3, "--out", tmp_path / "s.png"], capsys)
+    assert result.returncode == 0 and "wrote 3 samples (4x16)" in result.stdout
+    image = matplotlib.image.imread(tmp_path / "s.png")
+    scale = -(-256 // (2 * 17 + 1))  # 2 columns of 16-pixel tiles with borders, scaled to >= 256 px wide
+    assert image.shape[:2] == ((2 * 5 + 1) * scale, (2 * 17 + 1) * scale)
+    result = in_process(["sample", out / "model.pt", "--n", 3, "--image-shape", 8, 8, "--out", tmp_path / "t.png"], capsys)
+    assert result.returncode == 0 and "(8x8)" in result.stdout
+    assert_one_line_error(in_process(["sample", out / "model.pt", "--image-shape", 3, 3, "--out", tmp_path / "u.png"],
+                                     capsys), "--image-shape 3 3 has 9 pixels but the data have 64")
+    moved = tmp_path / "moved.npz"
+    npz_file.rename(moved)
+    try:
+        assert_one_line_error(in_process(["evaluate", out / "model.pt"], capsys), "which is not there any more", "--data")
+        result = in_process(["evaluate", out / "model.pt", "--data", moved, "--split", "train", "--k", 2, "--limit", 5,
+                             "--no-progress"], capsys)
+        assert result.returncode == 0 and "moved.npz train split, 5 examples" in result.stdout
+    finally:
+        moved.rename(npz_file)
+
+
+def _npz(tmp_path, name, **arrays):
+    path = tmp_path / name
+    np.savez(path, **arrays)
+    return path
+
+
+def test_bad_npz_files_are_one_line_errors(tmp_path, capsys):
+    good = np.random.default_rng(0).random((20, 6), dtype=np.float32)
+    nan = good.copy()
+    nan[3, 2] = np.nan
+    cases = [
+        (_npz(tmp_path, "no_train.npz", x=good), ["has no array 'x_train'", "['x']"]),
+        (_npz(tmp_path, "flat.npz", x_train=good[0]), ["x_train has shape (6,)", "(N, D) or (N, H, W)"]),
+        (_npz(tmp_path, "empty.npz", x_train=good[:0]), ["x_train has shape (0, 6)"]),
+        (_npz(tmp_path, "nan.npz", x_train=nan), ["x_train contains NaN"]),
+        (_npz(tmp_path, "range.npz", x_train=good * 3), ["values in [", "needs [0, 1]", "--likelihood gaussian"]),
+        (_npz(tmp_path, "int.npz", x_train=(good * 9).astype(np.int64)), ["dtype int64", "uint8"]),
+        (_npz(tmp_path, "test.npz", x_train=good, x_test=good[:, :5]), ["x_test examples have shape (5,), x_train's (6,)"]),
+        (_npz(tmp_path, "object.npz", x_train=np.array([good, None], dtype=object)), ["Object arrays", "allow_pickle"]),
+    ]
+    text = tmp_path / "text.npz"
+    text.write_text("not a zip\n")
+    cases.append((text, ["not a readable .npz file"]))
+    cases.append((tmp_path / "missing.npz", ["no such file"]))
+    for path, fragments in cases:
+        result = in_process(["train", "--data", path, "--epochs", 1, "--no-progress", "--out", tmp_path / "out"], capsys)
+        assert_one_line_error(result, str(path.name), *fragments)
+    assert not (tmp_path / "out").exists()  # every check runs before the output directory is made
+    result = in_process(["train", "--data", _npz(tmp_path, "wide.npz", x_train=good * 3), "--likelihood", "gaussian",
+                         "--epochs", 1, "--latent-dim", 2, "--hidden", 4, "--no-progress", "--out", tmp_path / "out"], capsys)
+    assert result.returncode == 0, result.stderr  # any finite range for a Gaussian likelihood
+
+
+def test_checkpoint_with_string_metadata_is_one_line(tmp_path, capsys):
+    path = train.save_checkpoint(tmp_path / "m.pt", VAE(64, 2, (4,)))
+    payload = torch.load(path, weights_only=True)
+    payload["metadata"] = "digits"
+    payload["digest"] = train._digest({k: v for k, v in payload.items() if k != "digest"})
+    torch.save(payload, path)
+    assert_one_line_error(in_process(["evaluate", path], capsys), "m.pt: broken checkpoint: metadata is a str")

@@ -316,17 +316,34 @@ def _corrupt_files(tmp_path):
         paths.append(p)
     other = tmp_path / "other-format.pt"
     torch.save({"weights": torch.zeros(3)}, other)
-    bad_class = tmp_path / "bad-class.pt"
     payload = torch.load(good, weights_only=True)
-    torch.save(dict(payload, model_class="Transformer"), bad_class)
-    bad_shape = tmp_path / "bad-shape.pt"
-    torch.save(dict(payload, config=dict(payload["config"], latent_dim=5)), bad_shape)
-    return paths + [other, bad_class, bad_shape]
+    crafted = {  # each with a valid digest: the checks behind the digest must catch them
+        "bad-class": dict(payload, model_class="Transformer"),
+        "bad-shape": dict(payload, config=dict(payload["config"], latent_dim=5)),
+        "bad-config-key": dict(payload, config=dict(payload["config"], depth=3)),
+        "string-metadata": dict(payload, metadata="digits"),
+        "list-history": dict(payload, history=[1, 2]),
+        "version-9": dict(payload, version=9),
+    }
+    for name, p in crafted.items():
+        paths.append(write_with_digest(tmp_path / f"{name}.pt", p))
+    tampered = tmp_path / "tampered.pt"  # changed without updating the digest
+    torch.save(dict(payload, config=dict(payload["config"], latent_dim=5)), tampered)
+    return paths + [other, tampered]
+
+
+def write_with_digest(path, payload):
+    """Write a crafted payload with a matching digest, as an attacker (not a bit flip) would."""
+    payload = {k: v for k, v in payload.items() if k != "digest"}
+    payload["digest"] = train._digest(payload)
+    torch.save(payload, path)
+    return path
 
 
 def test_corrupt_checkpoints_raise_value_error_naming_the_file(tmp_path):
     for path in _corrupt_files(tmp_path):
-        with pytest.raises(ValueError, match=rf"{path.name}: (not a readable vaelib checkpoint|not a vaelib checkpoint|broken checkpoint)"):
+        with pytest.raises(ValueError, match=rf"{path.name}: (not a readable vaelib checkpoint|not a vaelib checkpoint|"
+                                             r"broken checkpoint|corrupt checkpoint|checkpoint version 9)"):
             train.load_checkpoint(path)
 
 
@@ -355,3 +372,405 @@ def test_save_checkpoint_bad_arguments(tmp_path):
         train.save_checkpoint(tmp_path / "missing" / "m.pt", vae())
     with pytest.raises(TypeError, match=r"optimizer must be a torch optimizer"):
         train.save_checkpoint(tmp_path / "m.pt", vae(), optimizer=[1, 2])
+
+
+# -- checkpoint integrity (issue 14, item 1) --------------------------------------------------------
+
+def same_content(a, b):
+    """Exact equality of nested checkpoint contents: tensors by dtype, shape and every value."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict) or isinstance(b, dict):
+        return isinstance(a, dict) and isinstance(b, dict) and list(a) == list(b) and all(same_content(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same_content(u, v) for u, v in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def loaded(path):
+    ck = train.load_checkpoint(path, with_state=True)
+    return {"model": dict(ck.model.state_dict()), "config": ck.model.config, "optimizer": ck.optimizer_state,
+            "history": ck.history, "rng": ck.rng_state, "metadata": ck.metadata}
+
+
+def test_single_bit_flips_never_load_silently_changed(digits, tmp_path):
+    """Flip one bit at 400 offsets spread over the whole file (zip headers, the pickle, every tensor's bytes,
+    the central directory). Every load must either fail with a ValueError naming the file, or (a flip in
+    bytes nothing reads, such as zip padding or a CRC field) give exactly the saved weights and state.
+    Before the digest, 84 of 100 such flips loaded silently changed weights, Adam state or RNG state.
+    Measured once on every third byte of this 45 KB file: 15114 flips, 12657 errors, 2457 identical, 0 silent."""
+    x, xv = digits
+    model = vae(likelihood="gaussian", learn_sigma_x=True)
+    h = train.fit(model, x[:300], 1, valid_x=xv[:50], **KW)
+    path = train.save_checkpoint(tmp_path / "good.pt", model, history=h, metadata={"dataset": "digits", "seed": 0})
+    reference = loaded(path)
+    raw = path.read_bytes()
+    rng = torch.Generator().manual_seed(0)
+    n_flips = 400
+    offsets = torch.linspace(0, len(raw) - 1, n_flips).long().tolist()
+    bits = torch.randint(0, 8, (n_flips,), generator=rng).tolist()
+    bad = tmp_path / "flipped.pt"
+    outcomes = {"error": 0, "identical": 0}
+    for offset, bit in zip(offsets, bits):
+        flipped = bytearray(raw)
+        flipped[offset] ^= 1 << bit
+        bad.write_bytes(bytes(flipped))
+        try:
+            content = loaded(bad)
+        except ValueError as e:
+            assert "flipped.pt" in str(e), (offset, bit, str(e))
+            outcomes["error"] += 1
+            continue
+        assert same_content(content, reference), f"flip at byte {offset}, bit {bit} loaded changed values"
+        outcomes["identical"] += 1
+    assert outcomes["error"] + outcomes["identical"] == n_flips
+    assert outcomes["error"] > n_flips // 2  # most bytes are tensor data and pickle: all detected
+
+
+def test_tampered_checkpoint_fails_the_digest(tmp_path):
+    path = train.save_checkpoint(tmp_path / "m.pt", vae())
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["to_mu.bias"] += 1e-6  # a change a reader would never notice
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=r"m\.pt: corrupt checkpoint: its SHA-256 digest does not match"):
+        train.load_checkpoint(path)
+
+
+def test_version_1_checkpoints_without_digest_still_load(tmp_path):
+    model = vae()
+    path = train.save_checkpoint(tmp_path / "m.pt", model)
+    payload = torch.load(path, weights_only=True)
+    del payload["digest"]
+    torch.save(dict(payload, version=1), path)
+    assert same_weights(train.load_checkpoint(path), model)
+    torch.save(dict(payload, version=2), path)  # version 2 without its digest: refused
+    with pytest.raises(ValueError, match=r"corrupt checkpoint"):
+        train.load_checkpoint(path)
+
+
+# -- save what you can load (item 2) ----------------------------------------------------------------
+
+def test_numpy_values_and_paths_in_metadata_and_history_round_trip(digits, tmp_path):
+    import numpy as np
+    from pathlib import Path, PurePosixPath
+
+    x, _ = digits
+    model = vae()
+    h = train.fit(model, x[:200], 2, **KW)
+    history = dict(h)
+    history["elbo"] = [np.float32(v) for v in h["elbo"]]  # numpy scalars, e.g. from np.mean
+    history["kl"] = np.asarray(h["kl"])  # a numpy array instead of a list
+    metadata = {"root": Path("/data/run"), "pure": PurePosixPath("a/b"), "n": np.int64(7), "flag": np.bool_(True),
+                "scale": np.float64(0.5), "shape": np.array([[8, 8]]), "nested": {"k": [np.float16(1.5), (np.int8(2),)]},
+                np.int64(3): "numpy key"}
+    path = train.save_checkpoint(tmp_path / "m.pt", model, history=history, rng_state=h.rng_state,
+                                 optimizer=h.optimizer_state, metadata=metadata)
+    ck = train.load_checkpoint(path, with_state=True)
+    assert ck.metadata == {"root": "/data/run", "pure": "a/b", "n": 7, "flag": True, "scale": 0.5, "shape": [[8, 8]],
+                           "nested": {"k": [1.5, (2,)]}, 3: "numpy key"}
+    assert type(ck.metadata["n"]) is int and type(ck.metadata["flag"]) is bool and type(ck.metadata["scale"]) is float
+    assert ck.history["elbo"] == [float(np.float32(v)) for v in h["elbo"]]  # float32 -> float is exact
+    assert ck.history["kl"] == h["kl"] and all(type(v) is float for v in ck.history["kl"])
+    # and it resumes
+    h2 = train.fit(ck.model, x[:200], 1, history=ck.history, optimizer_state=ck.optimizer_state,
+                   rng_state=ck.rng_state, **KW)
+    assert h2["epoch"] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "metadata, match",
+    [
+        ({"tags": {"a", "b"}}, r"metadata\['tags'\] has type set"),
+        ({"fn": print}, r"metadata\['fn'\] has type builtin_function_or_method"),
+        ({"when": __import__("datetime").date(2020, 1, 1)}, r"metadata\['when'\] has type date"),
+        ({"strings": __import__("numpy").array(["a"])}, r"metadata\['strings'\] is a numpy array of dtype <U1"),
+        ({(1, 2): "tuple key"}, r"the key \(1, 2\) of metadata has type tuple"),
+    ],
+    ids=["set", "function", "date", "string-array", "tuple-key"],
+)
+def test_save_refuses_what_it_cannot_load_back(tmp_path, metadata, match):
+    with pytest.raises(TypeError, match=match):
+        train.save_checkpoint(tmp_path / "m.pt", vae(), metadata=metadata)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+# -- crafted checkpoints (item 6) ---------------------------------------------------------------------
+
+def test_crafted_config_is_refused_before_allocating_the_layer(tmp_path):
+    """A small file whose config asks for a 10000 x 20000 layer (800 MB in float32) is refused at the first
+    big allocation, before it happens: the peak memory of this process does not move by even 100 MB."""
+    import resource
+
+    path = train.save_checkpoint(tmp_path / "m.pt", vae())
+    payload = torch.load(path, weights_only=True)
+    crafted = write_with_digest(tmp_path / "crafted.pt", dict(payload, config=dict(payload["config"], data_dim=10000,
+                                                                                      hidden_dims=[20000])))
+    assert crafted.stat().st_size < 100_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    with pytest.raises(ValueError, match=r"crafted\.pt: broken checkpoint: the config asks for a tensor of shape "
+                                         r"\[20000, 10000\]"):
+        train.load_checkpoint(crafted)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000
+    many = write_with_digest(tmp_path / "many.pt", dict(payload, config=dict(payload["config"], hidden_dims=[1] * 10**5)))
+    with pytest.raises(ValueError, match=r"hidden_dims has 100000 layers but the file stores only 10 tensors"):
+        train.load_checkpoint(many)
+
+
+# -- your own model (issue 13, item 2) --------------------------------------------------------------
+
+class TwoLayerDecoder(torch.nn.Module):
+    """A decoder that is not the MLP the config describes: (..., k) -> (..., 64), with other layer names."""
+
+    def __init__(self, k=2, d=64):
+        super().__init__()
+        self.first = torch.nn.Linear(k, 8)
+        self.second = torch.nn.Linear(8, d)
+
+    def forward(self, z):
+        return self.second(torch.tanh(self.first(z)))
+
+
+def custom_vae(seed=0):
+    model = vae(seed)
+    model.decoder = TwoLayerDecoder()  # what a user's model looks like to save_checkpoint
+    return model
+
+
+def test_model_argument_loads_weights_into_a_model_you_built(tmp_path, digits):
+    x, _ = digits
+    model = custom_vae()
+    h = train.fit(model, x[:200], 1, **KW)
+    path = train.save_checkpoint(tmp_path / "custom.pt", model, history=h)
+    with pytest.raises(ValueError, match=r"custom\.pt: broken checkpoint: the stored weights do not match the "
+                                         r"config's model.*load_checkpoint\(path, model=model\)"):
+        train.load_checkpoint(path)  # the file alone cannot rebuild it, and says how to load it
+    target = custom_vae(seed=1)
+    assert not same_weights(target, model)
+    ck = train.load_checkpoint(path, model=target, with_state=True)
+    assert ck.model is target and same_weights(target, model)
+    h2 = train.fit(target, x[:200], 1, history=ck.history, optimizer_state=ck.optimizer_state,
+                   rng_state=ck.rng_state, **KW)
+    straight = custom_vae()
+    h_straight = train.fit(straight, x[:200], 2, **KW)
+    assert same_weights(target, straight) and without_seconds(h2) == without_seconds(h_straight)
+    # float64 file into a float32 model: the model takes the stored dtype
+    path64 = train.save_checkpoint(tmp_path / "c64.pt", custom_vae().double())
+    assert next(train.load_checkpoint(path64, model=custom_vae(1)).parameters()).dtype == torch.float64
+
+
+def test_config_marked_custom_asks_for_the_model(tmp_path):
+    path = train.save_checkpoint(tmp_path / "m.pt", vae())
+    payload = torch.load(path, weights_only=True)
+    marked = write_with_digest(tmp_path / "marked.pt", dict(payload, config=dict(payload["config"], encoder="custom")))
+    with pytest.raises(ValueError, match=r"marked\.pt: holds a VAE with your own encoder/decoder.*model=model"):
+        train.load_checkpoint(marked)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: Autoencoder(64, 2, (16,)), r"holds a VAE, cannot load it into a Autoencoder"),
+        (lambda: VAE(64, 2, (16,), likelihood="gaussian"), r"config differs from the file's \(likelihood: file 'bernoulli'"),
+        (lambda: vae(), r"the stored weights do not match the model: missing \['decoder.hidden1.bias'"),
+        (lambda: torch.nn.Linear(2, 2), r"model must be a vaelib.models.VAE or Autoencoder"),
+    ],
+    ids=["class", "config", "layers", "not-a-model"],
+)
+def test_model_argument_must_match_the_file(tmp_path, make, match):
+    path = train.save_checkpoint(tmp_path / "custom.pt", custom_vae())
+    with pytest.raises((ValueError, TypeError), match=match):
+        train.load_checkpoint(path, model=make())
+
+
+# -- fit: numpy data, seeds, optimizer state, NaN, interrupts (items 4, 7; issue 13) -----------------
+
+def test_fit_accepts_numpy_arrays(digits):
+    x, xv = digits
+    a, b = vae(), vae()
+    ha = train.fit(a, x[:300], 2, valid_x=xv[:50], **KW)
+    import numpy as np
+
+    xn = np.asfortranarray(x[:300].numpy())  # not C-contiguous
+    xn.setflags(write=False)  # and read-only, as from np.load(mmap_mode="r")
+    hb = train.fit(b, xn, 2, valid_x=xv[:50].double().numpy(), **KW)  # float64 validation data: cast once
+    assert same_weights(a, b) and without_seconds(ha) == without_seconds(hb)
+
+    with pytest.raises(TypeError, match=r"train_x must be a floating-point array .* got numpy dtype uint8.*x / 255"):
+        train.fit(vae(), (x[:10].numpy() * 255).astype(np.uint8), 1, **KW)
+    with pytest.raises(TypeError, match=r"train_x must be a torch.Tensor or a numpy array, got list"):
+        train.fit(vae(), x[:10].tolist(), 1, **KW)
+
+
+def test_seed_must_fit_in_64_bits(digits):
+    x, _ = digits
+    with pytest.raises(ValueError, match=r"seed must be < 2\*\*64"):
+        train.fit(vae(), x[:20], 1, seed=2**64, **KW)
+    train.fit(vae(), x[:20], 1, seed=2**64 - 1, **KW)  # the largest seed works
+
+
+def test_optimizer_state_of_another_optimizer_is_refused_before_training(digits):
+    x, _ = digits
+    model = vae()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model.loss(x[:10]).backward()
+    sgd.step()
+    model.load_state_dict(before)
+    with pytest.raises(ValueError, match=r"optimizer_state is not an Adam state dict: param group 0 lacks \['betas'"):
+        train.fit(model, x[:50], 1, optimizer_state=sgd.state_dict(), **KW)
+    other = VAE(64, 2, (16, 4))
+    h = train.fit(other, x[:50], 1, **KW)
+    with pytest.raises(ValueError, match=r"optimizer_state does not fit this model's parameters"):
+        train.fit(model, x[:50], 1, optimizer_state=h.optimizer_state, **KW)
+    with pytest.raises(TypeError, match=r"optimizer_state must be an Adam state dict"):
+        train.fit(model, x[:50], 1, optimizer_state=[1, 2], **KW)
+    assert same_weights(model, vae())  # nothing trained
+
+
+def poison_loss_at(model, call, value=float("nan")):
+    inner, calls = model._loss, [0]
+
+    def poisoned(xb, *args):
+        calls[0] += 1
+        loss, terms = inner(xb, *args)
+        return (loss * value, terms) if calls[0] == call else (loss, terms)
+
+    model._loss = poisoned
+
+
+def test_nan_keeps_the_last_finite_weights_and_a_resumable_history(digits, tmp_path):
+    """A NaN loss in epoch 2 (step 3 of 12): the model is back at the end of epoch 1, e.history holds epoch 1
+    with its optimizer and generator state, and resuming from it reproduces the uninterrupted run exactly."""
+    x, _ = digits
+    straight = vae()
+    h3 = train.fit(straight, x, 3, seed=4, **KW)
+    one = vae()
+    train.fit(one, x, 1, seed=4, **KW)
+
+    model = vae()
+    poison_loss_at(model, 12 + 3)
+    with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 2, step 3 of 12; the model is back") as info:
+        train.fit(model, x, 3, seed=4, **KW)
+    assert same_weights(model, one)  # finite, and exactly the weights after epoch 1
+    h = info.value.history
+    assert h["epoch"] == [1] and without_seconds(h) == {k: v[:1] for k, v in without_seconds(h3).items()}
+    path = train.save_checkpoint(tmp_path / "m.pt", model, history=h)
+    ck = train.load_checkpoint(path, with_state=True)
+    h_resumed = train.fit(ck.model, x, 2, seed=4, history=ck.history, optimizer_state=ck.optimizer_state,
+                          rng_state=ck.rng_state, **KW)
+    assert same_weights(ck.model, straight) and without_seconds(h_resumed) == without_seconds(h3)
+
+
+def test_nan_parameter_with_finite_losses_is_caught(digits, monkeypatch):
+    """The step after the last loss of an epoch can make a parameter NaN while every recorded loss is finite."""
+    x, _ = digits
+    model = vae()
+    step, calls = torch.optim.Adam.step, [0]
+
+    def poisoned_step(self, *args, **kwargs):
+        out = step(self, *args, **kwargs)
+        calls[0] += 1
+        if calls[0] == 12:  # the last step of epoch 1
+            with torch.no_grad():
+                model.to_mu.weight[0, 0] = float("inf")
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", poisoned_step)
+    initial = vae()
+    with pytest.raises(FloatingPointError, match=r"parameter 'to_mu.weight' became NaN or infinite at epoch 1, by step 12"):
+        train.fit(model, x, 2, **KW)
+    assert same_weights(model, initial)  # back to the start: no epoch completed
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_models_are_refused(digits, dtype):
+    x, _ = digits
+    with pytest.raises(TypeError, match=rf"has dtype {dtype}; fit trains float32 or float64 models only"):
+        train.fit(vae().to(dtype), x[:20], 1, **KW)
+    model = vae()
+    h = train.fit(model, x[:200].to(dtype), 1, **KW)  # 16-bit data: converted exactly to the model's float32
+    reference = vae()
+    h_ref = train.fit(reference, x[:200].to(dtype).float(), 1, **KW)
+    assert same_weights(model, reference) and h["elbo"] == h_ref["elbo"]
+
+
+def test_keyboard_interrupt_rolls_back_to_the_last_epoch_and_attaches_the_history(digits):
+    x, _ = digits
+    one = vae()
+    train.fit(one, x, 1, **KW)
+    model = vae()
+    inner, calls = model._loss, [0]
+
+    def interrupted(xb, *args):
+        calls[0] += 1
+        if calls[0] == 12 + 5:
+            raise KeyboardInterrupt
+        return inner(xb, *args)
+
+    model._loss = interrupted
+    with pytest.raises(KeyboardInterrupt) as info:
+        train.fit(model, x, 3, **KW)
+    assert same_weights(model, one) and info.value.history["epoch"] == [1]
+    assert info.value.history.optimizer_state["state"][0]["step"].item() == 12
+
+
+def test_on_epoch_end_sees_a_resumable_state(digits, tmp_path):
+    x, _ = digits
+    seen = []
+
+    def save(model, history):
+        seen.append(history["epoch"][-1])
+        train.save_checkpoint(tmp_path / f"e{history['epoch'][-1]}.pt", model, history=history)
+
+    straight = vae()
+    h3 = train.fit(straight, x, 3, on_epoch_end=save, **KW)
+    assert seen == [1, 2, 3]
+    ck = train.load_checkpoint(tmp_path / "e1.pt", with_state=True)
+    h = train.fit(ck.model, x, 2, history=ck.history, optimizer_state=ck.optimizer_state, rng_state=ck.rng_state, **KW)
+    assert same_weights(ck.model, straight) and without_seconds(h) == without_seconds(h3)
+    assert same_weights(train.load_checkpoint(tmp_path / "e3.pt"), straight)
+    with pytest.raises(TypeError, match=r"on_epoch_end must be a callable"):
+        train.fit(vae(), x[:10], 1, on_epoch_end="save", **KW)
+
+
+# -- atomic writes: links, permissions, orphans (items 5, 7) -----------------------------------------
+
+def test_save_through_a_symlink_keeps_the_link(tmp_path):
+    real_dir = tmp_path / "store"
+    real_dir.mkdir()
+    target = real_dir / "model.pt"
+    train.save_checkpoint(target, vae(seed=1))
+    target.chmod(0o640)
+    link = tmp_path / "latest.pt"
+    link.symlink_to(target)
+    model = vae(seed=2)
+    train.save_checkpoint(link, model)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert same_weights(train.load_checkpoint(target), model)
+    assert oct(target.stat().st_mode & 0o777) == oct(0o640)  # the replaced file keeps its permissions
+    assert sorted(p.name for p in real_dir.iterdir()) == ["model.pt"]
+
+
+def test_temporary_files_of_a_killed_save_are_removed_at_the_next_save(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    orphan = tmp_path / f".model.pt.{dead_pid}-abc123.tmp"  # as a save killed with SIGKILL leaves it
+    orphan.write_bytes(b"PK partial")
+    mine = tmp_path / f".model.pt.{os.getpid()}-live.tmp"  # a save in progress (this process): kept
+    mine.write_bytes(b"PK")
+    other = tmp_path / ".other.pt.1-x.tmp"  # another file's temporary: not ours to judge
+    other.write_bytes(b"")
+    train.save_checkpoint(tmp_path / "model.pt", vae())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.pt", mine.name, other.name])
+
+
+def test_save_and_load_refuse_empty_paths_and_directories(tmp_path):
+    with pytest.raises(ValueError, match=r"path must name a file, got ''"):
+        train.save_checkpoint("", vae())
+    with pytest.raises(IsADirectoryError, match=r"it is a directory"):
+        train.save_checkpoint(tmp_path, vae())
+    with pytest.raises(ValueError, match=r"path must name a checkpoint file, got ''"):
+        train.load_checkpoint("")

@@ -1,21 +1,32 @@
 """The command line: python -m vaelib {train, evaluate, sample}.
 
     python -m vaelib train --dataset digits --latent-dim 20 --hidden 400 --epochs 10 --out runs/digits
-        writes runs/digits/model.pt (checkpoint), history.json (per-epoch nats) and training_curve.png
+        writes runs/digits/model.pt (checkpoint), history.json (per-epoch nats) and training_curve.png;
+        model.pt is written every --checkpoint-every epochs too, and when the run is stopped (Ctrl-C,
+        SIGTERM, a NaN): `train --resume runs/digits` continues it to the same weights as one run
+    python -m vaelib train --data mine.npz --likelihood gaussian --image-shape 28 20 --out runs/mine
+        your own data: x_train (and optionally x_test) in an .npz file; sigma_x is learned by default
     python -m vaelib evaluate runs/digits/model.pt --k 5000
         prints the test ELBO and the importance-weighted log-likelihood (nats per example, bits/dim)
+        on the data the model was trained on (recorded in the checkpoint)
     python -m vaelib sample runs/digits/model.pt --n 64 --out samples.png
-        writes a grid of decoded samples from the prior
+        writes a grid of decoded samples from the prior (image shape recorded in the checkpoint)
 
 Expected failures (bad arguments, unknown datasets, missing or corrupt checkpoints, missing data files)
 print one line `vaelib: error: ...` on stderr and exit with a non-zero status, never a traceback.
+Ctrl-C exits with status 130 and SIGTERM with 143, after saving the training state.
 Nothing happens at import time; the heavy modules (torch, data, matplotlib) load inside the commands.
 """
 
 import argparse
+import contextlib
+import hashlib
 import json
 import math
+import signal
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 PROG = "python -m vaelib"
@@ -50,8 +61,18 @@ def _number(convert, ok, expected, expected_finite=None):
 
 _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+_seed = _number(int, lambda v: 0 <= v < 2**64, "an integer seed", "an integer in [0, 2**64)")
 _positive_float = _number(float, lambda v: v > 0 and math.isfinite(v), "a positive number", "a finite positive number")
 _nonnegative_float = _number(float, lambda v: v >= 0 and math.isfinite(v), "a number >= 0", "a finite number >= 0")
+
+# train's options, their defaults and whether `--resume` may change them (the rest come from the checkpoint)
+TRAIN_DEFAULTS = {
+    "dataset": "digits", "data": None, "image_shape": None, "model": "vae", "latent_dim": 20, "hidden": [400],
+    "epochs": 10, "likelihood": "bernoulli", "sigma_x": None, "learn_sigma_x": None, "batch_size": 128, "lr": 1e-3,
+    "beta": 1.0, "warmup_epochs": 0, "valid_size": 0, "seed": 0,
+}
+RESUME_MAY_CHANGE = ("epochs", "lr")  # a new --lr continues the run, but not bit for bit
+CHECKPOINT_EVERY = 1
 
 
 def _hidden_list(text):
@@ -70,39 +91,66 @@ def build_parser():
 
     p = sub.add_parser("train", help="train a VAE or autoencoder; write model.pt, history.json, training_curve.png",
                        description="Train a model with vaelib.train.fit and write DIR/model.pt, DIR/history.json "
-                       "and DIR/training_curve.png.")
-    p.add_argument("--dataset", choices=DATASETS, default="digits", help="training data (default: digits, offline)")
-    p.add_argument("--model", choices=("vae", "autoencoder"), default="vae", help="model type (default: vae)")
-    p.add_argument("--latent-dim", type=_positive_int, default=20, metavar="K", help="latent dimensions (default: 20)")
+                       "and DIR/training_curve.png. DIR/model.pt is also written every --checkpoint-every epochs "
+                       "and when the run is stopped (Ctrl-C, SIGTERM, a NaN); continue it with --resume DIR, "
+                       "which gives the same weights as an uninterrupted run.")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--dataset", choices=DATASETS, default=None, help="training data (default: digits, offline)")
+    data.add_argument("--data", metavar="FILE.npz", default=None,
+                      help="your own data: an .npz file with x_train (N, D) or (N, H, W) and optionally x_test, "
+                      "float values (in [0, 1] for --likelihood bernoulli) or uint8 pixels (divided by 255)")
+    p.add_argument("--image-shape", type=_positive_int, nargs=2, metavar=("H", "W"), default=None,
+                   help="height and width of one example, for image grids of non-square data (default: from "
+                   "(N, H, W) data, else square)")
+    p.add_argument("--model", choices=("vae", "autoencoder"), default=None, help="model type (default: vae)")
+    p.add_argument("--latent-dim", type=_positive_int, default=None, metavar="K", help="latent dimensions (default: 20)")
     p.add_argument("--hidden", type=_hidden_list, action="append", metavar="H",
                    help="hidden layer width; repeat or give a comma list for several layers (default: 400)")
-    p.add_argument("--epochs", type=_nonnegative_int, default=10, metavar="N", help="epochs (default: 10)")
-    p.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli",
-                   help="p(x|z): bernoulli (dynamically binarized pixels) or gaussian with sigma_x = 1 (default: bernoulli)")
-    p.add_argument("--batch-size", type=_positive_int, default=128, help="minibatch size (default: 128)")
-    p.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default: 1e-3)")
-    p.add_argument("--beta", type=_nonnegative_float, default=1.0, help="KL weight (default: 1, the ELBO)")
-    p.add_argument("--warmup-epochs", type=_nonnegative_int, default=0, help="linear KL warm-up epochs (default: 0)")
-    p.add_argument("--valid-size", type=_nonnegative_int, default=0, metavar="M",
+    p.add_argument("--epochs", type=_nonnegative_int, default=None, metavar="N",
+                   help="epochs in total (default: 10); with --resume, the new total")
+    p.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default=None,
+                   help="p(x|z): bernoulli (dynamically binarized pixels) or gaussian N(mean, sigma_x^2) (default: bernoulli)")
+    p.add_argument("--sigma-x", type=_positive_float, default=None, metavar="S",
+                   help="sigma_x of the gaussian likelihood: fixed, or the initial value when learned (default: the "
+                   "training data's pixel standard deviation, sqrt of the mean per-pixel variance: the sigma_x of a "
+                   "decoder that predicts the mean image)")
+    p.add_argument("--learn-sigma-x", action=argparse.BooleanOptionalAction, default=None,
+                   help="learn sigma_x with the weights (default: on for --likelihood gaussian; a fixed sigma_x = 1 "
+                   "on [0, 1] images makes the KL win and the latent code unused)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="minibatch size (default: 128)")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help="Adam learning rate (default: 1e-3); with --resume, a new rate from there on")
+    p.add_argument("--beta", type=_nonnegative_float, default=None, help="KL weight (default: 1, the ELBO)")
+    p.add_argument("--warmup-epochs", type=_nonnegative_int, default=None, help="linear KL warm-up epochs (default: 0)")
+    p.add_argument("--valid-size", type=_nonnegative_int, default=None, metavar="M",
                    help="hold out M training examples for a per-epoch validation ELBO (default: 0)")
-    p.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the initial weights and of training (default: 0)")
+    p.add_argument("--seed", type=_seed, default=None, help="seed of the initial weights and of training (default: 0)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
+    p.add_argument("--out", metavar="DIR", default=None, help="output directory (created if missing); required "
+                   "unless --resume")
+    p.add_argument("--resume", metavar="DIR", default=None,
+                   help="continue the run whose checkpoint is DIR/model.pt, with its settings, up to --epochs in total")
+    p.add_argument("--overwrite", action="store_true", help="start afresh even if --out already holds a model.pt")
+    p.add_argument("--checkpoint-every", type=_nonnegative_int, default=CHECKPOINT_EVERY, metavar="N",
+                   help=f"write DIR/model.pt every N epochs, 0 = only at the end and when stopped (default: {CHECKPOINT_EVERY})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="print test ELBO and importance-weighted log-likelihood",
                        description="Evaluate a checkpoint on a dataset split: test ELBO and the importance-weighted "
                        "log-likelihood estimate (Burda et al. 2016), in nats per example and bits per dimension. "
-                       "Bernoulli models are evaluated on one fixed binarization of the images (seeded).")
+                       "Bernoulli models are evaluated on one fixed binarization of the images (seeded). "
+                       "The data default to those the model was trained on (recorded in the checkpoint).")
     p.add_argument("checkpoint", metavar="CKPT", help="a model.pt written by 'train'")
-    p.add_argument("--dataset", choices=DATASETS, default=None, help="default: the dataset the model was trained on")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--dataset", choices=DATASETS, default=None, help="default: the data the model was trained on")
+    data.add_argument("--data", metavar="FILE.npz", default=None, help="an .npz file with x_train and/or x_test")
     p.add_argument("--split", choices=("train", "test"), default="test", help="default: test")
     p.add_argument("--k", type=_positive_int, default=5000, help="importance samples per example (default: 5000)")
     p.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="evaluate the first N examples only")
     p.add_argument("--batch-size", type=_positive_int, default=100, help="examples per pass (default: 100)")
     p.add_argument("--chunk-size", type=_positive_int, default=500, help="importance samples per pass (default: 500)")
-    p.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the binarization and the samples (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the binarization and the samples (default: 0)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
@@ -112,7 +160,9 @@ def build_parser():
     p.add_argument("checkpoint", metavar="CKPT", help="a VAE model.pt written by 'train'")
     p.add_argument("--n", type=_positive_int, default=64, help="number of samples (default: 64)")
     p.add_argument("--out", required=True, metavar="FILE.png", help="PNG file to write")
-    p.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of z (default: 0)")
+    p.add_argument("--image-shape", type=_positive_int, nargs=2, metavar=("H", "W"), default=None,
+                   help="height and width of one sample (default: recorded in the checkpoint, else square)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of z (default: 0)")
     p.set_defaults(func=cmd_sample)
     return parser
 
@@ -124,8 +174,16 @@ def main(argv=None):
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error already reported on one line (2)
         return e.code if isinstance(e.code, int) else 2
+    if args.func is cmd_train and args.out is None and args.resume is None:
+        return _usage_error(parser, "train", "the following arguments are required: --out (or --resume DIR)")
     try:
         args.func(args)
+    except _Stopped as e:
+        print(e.message, file=sys.stderr)
+        return e.code
+    except _Terminated:
+        print("vaelib: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + 15
     except KeyboardInterrupt:
         print("vaelib: interrupted", file=sys.stderr)
         return 130
@@ -136,47 +194,329 @@ def main(argv=None):
     return 0
 
 
+def _usage_error(parser, command, message):
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    try:
+        sub.error(message)
+    except SystemExit as e:
+        return e.code
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so that training stops the way Ctrl-C stops it (and saves)."""
+
+
+class _Stopped(Exception):
+    """Training stopped by a signal after saving: the message for stderr and the exit status."""
+
+    def __init__(self, message, code):
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold SIGINT and SIGTERM while a file is written; they arrive (and stop the run) right after it."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 # -- train ------------------------------------------------------------------------------------------
 
 def cmd_train(args):
+    if threading.current_thread() is not threading.main_thread():
+        return _train(args)
+    old = signal.signal(signal.SIGTERM, _raise_terminated)  # SIGTERM stops training like Ctrl-C: it saves first
+    try:
+        return _train(args)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _option(key):
+    return "--" + key.replace("_", "-")
+
+
+def _out_dir(text, option="--out"):
+    """The output directory, created if missing and checked writable now, before any training."""
+    if not text.strip():
+        raise CLIError(f"{option} must name a directory, got {text!r}")
+    out = Path(text)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"{option} {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise CLIError(f"{option} {out} is not a writable directory ({e.strerror or e})") from None
+    return out
+
+
+def _settings(args):
+    """(settings, checkpoint or None, out): the run's settings, fresh or from the checkpoint of --resume."""
+    from vaelib import train
+
+    explicit = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
+    if "hidden" in explicit:
+        explicit["hidden"] = [h for group in explicit["hidden"] for h in group]
+    if "image_shape" in explicit:
+        explicit["image_shape"] = list(explicit["image_shape"])
+    if "data" in explicit:
+        if not explicit["data"].strip():
+            raise CLIError("--data must name an .npz file, got ''")
+        explicit["data"] = str(Path(explicit["data"]).resolve())
+    if args.resume is None:
+        if args.out is None:
+            raise CLIError("give --out DIR for a new run, or --resume DIR to continue one")
+        if not args.out.strip():
+            raise CLIError(f"--out must name a directory, got {args.out!r}")
+        settings = dict(TRAIN_DEFAULTS, **explicit)
+        if settings["data"] is not None:
+            settings["dataset"] = None
+        gaussian = settings["likelihood"] == "gaussian"
+        if not gaussian and ("sigma_x" in explicit or explicit.get("learn_sigma_x")):
+            raise CLIError("--sigma-x and --learn-sigma-x need --likelihood gaussian (a Bernoulli likelihood has no sigma_x)")
+        if settings["learn_sigma_x"] is None:
+            settings["learn_sigma_x"] = gaussian
+        return settings, None, Path(args.out)
+    if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
+        raise CLIError(f"--resume {args.resume} writes into that directory; leave out --out (got {args.out})")
+    if not args.resume.strip():
+        raise CLIError("--resume must name a directory, got ''")
+    path = Path(args.resume) / "model.pt"
+    if not path.is_file():
+        raise CLIError(f"--resume {args.resume}: no model.pt there to continue")
+    ck = train.load_checkpoint(path, with_state=True)
+    saved = (ck.metadata or {}).get("train_args")
+    if not isinstance(saved, dict) or set(saved) != set(TRAIN_DEFAULTS):
+        raise CLIError(f"{path} does not record the settings of a 'python -m vaelib train' run, so --resume cannot "
+                       "continue it; resume it in Python with vaelib.train.fit(..., optimizer_state=, history=, rng_state=)")
+    for key, value in explicit.items():
+        if key not in RESUME_MAY_CHANGE and value != saved[key]:
+            raise CLIError(f"{_option(key)} {value} differs from the run's {saved[key]}: --resume continues a run "
+                           "with its own settings (only --epochs, --lr, --device, --checkpoint-every and --no-progress may change)")
+    settings = dict(saved, **{k: explicit[k] for k in RESUME_MAY_CHANGE if k in explicit})
+    return settings, ck, Path(args.resume)
+
+
+def _train(args):
     import torch
 
     from vaelib import data, models, train
 
+    settings, ck, out = _settings(args)
     device = train.resolve_device(args.device)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} exists and is not a directory")
-    hidden = [h for group in args.hidden for h in group] if args.hidden else [400]
-    x, _ = data.load(args.dataset, "train")  # (N, D) in [0, 1]
-    if args.valid_size >= x.shape[0]:
-        raise CLIError(f"--valid-size {args.valid_size} must be smaller than the {x.shape[0]} training examples")
-    valid_x = None
-    if args.valid_size:
-        order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(args.seed))
-        valid_x, x = x[order[: args.valid_size]], x[order[args.valid_size :]]
-
-    torch.manual_seed(args.seed)  # the initial weights
-    if args.model == "vae":
-        model = models.VAE(x.shape[1], args.latent_dim, hidden, likelihood=args.likelihood)
+    if settings["data"] is not None:
+        x, _, file_shape = _load_npz(settings["data"], settings["likelihood"])
+        source, data_sha256 = Path(settings["data"]).name, _file_sha256(settings["data"])
+        if ck is not None and data_sha256 != ck.metadata.get("data_sha256"):
+            raise CLIError(f"--resume: {settings['data']} changed since the run started (its SHA-256 differs); "
+                           "resuming on other data would not continue the same run")
     else:
-        model = models.Autoencoder(x.shape[1], args.latent_dim, hidden, likelihood=args.likelihood)
-    print(f"training {type(model).__name__} {x.shape[1]}-{'-'.join(map(str, hidden))}-{args.latent_dim} "
-          f"({args.likelihood}) on {args.dataset}: {x.shape[0]} examples, {args.epochs} epochs, device {device}")
-    history = train.fit(
-        model, x, args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=device,
-        valid_x=valid_x, progress=not args.no_progress, beta=args.beta, warmup_epochs=args.warmup_epochs,
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    metadata = {"dataset": args.dataset, "seed": args.seed, "valid_size": args.valid_size}
-    ckpt = train.save_checkpoint(out / "model.pt", model, history=history, metadata=metadata)
-    _write_text(out / "history.json", json.dumps(dict(history), indent=1) + "\n")
-    _plot_history(history, out / "training_curve.png", f"{type(model).__name__} on {args.dataset}")
+        x, _ = data.load(settings["dataset"], "train")  # (N, D) in [0, 1]
+        source, data_sha256, file_shape = settings["dataset"], None, None
+    image_shape = _image_shape(settings["image_shape"] or file_shape, x.shape[1], "--image-shape")
+    if settings["valid_size"] >= x.shape[0]:
+        raise CLIError(f"--valid-size {settings['valid_size']} must be smaller than the {x.shape[0]} training examples")
+    valid_x = None
+    if settings["valid_size"]:
+        order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(settings["seed"]))
+        valid_x, x = x[order[: settings["valid_size"]]], x[order[settings["valid_size"]:]]
+
+    if ck is None:
+        if settings["likelihood"] == "gaussian" and settings["sigma_x"] is None:
+            # sigma_x of the best constant decoder (the mean image): sqrt(mean_d Var(x_d)). Starting at 1 on [0, 1]
+            # pixels the KL wins before sigma_x can shrink (no active unit after the default 10 epochs on digits).
+            spread = x.double().var(0, correction=0).mean().sqrt().item()
+            settings["sigma_x"] = float(f"{spread:.4g}") if spread > 0 else 1.0
+        model = _build_model(settings, x.shape[1])
+        out = _out_dir(str(out))
+        if (out / "model.pt").exists() and not args.overwrite:
+            raise CLIError(f"{out / 'model.pt'} exists: continue that run with --resume {out}, or start afresh with "
+                           "--overwrite (or another --out)")
+        done, state = 0, {}
+    else:
+        model = ck.model
+        out = _out_dir(str(out), "--resume")
+        done = len((ck.history or {}).get("epoch", []))
+        state = dict(optimizer_state=ck.optimizer_state, history=ck.history, rng_state=ck.rng_state)
+    epochs = max(0, settings["epochs"] - done)
+    metadata = {"dataset": settings["dataset"], "data": settings["data"], "data_sha256": data_sha256,
+                "image_shape": image_shape, "seed": settings["seed"], "valid_size": settings["valid_size"],
+                "train_args": settings}
+    path = out / "model.pt"
+
+    def save(model, history):
+        with _signals_deferred():
+            train.save_checkpoint(path, model, history=history, metadata=metadata)
+            _write_text(out / "history.json", json.dumps(dict(history), indent=1) + "\n")
+
+    def every(model, history):
+        if args.checkpoint_every and history["epoch"][-1] % args.checkpoint_every == 0:
+            save(model, history)
+
+    hidden = "-".join(map(str, settings["hidden"]))
+    what = f"{type(model).__name__} {x.shape[1]}-{hidden}-{settings['latent_dim']} ({_likelihood_text(model)})"
+    action = f"resuming {what} at epoch {done}" if ck is not None else f"training {what}"
+    print(f"{action} on {source}: {x.shape[0]} examples, {epochs} epochs, device {device}", flush=True)
+    try:
+        history = train.fit(
+            model, x, epochs, batch_size=settings["batch_size"], lr=settings["lr"], seed=settings["seed"],
+            device=device, valid_x=valid_x, progress=not args.no_progress, beta=settings["beta"],
+            warmup_epochs=settings["warmup_epochs"], on_epoch_end=every, **state,
+        )
+    except KeyboardInterrupt as e:
+        history = getattr(e, "history", None)
+        if history is None:
+            raise
+        save(model, history)
+        n = history["epoch"][-1] if history["epoch"] else 0
+        how, code = ("terminated (SIGTERM)", 128 + 15) if isinstance(e, _Terminated) else ("interrupted", 130)
+        raise _Stopped(f"vaelib: {how}; saved the state after epoch {n} to {path}; continue with: "
+                       f"{PROG} train --resume {out}", code) from None
+    except FloatingPointError as e:
+        save(model, e.history)
+        n = e.history["epoch"][-1] if e.history["epoch"] else 0
+        first = str(e).split("; the model is back")[0]
+        raise CLIError(f"{first}; saved the last finite state (after epoch {n}) to {path}; continue with a lower "
+                       f"learning rate: {PROG} train --resume {out} --lr {settings['lr'] / 10:g}") from None
+    save(model, history)
+    _plot_history(history, out / "training_curve.png", f"{type(model).__name__} on {source}")
     if history["epoch"]:
         key = "elbo" if "elbo" in history else "log_px_z"
         label = "train ELBO" if key == "elbo" else "train log p(x|z)"
         print(f"epoch {history['epoch'][-1]}: {label} {history[key][-1]:.3f} nats per example")
-    print(f"wrote {ckpt}, {out / 'history.json'}, {out / 'training_curve.png'}")
+    if model.likelihood == "gaussian":
+        print(f"sigma_x: {_sigma_text(model)}")
+    print(f"wrote {path}, {out / 'history.json'}, {out / 'training_curve.png'}")
+
+
+def _build_model(settings, data_dim):
+    import inspect
+
+    import torch
+
+    from vaelib import models
+
+    cls = models.VAE if settings["model"] == "vae" else models.Autoencoder
+    kwargs = {"likelihood": settings["likelihood"]}
+    if settings["likelihood"] == "gaussian":
+        kwargs["sigma_x"] = settings["sigma_x"]
+        if settings["learn_sigma_x"]:
+            if "learn_sigma_x" not in inspect.signature(cls).parameters:
+                raise CLIError(f"--learn-sigma-x: this vaelib's {cls.__name__} cannot learn sigma_x; "
+                               "pass --no-learn-sigma-x")
+            kwargs["learn_sigma_x"] = True
+    torch.manual_seed(settings["seed"])  # the initial weights
+    return cls(data_dim, settings["latent_dim"], settings["hidden"], **kwargs)
+
+
+def _likelihood_text(model):
+    if model.likelihood != "gaussian":
+        return model.likelihood
+    learned = model.config.get("learn_sigma_x", False)
+    return f"gaussian, sigma_x {'learned from ' if learned else ''}{_sigma_text(model, initial=True)}"
+
+
+def _sigma_text(model, initial=False):
+    value = model.config["sigma_x"] if initial else model.sigma_x
+    if isinstance(value, (list, tuple)) or hasattr(value, "shape"):
+        values = list(value) if not hasattr(value, "tolist") else value.tolist()
+        return f"per pixel, in [{min(values):.4g}, {max(values):.4g}]"
+    return f"{value:.4g}"
+
+
+def _image_shape(shape, data_dim, option):
+    """[H, W] with H W = data_dim: the given shape, else the square one, else None (no image grids)."""
+    if shape is not None:
+        h, w = shape
+        if h * w != data_dim:
+            raise CLIError(f"{option} {h} {w} has {h * w} pixels but the data have {data_dim} per example")
+        return [int(h), int(w)]
+    side = math.isqrt(data_dim)
+    return [side, side] if side * side == data_dim else None
+
+
+def _file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _load_npz(path, likelihood=None):
+    """x_train (N, D) float32 tensor, x_test or None, and [H, W] if the arrays are (N, H, W), from an .npz file.
+
+    Accepted: float arrays (values in [0, 1] for a Bernoulli likelihood), bool, or uint8 pixels (divided by 255);
+    (N, D) or (N, H, W); finite; at least one example; x_test with the same example shape as x_train.
+    """
+    import zipfile
+
+    import numpy as np
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"--data {p}: no such file")
+    with open(p, "rb") as f:
+        magic = f.read(6)
+    if magic[:4] != b"PK\x03\x04" and magic != b"\x93NUMPY":
+        raise CLIError(f"--data {p}: not a readable .npz file (no zip header); save one with np.savez(FILE, x_train=...)")
+    try:
+        with np.load(p, allow_pickle=False) as npz:
+            if not hasattr(npz, "files"):
+                raise CLIError(f"--data {p}: a single .npy array, expected an .npz file with x_train (np.savez)")
+            names = list(npz.files)
+            arrays = {k: npz[k] for k in ("x_train", "x_test") if k in names}
+    except CLIError:
+        raise
+    except ValueError as e:  # object arrays: "Object arrays cannot be loaded when allow_pickle=False"
+        raise CLIError(f"--data {p}: {' '.join(str(e).split())}; save plain numeric arrays") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise CLIError(f"--data {p}: not a readable .npz file ({type(e).__name__}: {e})") from None
+    if "x_train" not in arrays:
+        raise CLIError(f"--data {p} has no array 'x_train' (it holds {names}); save it with np.savez(FILE, x_train=..., "
+                       "x_test=...)")
+    out = {}
+    for name, a in arrays.items():
+        where = f"--data {p}: {name}"
+        if a.dtype == np.uint8:
+            a = a.astype(np.float32) / 255.0
+        elif a.dtype.kind == "b" or a.dtype.kind == "f":
+            a = a.astype(np.float32)
+        else:
+            raise CLIError(f"{where} has dtype {a.dtype}; expected floats (in [0, 1] for a Bernoulli likelihood) "
+                           "or uint8 pixels")
+        if a.ndim not in (2, 3) or a.shape[0] == 0 or 0 in a.shape:
+            raise CLIError(f"{where} has shape {a.shape}; expected (N, D) or (N, H, W) with N >= 1 examples")
+        if not np.isfinite(a).all():
+            bad = "NaN" if np.isnan(a).any() else "inf"
+            raise CLIError(f"{where} contains {bad} values; expected finite numbers")
+        if likelihood == "bernoulli" and (a.min() < 0 or a.max() > 1):
+            raise CLIError(f"{where} has values in [{a.min():.4g}, {a.max():.4g}]; --likelihood bernoulli needs [0, 1] "
+                           "(rescale the data or use --likelihood gaussian)")
+        out[name] = a
+    train_shape = out["x_train"].shape[1:]
+    if "x_test" in out and out["x_test"].shape[1:] != train_shape:
+        raise CLIError(f"--data {p}: x_test examples have shape {out['x_test'].shape[1:]}, x_train's {train_shape}")
+    image_shape = list(train_shape) if len(train_shape) == 2 else None
+
+    def flat(a):
+        return torch.from_numpy(np.ascontiguousarray(a.reshape(a.shape[0], -1)))  # (N, D)
+
+    return flat(out["x_train"]), flat(out["x_test"]) if "x_test" in out else None, image_shape
 
 
 def _write_text(path, text):
@@ -240,22 +580,44 @@ def _load(path):
     return train.load_checkpoint(path, with_state=True)
 
 
+def _evaluation_data(args, metadata, likelihood):
+    """(x, description): the split to evaluate, from --data/--dataset or else what the checkpoint records."""
+    from vaelib import data
+
+    if args.data is None and args.dataset is None:
+        recorded = metadata.get("data")
+        if isinstance(recorded, str):
+            if not Path(recorded).is_file():
+                raise CLIError(f"{args.checkpoint} was trained on {recorded}, which is not there any more; "
+                               "pass --data FILE.npz or --dataset")
+            args.data = recorded
+        elif metadata.get("dataset") in DATASETS:
+            args.dataset = metadata["dataset"]
+        else:
+            raise CLIError(f"{args.checkpoint} does not record its dataset; pass --dataset {{{','.join(DATASETS)}}} "
+                           "or --data FILE.npz")
+    if args.dataset is not None:
+        x, _ = data.load(args.dataset, args.split)
+        return x, args.dataset
+    x_train, x_test, _ = _load_npz(args.data, likelihood)
+    if args.split == "test" and x_test is None:
+        raise CLIError(f"{args.data} has no x_test array; evaluate on --split train or add x_test")
+    return (x_test if args.split == "test" else x_train), Path(args.data).name
+
+
 def cmd_evaluate(args):
     import torch
 
-    from vaelib import data, evaluate, models, train
+    from vaelib import evaluate, models, train
 
     ckpt = _load(args.checkpoint)
     model = ckpt.model
-    dataset = args.dataset or (ckpt.metadata or {}).get("dataset")
-    if dataset not in DATASETS:
-        raise CLIError(f"{args.checkpoint} does not record its dataset; pass --dataset {{{','.join(DATASETS)}}}")
     device = train.resolve_device(args.device)
-    x, _ = data.load(dataset, args.split)
+    x, dataset = _evaluation_data(args, ckpt.metadata or {}, model.likelihood)
     if args.limit is not None:
         x = x[: args.limit]
     if x.shape[1] != model.data_dim:
-        raise CLIError(f"the model expects data_dim {model.data_dim} but {dataset} has {x.shape[1]} pixels per image")
+        raise CLIError(f"the model expects data_dim {model.data_dim} but {dataset} has {x.shape[1]} values per example")
     model.to(device)
     note = ""
     if model.likelihood == "bernoulli":
@@ -263,7 +625,7 @@ def cmd_evaluate(args):
         note = f", binarized once with seed {args.seed}"
     D = model.data_dim
     print(f"checkpoint: {args.checkpoint} ({type(model).__name__}, "
-          f"{'-'.join(map(str, [D, *model.hidden_dims, model.latent_dim]))}, {model.likelihood})")
+          f"{'-'.join(map(str, [D, *(model.hidden_dims or []), model.latent_dim]))}, {_likelihood_text(model)})")
     print(f"data: {dataset} {args.split} split, {x.shape[0]} examples{note}")
 
     def report(name, values):
@@ -298,25 +660,31 @@ def cmd_sample(args):
         raise CLIError(f"--out must name a .png file, got {out}")
     if not out.parent.is_dir():
         raise CLIError(f"--out {out}: directory {out.parent} does not exist")
-    model = _load(args.checkpoint).model
+    ckpt = _load(args.checkpoint)
+    model = ckpt.model
     if not isinstance(model, models.VAE):
         raise CLIError(f"{args.checkpoint} holds an {type(model).__name__}, which has no prior to sample from; use a VAE")
-    side = math.isqrt(model.data_dim)
-    if side * side != model.data_dim:
-        raise CLIError(f"cannot show data_dim {model.data_dim} as square images (not a perfect square)")
+    recorded = (ckpt.metadata or {}).get("image_shape")
+    shape = args.image_shape or (recorded if isinstance(recorded, list) and len(recorded) == 2 else None)
+    shape = _image_shape(shape, model.data_dim, "--image-shape")
+    if shape is None:
+        raise CLIError(f"cannot show data_dim {model.data_dim} as square images (not a perfect square) and the "
+                       "checkpoint records no image shape; pass --image-shape H W")
+    height, width = shape
     images = model.sample(args.n, generator=torch.Generator().manual_seed(args.seed))  # (n, D)
-    images = images.clamp(0, 1).reshape(args.n, side, side).cpu().numpy()
+    images = images.clamp(0, 1).reshape(args.n, height, width).cpu().numpy()
     cols = math.ceil(math.sqrt(args.n))
     rows = math.ceil(args.n / cols)
     pad = 1
-    grid = np.ones((rows * (side + pad) + pad, cols * (side + pad) + pad))  # white borders
+    grid = np.ones((rows * (height + pad) + pad, cols * (width + pad) + pad))  # white borders
     for i, img in enumerate(images):
         r, c = divmod(i, cols)
-        grid[pad + r * (side + pad): pad + r * (side + pad) + side, pad + c * (side + pad): pad + c * (side + pad) + side] = img
+        top, left = pad + r * (height + pad), pad + c * (width + pad)
+        grid[top: top + height, left: left + width] = img
     scale = max(1, math.ceil(256 / grid.shape[1]))  # at least ~256 pixels wide
     grid = np.kron(grid, np.ones((scale, scale)))
     _save_image(grid, out)
-    print(f"wrote {args.n} samples ({side}x{side}) to {out}")
+    print(f"wrote {args.n} samples ({height}x{width}) to {out}")
 
 
 def _save_image(grid, path):

@@ -154,7 +154,7 @@ class OptimalGaussian(NamedTuple):
 class ELBOGaps(NamedTuple):
     """What `elbo_gaps` returns, each (N,) in nats: log_px - elbo_encoder = approximation_gap + amortization_gap."""
 
-    log_px: torch.Tensor  # IWAE_k estimate of log p(x): the larger of the two proposals' estimates
+    log_px: torch.Tensor  # importance-sampling estimate of log p(x), proposal 1/2 (encoder's q + q*) (`elbo_gaps`)
     elbo_encoder: torch.Tensor  # ELBO of the encoder's q(z | x)
     elbo_optimal: torch.Tensor  # ELBO of the best diagonal Gaussian q for each example
     approximation_gap: torch.Tensor  # log_px - elbo_optimal: the price of a diagonal Gaussian family
@@ -238,6 +238,28 @@ def optimal_gaussian_elbo(model, x, steps=500, lr=0.1, n_samples=16, eval_sample
     return OptimalGaussian(*(torch.cat(parts).to(x.device) for parts in zip(*outs)))
 
 
+def _iwae_mixture(model, xb, qs, k, chunk_size, generator):
+    """log (1/k) sum_i p(xb, z_i) / r(z_i), r = sum_j (k_j / k) q_j, with k_j of the k draws from each q_j.  (B,)
+
+    Multiple importance sampling with the balance heuristic (Veach & Guibas 1995): the k draws are split as
+    evenly as possible between the proposals q_j = N(mu_j, diag exp(logvar_j)) in `qs`, and every draw is
+    weighted by the mixture density r, whatever component it came from. The average weight is then unbiased
+    for p(xb), so its log is a lower bound in expectation (Jensen); each weight is at most
+    p(xb, z) / ((k_j / k) q_j(z)) for every j, so the estimate is never much worse than the better proposal's.
+    """
+    counts = [k // len(qs) + (j < k % len(qs)) for j in range(len(qs))]  # k_j, summing to k
+    log_frac = [math.log(c / k) if c > 0 else -math.inf for c in counts]
+    acc = torch.full((xb.shape[0],), -math.inf, dtype=qs[0][0].dtype, device=qs[0][0].device)  # log sum_i w_i, (B,)
+    for (mu, logvar), count in zip(qs, counts):
+        for start in range(0, count, chunk_size):
+            m = min(chunk_size, count - start)
+            z = _sample_normal(mu, logvar, m, generator)  # (m, B, k_latent)
+            log_r = torch.logsumexp(torch.stack([f + _log_normal(z, mu_j, logvar_j)
+                                                 for f, (mu_j, logvar_j) in zip(log_frac, qs) if f > -math.inf]), 0)  # (m, B)
+            acc = torch.logaddexp(acc, torch.logsumexp(model._log_joint(xb, z) - log_r, 0))
+    return acc - math.log(k)
+
+
 def elbo_gaps(model, x, k=1000, steps=500, lr=0.1, n_samples=16, eval_samples=1000, batch_size=1000,
               chunk_size=250, generator=None):
     """Split log p(x) - ELBO into the approximation gap and the amortization gap (Cremer et al. 2018, table 1).
@@ -245,16 +267,21 @@ def elbo_gaps(model, x, k=1000, steps=500, lr=0.1, n_samples=16, eval_samples=10
     log p(x) - ELBO[q_phi(z|x)] = (log p(x) - ELBO[q*]) + (ELBO[q*] - ELBO[q_phi(z|x)])
                                 =  approximation gap    +  amortization gap,
     where q* is the best diagonal Gaussian for each example (`optimal_gaussian_elbo`). log p(x) is estimated
-    by IWAE_k twice, with the encoder's q and with q* as proposals, keeping the larger per example: each is a
-    lower bound in expectation, and either proposal can be the better one (q* fits the posterior's main mode
-    more closely, the encoder's q is often wider).
+    by importance sampling with the mixture proposal r = 1/2 (q_phi(z|x) + q*), k/2 draws from each and every
+    draw weighted by p(x, z) / r(z) (the balance heuristic, Veach & Guibas 1995):
+        log_px = log (1/k) sum_i p(x, z_i) / r(z_i).
+    The average weight is unbiased for p(x), so log_px is a lower bound in expectation, like IWAE_k, and the
+    mixture covers the posterior wherever either proposal does (q* fits the posterior's main mode more
+    closely, the encoder's q is often wider). Taking the larger of two separate IWAE estimates instead would
+    be biased upward: the maximum of two noisy estimates is not a bound.
 
     Args:
         model: a vaelib.models.VAE.
         x: (N, D) data (binarized for a Bernoulli model).
-        k: importance samples per example for the log p(x) estimate.
+        k: importance samples per example for the log p(x) estimate (ceil(k/2) from the encoder's q, the
+            rest from q*).
         steps, lr, n_samples, eval_samples, batch_size, chunk_size, generator: as in `optimal_gaussian_elbo`
-            (chunk_size also for the IWAE).
+            (chunk_size also for the importance sampling).
     Returns:
         ELBOGaps(log_px, elbo_encoder, elbo_optimal, approximation_gap, amortization_gap), each (N,), on
         the device of x. Both gaps are >= 0 up to Monte Carlo and optimisation error.
@@ -267,9 +294,7 @@ def elbo_gaps(model, x, k=1000, steps=500, lr=0.1, n_samples=16, eval_samples=10
     with torch.no_grad():
         for xb, mub, logvarb in zip(x.split(batch_size), opt.mu.split(batch_size), opt.logvar.split(batch_size)):
             xb = xb.to(device, dtype)  # (B, D)
-            mu, logvar = model._encode(xb)  # (B, k_latent) each
-            iwae_encoder = _iwae(model, xb, mu, logvar, k, chunk_size, generator)
-            iwae_optimal = _iwae(model, xb, mub.to(device, dtype), logvarb.to(device, dtype), k, chunk_size, generator)
-            log_px.append(torch.maximum(iwae_encoder, iwae_optimal))
+            qs = [model._encode(xb), (mub.to(device, dtype), logvarb.to(device, dtype))]  # encoder's q, q*: (B, k_latent) each
+            log_px.append(_iwae_mixture(model, xb, qs, k, chunk_size, generator))
     log_px = torch.cat(log_px).to(x.device)
     return ELBOGaps(log_px, opt.elbo_encoder, opt.elbo, log_px - opt.elbo, opt.elbo - opt.elbo_encoder)
