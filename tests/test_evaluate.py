@@ -423,3 +423,61 @@ def test_elbo_gaps_of_a_trained_digits_vae_are_nonnegative(digits_model):
 def test_gap_functions_reject_bad_input(lg, lg_x, call, error, match):
     with pytest.raises(error, match=match):
         call(linear_vae(lg), lg_x)
+
+
+# -- numpy input and kl_per_unit -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+def test_numpy_arrays_give_the_same_numbers_as_tensors(lg, lg_x, dtype):
+    """Two routes to one number: the same data as a tensor and as a numpy array, the same seeded draws."""
+    vae = linear_vae(lg, perturb=0.3)
+    x_np = lg_x.numpy().astype(dtype)
+    x_t = torch.from_numpy(x_np.copy())
+    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    pairs = [
+        (evaluate.test_elbo(vae, x_np, n_samples=3, generator=g()), evaluate.test_elbo(vae, x_t, n_samples=3, generator=g())),
+        (evaluate.iwae_log_likelihood(vae, x_np, k=20, generator=g()),
+         evaluate.iwae_log_likelihood(vae, x_t, k=20, generator=g())),
+        (evaluate.active_units(vae, x_np)[1], evaluate.active_units(vae, x_t)[1]),
+        (evaluate.kl_per_unit(vae, x_np), evaluate.kl_per_unit(vae, x_t)),
+    ]
+    for from_numpy, from_tensor in pairs:
+        assert isinstance(from_numpy, torch.Tensor)
+        torch.testing.assert_close(from_numpy, from_tensor, rtol=0, atol=0)
+    assert evaluate.active_units(vae, x_np)[0] == evaluate.active_units(vae, x_t)[0]
+
+
+def test_numpy_integer_data_is_rejected_with_advice(lg):
+    with pytest.raises(TypeError, match=r"x must be a floating-point array.*uint8.*astype"):
+        evaluate.test_elbo(linear_vae(lg), np.zeros((3, 6), dtype=np.uint8))
+
+
+def test_kl_per_unit_sums_to_the_mean_kl_of_the_elbo():
+    """Two routes: kl_per_unit summed over units equals distributions.kl_normal (the ELBO's KL, summed over
+    units per example) averaged over examples; and each unit's value against torch.distributions' Normal KL."""
+    from vaelib.distributions import kl_normal
+
+    torch.manual_seed(0)
+    vae = VAE(12, 4, hidden_dims=(9,), likelihood="gaussian", sigma_x=0.3).double()
+    x = torch.rand(50, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    kl = evaluate.kl_per_unit(vae, x, batch_size=17)  # batches of 17, 17, 16: a ragged last batch
+    with torch.no_grad():
+        mu, logvar = vae.encode(x)
+        total = kl_normal(mu, logvar).mean()
+        oracle = torch.distributions.kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0)).mean(0)
+    assert kl.shape == (4,)
+    assert kl.sum().item() == pytest.approx(total.item(), rel=1e-12)
+    torch.testing.assert_close(kl, oracle, rtol=1e-12, atol=1e-14)
+    assert bool((kl > 0).all())
+
+
+def test_kl_per_unit_is_zero_for_a_unit_on_the_prior():
+    """A unit whose mu is 0 and logvar 0 for every x is exactly the prior: its KL is 0 (posterior collapse)."""
+    torch.manual_seed(0)
+    vae = VAE(6, 3, hidden_dims=()).double()
+    with torch.no_grad():
+        for head in (vae.to_mu, vae.to_logvar):
+            head.weight[1].zero_()
+            head.bias[1] = 0.0
+    kl = evaluate.kl_per_unit(vae, torch.rand(10, 6, dtype=torch.float64))
+    assert kl[1].item() == 0.0 and kl[0].item() > 0 and kl[2].item() > 0

@@ -336,3 +336,281 @@ def test_linear_vae_trained_by_fit_reaches_the_ppca_maximum_likelihood():
     assert elbo <= log_px + 1e-10 and log_px <= best + 1e-10
     assert best - elbo < 0.05, (best, log_px, elbo)
     assert abs(cov[0, 1].item()) / math.sqrt(cov[0, 0].item() * cov[1, 1].item()) < 0.1
+
+
+# -- your own encoder and decoder -------------------------------------------------------------------
+
+class SplitEncoder(torch.nn.Module):
+    """x (B, D) -> (B, 2k): mu in the first k columns, logvar in the last k."""
+
+    def __init__(self, pair=False):
+        super().__init__()
+        self.net, self.pair = torch.nn.Linear(D, 2 * K), pair
+
+    def forward(self, x):
+        out = self.net(x)
+        return (out[:, :K], out[:, K:]) if self.pair else out
+
+
+class Decoder(torch.nn.Module):
+    """z (..., k) -> (..., D); `flatten` reproduces the classic bug: the sample dimension merged into the batch."""
+
+    def __init__(self, flatten=False, mix=False):
+        super().__init__()
+        self.net, self.flatten, self.mix = torch.nn.Sequential(torch.nn.Linear(K, 8), torch.nn.Tanh(), torch.nn.Linear(8, D)), flatten, mix
+
+    def forward(self, z):
+        if self.flatten:
+            return self.net(z.reshape(-1, K))  # (S*B, D): wrong for z (S, B, k)
+        if self.mix and z.dim() == 3:
+            return self.net(z.transpose(0, 1).reshape(z.shape)).reshape(*z.shape[:-1], D)  # right shape, wrong rows
+        return self.net(z)
+
+
+def custom_vae(pair=False, likelihood="bernoulli", **kw):
+    torch.manual_seed(0)
+    return VAE(D, K, likelihood=likelihood, encoder=SplitEncoder(pair), decoder=Decoder(), **kw).double()
+
+
+@pytest.mark.parametrize("pair", [False, True], ids=["2k-columns", "mu-logvar-pair"])
+def test_custom_modules_give_the_hand_written_elbo(pair):
+    model = custom_vae(pair)
+    x = torch.bernoulli(grey(), generator=torch.Generator().manual_seed(2))  # binary: a true Bernoulli pmf
+    terms = model.elbo_terms(x, n_samples=3, generator=torch.Generator().manual_seed(7))
+    eps = torch.randn(3, x.shape[0], K, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    with torch.no_grad():
+        out = model.encoder.net(x)
+        mu, logvar = out[:, :K], out[:, K:]  # the contract: first k columns mu, last k logvar
+        logits = model.decoder.net(mu + torch.exp(0.5 * logvar) * eps)  # (3, B, D)
+        log_px_z = Bernoulli(logits=logits).log_prob(x).sum(-1).mean(0)
+        kl = kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0)).sum(-1)
+    torch.testing.assert_close(terms.log_px_z, log_px_z, rtol=0, atol=1e-10)
+    torch.testing.assert_close(terms.kl, kl, rtol=0, atol=1e-10)
+    # encode() takes any leading dimensions even though the module itself takes (B, D) only.
+    mu3, logvar3 = model.encode(x.expand(2, *x.shape))  # (2, B, k) each
+    torch.testing.assert_close(mu3[1], mu, rtol=0, atol=0)
+    torch.testing.assert_close(logvar3[0], logvar, rtol=0, atol=0)
+    assert not hasattr(model, "to_mu") and not hasattr(model, "to_logvar")
+
+
+def test_custom_model_config_marks_the_modules_and_cannot_pose_as_an_mlp():
+    model = custom_vae(likelihood="gaussian", sigma_x=0.5)
+    assert model.config == {"data_dim": D, "latent_dim": K, "hidden_dims": None, "likelihood": "gaussian",
+                            "sigma_x": 0.5, "learn_sigma_x": False, "encoder": "custom", "decoder": "custom"}
+    assert model.hidden_dims is None
+    with pytest.raises(ValueError, match=r"encoder='custom' marks a model built with your own encoder.*load_checkpoint"):
+        VAE(**model.config)
+    torch.manual_seed(0)
+    half = VAE(D, K, (6,), decoder=Decoder())  # MLP encoder, your decoder: hidden_dims describes the encoder
+    assert half.config["hidden_dims"] == [6] and (half.config["encoder"], half.config["decoder"]) == ("mlp", "custom")
+    assert "encoder" not in make_vae().config  # the MLP model's config is unchanged: it rebuilds the model
+
+
+def test_custom_autoencoder():
+    class Code(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(D, K)
+
+        def forward(self, x):
+            return self.net(x)
+
+    torch.manual_seed(0)
+    ae = Autoencoder(D, K, encoder=Code(), decoder=Decoder()).double()
+    x = torch.bernoulli(grey(), generator=torch.Generator().manual_seed(2))  # binary: a true Bernoulli pmf
+    with torch.no_grad():
+        oracle = Bernoulli(logits=ae.decoder.net(ae.encoder.net(x))).log_prob(x).sum(-1)
+        torch.testing.assert_close(ae.reconstruction_log_likelihood(x), oracle, rtol=0, atol=1e-10)
+    assert ae.config["encoder"] == "custom" and ae.config["hidden_dims"] is None
+    with pytest.raises(ValueError, match=r"encoder \(SplitEncoder\) must map x of shape \(B, D\) = \(3, 12\) to the code, "
+                                         r"a tensor \(B, k\) = \(3, 3\); got a tensor of shape \(3, 6\)"):
+        Autoencoder(D, K, encoder=SplitEncoder(), decoder=Decoder())
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(decoder=Decoder(flatten=True)), ValueError,
+         r"decoder \(Decoder\) must map z of shape \(\.\.\., k\) to \(\.\.\., D\).*z of shape \(2, 3, 3\) gave a tensor of "
+         r"shape \(6, 12\), expected \(2, 3, 12\) \(it flattens the sample dimension"),
+        (dict(decoder=Decoder(mix=True)), ValueError, r"decoder \(Decoder\).*differs from decoding each z\[i\].*mixes"),
+        (dict(decoder=torch.nn.Linear(K, D + 1)), ValueError, r"decoder \(Linear\).*z of shape \(3, 3\) gave a tensor of shape \(3, 13\)"),
+        (dict(decoder=torch.nn.Linear(K + 1, D)), ValueError,
+         r"decoder \(Linear\) failed on a dummy batch z of shape \(3, 3\): RuntimeError"),
+        (dict(encoder=torch.nn.Linear(D, K)), ValueError,
+         r"encoder \(Linear\) must map x of shape \(B, D\) = \(3, 12\) to a tensor \(B, 2k\) = \(3, 6\).*got a tensor of shape \(3, 3\)"),
+        (dict(encoder=lambda x: x), TypeError, r"encoder must be a torch.nn.Module \(or None for the MLP\), got function"),
+        (dict(encoder="custom"), ValueError, r"encoder='custom' marks a model"),
+        (dict(encoder=SplitEncoder(), decoder=Decoder(), hidden_dims=(400,)), ValueError,
+         r"hidden_dims=\(400,\) describes the MLP.*leave hidden_dims out"),
+    ],
+    ids=["flattening-decoder", "mixing-decoder", "wrong-D", "decoder-raises", "encoder-k-not-2k", "not-a-module",
+         "custom-marker", "hidden-dims-with-both-custom"],
+)
+def test_bad_custom_modules_are_caught_at_construction(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        VAE(D, K, **kwargs)
+
+
+def test_the_construction_check_leaves_rng_and_training_mode_alone():
+    """The dummy batch uses a private generator and eval mode; the global RNG and each submodule's mode survive."""
+    decoder = torch.nn.Sequential(torch.nn.Linear(K, D), torch.nn.Dropout(0.5))
+    decoder[1].eval()  # a submodule in a different mode from its parent must keep it
+    torch.manual_seed(3)
+    VAE(D, K, (5,), decoder=decoder)  # dropout in train mode would fail the consistency check: eval mode is used
+    after_check = torch.rand(1)
+    assert decoder.training and not decoder[1].training
+    # Only the MLP's initialisation draws from the global RNG: the same layers built by hand leave it in the same state.
+    torch.manual_seed(3)
+    [torch.nn.Linear(D, 5), torch.nn.Linear(5, K), torch.nn.Linear(5, K)]  # encoder.hidden1, to_mu, to_logvar
+    assert torch.equal(after_check, torch.rand(1))
+
+
+def test_iwae_and_elbo_with_a_custom_decoder_have_one_value_per_example():
+    from vaelib import evaluate
+
+    model, x = custom_vae(), torch.bernoulli(grey(4), generator=torch.Generator().manual_seed(0))
+    ll = evaluate.iwae_log_likelihood(model, x, k=7, chunk_size=3, generator=torch.Generator().manual_seed(1))
+    assert ll.shape == (4,)
+    # k = 1 IWAE is a one-sample ELBO with a Monte Carlo KL: its mean over many draws matches the ELBO's.
+    xr = x.repeat(2000, 1)
+    a = evaluate.iwae_log_likelihood(model, xr, k=1, batch_size=8000, generator=torch.Generator().manual_seed(2))
+    b = model.elbo(xr, generator=torch.Generator().manual_seed(3)).detach()
+    a, b = a.reshape(2000, 4), b.reshape(2000, 4)
+    se = torch.sqrt(a.var(0) / 2000 + b.var(0) / 2000)
+    assert bool(((a.mean(0) - b.mean(0)).abs() < 4 * se).all())
+
+
+# -- sigma_x per pixel, learned, and the sigma_x = 1 warning ----------------------------------------
+
+@pytest.mark.parametrize("learn", [False, True], ids=["fixed", "learned"])
+def test_per_pixel_sigma_x_against_torch_normal(learn):
+    sigma = torch.linspace(0.2, 1.4, D, dtype=torch.float64)
+    model, x = make_vae("gaussian", sigma_x=sigma.numpy(), learn_sigma_x=learn), grey()
+    terms = model.elbo_terms(x, n_samples=2, generator=torch.Generator().manual_seed(3))
+    eps = torch.randn(2, x.shape[0], K, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+        mean = model.decode(mu + torch.exp(0.5 * logvar) * eps)  # (2, B, D)
+    # A learned sigma_x starts from float32 log sigma (the default dtype), so compare with the model's value.
+    current = model.sigma_x
+    assert current.shape == (D,) and current.dtype == torch.float64
+    torch.testing.assert_close(current, sigma, rtol=(1e-6 if learn else 0), atol=0)
+    oracle = Normal(mean, current).log_prob(x).sum(-1).mean(0)
+    torch.testing.assert_close(terms.log_px_z.detach(), oracle, rtol=0, atol=1e-10)
+    assert model.config["sigma_x"] == pytest.approx(sigma.tolist(), abs=0)
+    if learn:
+        assert model.log_sigma_x.shape == (D,)
+
+
+def test_learned_per_pixel_sigma_gradient_matches_the_formula():
+    """d loss / d log s_d = -(1/B) sum_b [(x_bd - m_bd)^2 / s_d^2 - 1], pixel by pixel."""
+    model, x = make_vae("gaussian", sigma_x=[0.5] * D, learn_sigma_x=True), grey()
+    loss = model.loss(x, generator=torch.Generator().manual_seed(5))
+    (grad,) = torch.autograd.grad(loss, model.log_sigma_x)
+    eps = torch.randn(1, x.shape[0], K, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+        mean = model.decode(mu + torch.exp(0.5 * logvar) * eps)[0]  # (B, D)
+        expected = -((x - mean) ** 2 / model.sigma_x**2 - 1.0).mean(0)  # (D,)
+    torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_per_pixel_sigma_config_rebuilds_and_fixed_vector_survives_dtype_moves():
+    sigma = np.linspace(0.1, 0.9, D)
+    model = make_vae("gaussian", sigma_x=sigma)
+    rebuilt = VAE(**model.config).double()
+    rebuilt.load_state_dict(model.state_dict())
+    x, g = grey(), lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    torch.testing.assert_close(rebuilt.elbo(x, generator=g()), model.elbo(x, generator=g()), rtol=0, atol=0)
+    assert model.float().elbo(x.float()).dtype == torch.float32  # the float64 sigma follows the model's dtype
+
+
+def test_learned_sigma_for_the_autoencoder():
+    torch.manual_seed(0)
+    ae = Autoencoder(D, K, (9,), likelihood="gaussian", sigma_x=0.4, learn_sigma_x=True).double()
+    assert isinstance(ae.log_sigma_x, torch.nn.Parameter) and ae.config["learn_sigma_x"] is True
+    x = grey()
+    loss = ae.loss(x)
+    (grad,) = torch.autograd.grad(loss, ae.log_sigma_x)
+    with torch.no_grad():
+        mean = ae.decode(ae.encode(x))
+        expected = -((x - mean) ** 2 / ae.sigma_x**2 - 1.0).sum(-1).mean()
+    assert grad.item() == pytest.approx(expected.item(), rel=1e-10)
+
+
+@pytest.mark.parametrize(
+    "sigma_x, match",
+    [
+        ([0.5] * (D - 1), r"sigma_x must be a number or have shape \(D,\) = \(12,\), got shape \(11,\)"),
+        ([0.5] * (D - 1) + [0.0], r"sigma_x must be finite and positive in every dimension"),
+        ([0.5] * (D - 1) + [float("nan")], r"sigma_x must be finite and positive in every dimension"),
+    ],
+    ids=["length", "zero", "nan"],
+)
+def test_bad_per_pixel_sigma(sigma_x, match):
+    with pytest.raises(ValueError, match=match):
+        VAE(D, K, likelihood="gaussian", sigma_x=sigma_x)
+
+
+def test_fixed_unit_sigma_on_unit_interval_data_warns_once():
+    model = make_vae("gaussian")  # sigma_x = 1, fixed
+    with pytest.warns(UserWarning, match=r"fixed sigma_x = 1 on data in \[0, 1\].*collapses.*learn_sigma_x=True"):
+        model.elbo(grey())
+    model.elbo(grey())  # once per model: no second warning (filterwarnings = error would fail here)
+    make_vae("gaussian").elbo(grey() * 4 - 2)  # standardised data: sigma_x = 1 is a reasonable choice, no warning
+    make_vae("gaussian", sigma_x=0.3).elbo(grey())
+    make_vae("gaussian", learn_sigma_x=True).elbo(grey())
+    with pytest.warns(UserWarning, match=r"Autoencoder has a fixed sigma_x = 1"):
+        Autoencoder(D, K, (5,), likelihood="gaussian").double().loss(grey())
+
+
+def test_fit_warns_about_unit_sigma_on_unit_interval_data():
+    from vaelib.train import fit
+
+    model = make_vae("gaussian", sigma_x=[1.0] * D)  # a vector of ones is the same trap
+    with pytest.warns(UserWarning, match=r"fixed sigma_x = 1"):
+        fit(model, grey(20), 1, batch_size=10, progress=False, device="cpu")
+
+
+# -- noisy samples ------------------------------------------------------------------------------------
+
+def test_noisy_gaussian_samples_are_mean_plus_sigma_times_noise():
+    sigma = torch.linspace(0.2, 1.4, D, dtype=torch.float64)
+    model = make_vae("gaussian", sigma_x=sigma)
+    s = model.sample(6, generator=torch.Generator().manual_seed(4), noisy=True)
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(6, K, generator=g, dtype=torch.float64)
+    eps = torch.randn(6, D, generator=g, dtype=torch.float64)  # drawn after z from the same generator
+    with torch.no_grad():
+        expected = model.decode(z) + sigma * eps
+    torch.testing.assert_close(s, expected, rtol=0, atol=1e-12)
+    mean = model.sample(6, generator=torch.Generator().manual_seed(4))
+    assert not torch.allclose(s, mean)
+
+
+def test_noisy_gaussian_samples_have_the_likelihood_spread():
+    """With the decoder's mean subtracted, noisy samples are N(0, sigma_x^2): per-pixel std within 5 SE."""
+    model = make_vae("gaussian", sigma_x=0.3)
+    n = 20000
+    s = model.sample(n, generator=torch.Generator().manual_seed(0), noisy=True)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        mean = model.decode(torch.randn(n, K, generator=g, dtype=torch.float64))
+    std = (s - mean).std(0)  # (D,)
+    assert bool(((std - 0.3).abs() < 5 * 0.3 / math.sqrt(2 * n)).all())  # SE of a normal sample std: sigma / sqrt(2n)
+
+
+def test_noisy_bernoulli_samples_are_binary_draws_with_the_decoder_probabilities():
+    model = make_vae()
+    n = 4000
+    s = model.sample(n, generator=torch.Generator().manual_seed(1), noisy=True)
+    assert set(torch.unique(s).tolist()) <= {0.0, 1.0}
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(n, K, generator=g, dtype=torch.float64)
+    u = torch.rand(n, D, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        p = torch.sigmoid(model.decode(z))
+    torch.testing.assert_close(s, (u < p).double(), rtol=0, atol=0)
+    with pytest.raises(TypeError, match="noisy must be a bool"):
+        model.sample(2, noisy=1)

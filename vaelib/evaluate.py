@@ -7,11 +7,15 @@ parameters and never changes the model), in minibatches of `batch_size` examples
 and return their results on the device of `x`. A Bernoulli model is evaluated on `x` as given: binarize
 grey-scale test images first (e.g. `torch.bernoulli(x, generator=...)`, one fixed draw) to report numbers
 that compare with published tables for dynamically binarized data.
+
+`x` may be a torch tensor or a numpy array (float32 or float64; e.g. your own data loaded with np.load):
+results are torch tensors either way (on the CPU for numpy input; `.numpy()` converts them back).
 """
 
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -20,12 +24,25 @@ from vaelib.distributions import _log_normal, _sample_normal
 from vaelib.models import VAE, Autoencoder
 
 
+def _as_tensor(x):
+    """A floating-point numpy array becomes a tensor sharing its memory (its dtype kept)."""
+    if isinstance(x, np.ndarray):
+        if x.dtype not in (np.float32, np.float64):
+            raise TypeError(f"x must be a floating-point array (float32 or float64), got a numpy array of dtype {x.dtype}; "
+                            "convert it, e.g. x.astype(np.float32) / 255 for 8-bit images")
+        return torch.from_numpy(np.ascontiguousarray(x))
+    return x
+
+
 def _check(model, x, batch_size, types=(VAE,)):
+    """Check the arguments; return x as a tensor (numpy arrays are converted)."""
     if not isinstance(model, types):
         names = " or ".join(t.__name__ for t in types)
         raise TypeError(f"model must be a vaelib.models.{names}, got {type(model).__name__}")
+    x = _as_tensor(x)
     model._check_x(x, match_model=False)  # batches are converted to the model's dtype and device
     _validate.positive_int("batch_size", batch_size)
+    return x
 
 
 def _device_of(model):
@@ -46,14 +63,14 @@ def test_elbo(model, x, batch_size=1000, n_samples=1, generator=None):
 
     Args:
         model: a vaelib.models.VAE.
-        x: (N, D) data (binarized for a Bernoulli model, see the module docstring).
+        x: (N, D) data, tensor or numpy array (binarized for a Bernoulli model, see the module docstring).
         batch_size: examples per forward pass.
         n_samples: K >= 1 samples of z per example.
         generator: optional torch.Generator on the model's device.
     Returns:
         (N,) ELBO per example in nats.
     """
-    _check(model, x, batch_size)
+    x = _check(model, x, batch_size)
     _validate.positive_int("n_samples", n_samples)
     _validate.generator("generator", generator)
     device, dtype = _device_of(model)
@@ -74,7 +91,7 @@ def iwae_log_likelihood(model, x, k=5000, batch_size=100, chunk_size=500, genera
 
     Args:
         model: a vaelib.models.VAE.
-        x: (N, D) data.
+        x: (N, D) data, tensor or numpy array.
         k: importance samples per example (>= 1).
         batch_size: examples per pass.
         chunk_size: samples of z per pass (>= 1); the result does not depend on it beyond float rounding
@@ -84,7 +101,7 @@ def iwae_log_likelihood(model, x, k=5000, batch_size=100, chunk_size=500, genera
     Returns:
         (N,) estimate of log p(x) per example in nats.
     """
-    _check(model, x, batch_size)
+    x = _check(model, x, batch_size)
     _validate.positive_int("k", k)
     _validate.positive_int("chunk_size", chunk_size)
     _validate.generator("generator", generator)
@@ -118,14 +135,14 @@ def active_units(model, x, threshold=0.01, batch_size=1000):
 
     Args:
         model: a vaelib.models.VAE or Autoencoder.
-        x: (N, D) data, N >= 2.
+        x: (N, D) data, N >= 2, tensor or numpy array.
         threshold: activity threshold (Burda et al. use 0.01).
         batch_size: examples per forward pass.
     Returns:
         count: int, the number of active units.
         variance: (k,) tensor, Cov_x(E_q[u]) for each latent dimension u, on the device of x.
     """
-    _check(model, x, batch_size, types=(VAE, Autoencoder))
+    x = _check(model, x, batch_size, types=(VAE, Autoencoder))
     if x.shape[0] < 2:
         raise ValueError(f"x must hold at least 2 examples to estimate a variance, got shape {tuple(x.shape)}")
     threshold = _validate.positive_scalar("threshold", threshold)
@@ -138,6 +155,32 @@ def active_units(model, x, threshold=0.01, batch_size=1000):
     mu = torch.cat([mean_code(xb) for xb in x.split(batch_size)])  # (N, k)
     variance = mu.var(0, correction=1).to(x.device)  # (k,)
     return int((variance > threshold).sum()), variance
+
+
+@torch.no_grad()
+def kl_per_unit(model, x, batch_size=1000):
+    """The KL term per latent unit, averaged over the data: which units carry information about x.
+
+    KL_j = (1/N) sum_n 1/2 [exp(logvar_nj) + mu_nj^2 - 1 - logvar_nj],  (mu_n, logvar_n) = encoder(x_n);
+    the units' KL_j add up to the mean KL(q(z | x) || N(0, I)) of the ELBO (Kingma & Welling 2013, app. B).
+    A unit with KL_j near 0 has collapsed onto the prior (see also `active_units`).
+
+    Args:
+        model: a vaelib.models.VAE.
+        x: (N, D) data, tensor or numpy array (binarized for a Bernoulli model, see the module docstring).
+        batch_size: examples per forward pass.
+    Returns:
+        (k,) tensor of KL_j in nats, on the device of x (the CPU for numpy input).
+    """
+    x = _check(model, x, batch_size)
+    if x.shape[0] == 0:
+        raise ValueError(f"x must hold at least one example, got shape {tuple(x.shape)}")
+    device, dtype = _device_of(model)
+    total = torch.zeros(model.latent_dim, dtype=dtype, device=device)  # (k,) sum over examples
+    for xb in x.split(batch_size):
+        mu, logvar = model._encode(xb.to(device, dtype))  # (B, k) each
+        total += (0.5 * (torch.exp(logvar) + mu**2 - 1.0 - logvar)).sum(0)  # (B, k) -> (k,)
+    return (total / x.shape[0]).to(x.device)
 
 
 # -- the gaps between the ELBO and log p(x) ----------------------------------------------------------
@@ -202,7 +245,7 @@ def optimal_gaussian_elbo(model, x, steps=500, lr=0.1, n_samples=16, eval_sample
     Returns:
         OptimalGaussian(elbo (N,), mu (N, k), logvar (N, k), elbo_encoder (N,)), on the device of x.
     """
-    _check(model, x, batch_size)
+    x = _check(model, x, batch_size)
     _validate.positive_int("steps", steps)
     lr = _validate.positive_scalar("lr", lr)
     _validate.positive_int("n_samples", n_samples)
@@ -287,6 +330,7 @@ def elbo_gaps(model, x, k=1000, steps=500, lr=0.1, n_samples=16, eval_samples=10
         the device of x. Both gaps are >= 0 up to Monte Carlo and optimisation error.
     """
     _validate.positive_int("k", k)
+    x = _as_tensor(x)
     opt = optimal_gaussian_elbo(model, x, steps=steps, lr=lr, n_samples=n_samples, eval_samples=eval_samples,
                                 batch_size=batch_size, chunk_size=chunk_size, generator=generator)
     device, dtype = _device_of(model)

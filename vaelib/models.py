@@ -11,11 +11,24 @@ Public methods validate their arguments (type, dtype, shape, finiteness, and x i
 likelihood); the underscored versions skip the checks and are what `vaelib.train.fit` calls per step.
 The constructor arguments are kept in `model.config`, so a checkpoint can rebuild the model
 (`vaelib.train.load_checkpoint`).
+
+Your own networks: `VAE(D, k, encoder=module, decoder=module)` (and the same for `Autoencoder`) replaces the MLP
+with any torch.nn.Module that keeps this contract, checked once at construction on a dummy batch:
+    encoder: x (B, D) -> (B, 2k) [mu in the first k columns, logvar in the last k] or a pair (mu, logvar), (B, k) each
+             (an Autoencoder's encoder returns the code, (B, k));
+    decoder: z (..., k) -> (..., D) logits (Bernoulli) or means (Gaussian), keeping any leading sample
+             dimensions: z (K, B, k) -> (K, B, D), each z[i] decoded on its own.
+Such a model's config says so (`config["encoder"] == "custom"` and/or `config["decoder"] == "custom"`), so it
+is never mistaken for the MLP it is not; its weights load into a model you build
+(`vaelib.train.load_checkpoint(path, model=...)`).
 """
 
 import math
+import warnings
 from collections import OrderedDict
 from typing import NamedTuple
+
+import numpy as np
 
 import torch
 from torch import nn
@@ -34,9 +47,14 @@ class ELBOTerms(NamedTuple):
     kl: torch.Tensor  # (B,) closed-form KL(q(z | x) || N(0, I))
 
 
+DEFAULT_HIDDEN_DIMS = (400,)
+
+
 def _check_dims(data_dim, latent_dim, hidden_dims):
     _validate.positive_int("data_dim", data_dim)
     _validate.positive_int("latent_dim", latent_dim)
+    if hidden_dims is None:
+        return DEFAULT_HIDDEN_DIMS
     if isinstance(hidden_dims, (str, bytes)) or not hasattr(hidden_dims, "__iter__"):
         raise TypeError(f"hidden_dims must be a sequence of ints such as (400,), got {type(hidden_dims).__name__}")
     hidden_dims = tuple(hidden_dims)
@@ -45,10 +63,127 @@ def _check_dims(data_dim, latent_dim, hidden_dims):
     return hidden_dims
 
 
-def _check_likelihood(likelihood, sigma_x):
+def _check_likelihood(likelihood, sigma_x, data_dim):
+    """sigma_x as a float (shared by all pixels) or a float64 CPU tensor (D,) (one per pixel)."""
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {', '.join(map(repr, LIKELIHOODS))}, got {likelihood!r}")
+    if isinstance(sigma_x, (list, tuple, np.ndarray)) or (isinstance(sigma_x, torch.Tensor) and sigma_x.dim() > 0):
+        try:
+            vec = torch.as_tensor(np.asarray(sigma_x.detach().cpu() if isinstance(sigma_x, torch.Tensor) else sigma_x,
+                                             dtype=np.float64))
+        except (TypeError, ValueError):
+            raise TypeError(f"sigma_x must be a number or a sequence of {data_dim} numbers, got {sigma_x!r:.80}") from None
+        if vec.shape != (data_dim,):
+            raise ValueError(f"sigma_x must be a number or have shape (D,) = ({data_dim},), got shape {tuple(vec.shape)}")
+        if not bool(((vec > 0) & torch.isfinite(vec)).all()):
+            raise ValueError(f"sigma_x must be finite and positive in every dimension, got values in "
+                             f"[{vec.min().item():.4g}, {vec.max().item():.4g}]")
+        return vec
     return _validate.positive_scalar("sigma_x", sigma_x)
+
+
+def _check_module(name, module):
+    """None for the MLP, else the user's nn.Module; the config's "custom" marker is not a module."""
+    if module is None or (isinstance(module, str) and module == "mlp"):
+        return None
+    if isinstance(module, str) and module == "custom":
+        raise ValueError(
+            f"{name}='custom' marks a model built with your own {name} module, which a config cannot rebuild: "
+            f"construct the module and pass it ({name}=MyModule()), or load saved weights into a model you built "
+            "with vaelib.train.load_checkpoint(path, model=...)")
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module (or None for the MLP), got {type(module).__name__}")
+    return module
+
+
+class _DummyCall:
+    """Run a user's module on a dummy batch: in eval mode (dropout off, batch norm per example), without
+    gradients, with a private generator (the global RNG and the module's state are left as they were)."""
+
+    def __init__(self, name, module):
+        self.name, self.module = name, module
+        p = next((t for t in module.parameters() if t.is_floating_point()), None)
+        self.dtype = p.dtype if p is not None else torch.get_default_dtype()
+        self.device = p.device if p is not None else torch.device("cpu")
+        self.gen = torch.Generator().manual_seed(0)
+
+    def describe(self):
+        return f"{self.name} ({type(self.module).__name__})"
+
+    def randn(self, *shape):
+        return torch.randn(*shape, generator=self.gen, dtype=torch.float64).to(self.device, self.dtype)
+
+    def rand(self, *shape):
+        return torch.rand(*shape, generator=self.gen, dtype=torch.float64).to(self.device, self.dtype)
+
+    def __call__(self, inp, what):
+        modes = [(m, m.training) for m in self.module.modules()]
+        self.module.eval()
+        try:
+            with torch.no_grad():
+                return self.module(inp)
+        except Exception as e:
+            raise ValueError(f"{self.describe()} failed on a dummy batch {what} of shape {tuple(inp.shape)}: "
+                             f"{type(e).__name__}: {e}") from e
+        finally:
+            for m, mode in modes:
+                m.training = mode
+
+
+def _shape_of(out):
+    if isinstance(out, torch.Tensor):
+        return f"a tensor of shape {tuple(out.shape)}"
+    if isinstance(out, (tuple, list)):
+        return f"a {type(out).__name__} of " + ", ".join(_shape_of(o) if isinstance(o, torch.Tensor) else type(o).__name__
+                                                          for o in out)
+    return f"a {type(out).__name__}"
+
+
+def _check_finite(call, out):
+    for t in out if isinstance(out, (tuple, list)) else (out,):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{call.describe()} returned NaN or inf on a dummy batch")
+
+
+def _check_decoder(module, data_dim, latent_dim):
+    """decoder: z (..., k) -> (..., D), each leading index decoded on its own. Raises ValueError otherwise."""
+    call, k, D = _DummyCall("decoder", module), latent_dim, data_dim
+    z = call.randn(2, 3, k)  # (S, B, k): 2 samples of z for each of 3 examples
+    expect = f"must map z of shape (..., k) to (..., D), keeping any leading sample dimensions (k = {k}, D = {D})"
+    for zz in (z[0], z):
+        out = call(zz, "z")
+        want = (*zz.shape[:-1], D)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+            hint = (" (it flattens the sample dimension: reshape the output with z.shape[:-1], e.g. "
+                    "out.reshape(*z.shape[:-1], D))" if isinstance(out, torch.Tensor) and zz.dim() == 3
+                    and out.dim() == 2 and out.shape[0] == 6 else "")
+            raise ValueError(f"{call.describe()} {expect}: z of shape {tuple(zz.shape)} gave {_shape_of(out)}, "
+                             f"expected {want}{hint}")
+        _check_finite(call, out)
+    # Decoding the (2, 3, k) batch at once must equal decoding each z[i] alone (float rounding aside).
+    each = torch.stack([call(z[i], "z") for i in range(2)])  # (2, 3, D)
+    if not torch.allclose(out, each, rtol=1e-3, atol=1e-4):
+        raise ValueError(f"{call.describe()} {expect}: decoding z of shape {tuple(z.shape)} at once differs from "
+                         f"decoding each z[i] of shape {tuple(z.shape[1:])} (max difference "
+                         f"{(out - each).abs().max().item():.3g}); it mixes the sample and batch dimensions")
+
+
+def _check_encoder(module, data_dim, latent_dim, pair_allowed):
+    """encoder: x (B, D) -> (B, 2k) or (mu, logvar) (VAE), or (B, k) (Autoencoder). Raises ValueError otherwise."""
+    call, k, D = _DummyCall("encoder", module), latent_dim, data_dim
+    x = call.rand(3, D)  # (B, D) in [0, 1]
+    out = call(x, "x")
+    if pair_allowed:
+        ok = (isinstance(out, torch.Tensor) and tuple(out.shape) == (3, 2 * k)) or (
+            isinstance(out, (tuple, list)) and len(out) == 2
+            and all(isinstance(o, torch.Tensor) and tuple(o.shape) == (3, k) for o in out))
+        want = f"a tensor (B, 2k) = (3, {2 * k}) [mu, logvar side by side] or a pair (mu, logvar) of shape (3, {k}) each"
+    else:
+        ok = isinstance(out, torch.Tensor) and tuple(out.shape) == (3, k)
+        want = f"the code, a tensor (B, k) = (3, {k})"
+    if not ok:
+        raise ValueError(f"{call.describe()} must map x of shape (B, D) = (3, {D}) to {want}; got {_shape_of(out)}")
+    _check_finite(call, out)
 
 
 def _mlp(sizes, prefix):
@@ -63,59 +198,102 @@ def _mlp(sizes, prefix):
 class _EncoderDecoder(nn.Module):
     """Shared parts: the encoder body, the decoder, the likelihood p(x | z), argument checks."""
 
-    def __init__(self, data_dim, latent_dim, hidden_dims, likelihood, sigma_x, learn_sigma_x):
+    def __init__(self, data_dim, latent_dim, hidden_dims, likelihood, sigma_x, learn_sigma_x, encoder, decoder):
         super().__init__()
+        custom_encoder, custom_decoder = _check_module("encoder", encoder), _check_module("decoder", decoder)
+        both_custom = custom_encoder is not None and custom_decoder is not None
+        if both_custom and hidden_dims is not None:
+            raise ValueError(f"hidden_dims={hidden_dims!r} describes the MLP encoder and decoder; with your own encoder "
+                             "and decoder there is no MLP: leave hidden_dims out")
         hidden_dims = _check_dims(data_dim, latent_dim, hidden_dims)
-        sigma_x = _check_likelihood(likelihood, sigma_x)
+        sigma_x = _check_likelihood(likelihood, sigma_x, data_dim)
         if not isinstance(learn_sigma_x, bool):
             raise TypeError(f"learn_sigma_x must be a bool, got {type(learn_sigma_x).__name__}")
         if learn_sigma_x and likelihood != "gaussian":
             raise ValueError("learn_sigma_x=True needs likelihood='gaussian' (a Bernoulli likelihood has no sigma_x)")
         self.data_dim = data_dim
         self.latent_dim = latent_dim
-        self.hidden_dims = hidden_dims
+        self.hidden_dims = None if both_custom else hidden_dims
         self.likelihood = likelihood
+        self.custom_encoder = custom_encoder is not None
+        self.custom_decoder = custom_decoder is not None
         width = hidden_dims[-1] if hidden_dims else data_dim
-        # encoder: x (..., D) -> h (..., width); the subclasses add the heads (to_mu, to_logvar).
-        self.encoder = nn.Sequential(_mlp((data_dim, *hidden_dims), "hidden"))
-        # decoder: z (..., k) -> logits or mean (..., D); the hidden layers mirror the encoder's.
-        decoder = _mlp((latent_dim, *hidden_dims[::-1]), "hidden")
-        out = "to_logits" if likelihood == "bernoulli" else "to_mean"
-        decoder[out] = nn.Linear(hidden_dims[0] if hidden_dims else latent_dim, data_dim)
-        self.decoder = nn.Sequential(decoder)
-        self._width = width
-        # log sigma_x of the Gaussian likelihood: a parameter when learned; when fixed, a Python float,
-        # which keeps full precision whatever the model's dtype.
-        if likelihood == "gaussian" and learn_sigma_x:
-            self.log_sigma_x = nn.Parameter(torch.tensor(math.log(sigma_x)))
+        if custom_encoder is None:
+            # encoder: x (..., D) -> h (..., width); the subclasses add the heads (to_mu, to_logvar).
+            self.encoder = nn.Sequential(_mlp((data_dim, *hidden_dims), "hidden"))
         else:
-            self.log_sigma_x = math.log(sigma_x)
+            self.encoder = custom_encoder  # checked by the subclass, whose contract it is
+        if custom_decoder is None:
+            # decoder: z (..., k) -> logits or mean (..., D); the hidden layers mirror the encoder's.
+            layers = _mlp((latent_dim, *hidden_dims[::-1]), "hidden")
+            out = "to_logits" if likelihood == "bernoulli" else "to_mean"
+            layers[out] = nn.Linear(hidden_dims[0] if hidden_dims else latent_dim, data_dim)
+            self.decoder = nn.Sequential(layers)
+        else:
+            _check_decoder(custom_decoder, data_dim, latent_dim)
+            self.decoder = custom_decoder
+        self._width = width
+        # log sigma_x of the Gaussian likelihood, shared (a number) or per pixel (D,): a parameter when learned;
+        # when fixed, a Python float or a float64 CPU tensor (converted to the model's dtype and device when
+        # used), which keeps full precision whatever the model's dtype.
+        vector = isinstance(sigma_x, torch.Tensor)
+        if likelihood == "gaussian" and learn_sigma_x:
+            log_sigma = torch.log(sigma_x) if vector else torch.tensor(math.log(sigma_x), dtype=torch.float64)
+            self.log_sigma_x = nn.Parameter(log_sigma.to(torch.get_default_dtype()))
+        else:
+            self.log_sigma_x = torch.log(sigma_x) if vector else math.log(sigma_x)
+        # A fixed sigma_x = 1 on data in [0, 1] lets the KL term win (notebook 07): warn once, at the first data.
+        self._warn_sigma_x_pending = (likelihood == "gaussian" and not learn_sigma_x
+                                      and bool((torch.as_tensor(sigma_x) == 1.0).all()))
         self._config = {
             "data_dim": data_dim,
             "latent_dim": latent_dim,
-            "hidden_dims": list(hidden_dims),
+            "hidden_dims": None if both_custom else list(hidden_dims),
             "likelihood": likelihood,
-            "sigma_x": sigma_x,
+            "sigma_x": sigma_x.tolist() if vector else sigma_x,
         }
+
+    def _finish_config(self, learn_sigma_x):
+        self._config["learn_sigma_x"] = learn_sigma_x
+        if self.custom_encoder or self.custom_decoder:  # absent for the MLP model: its config rebuilds it
+            self._config["encoder"] = "custom" if self.custom_encoder else "mlp"
+            self._config["decoder"] = "custom" if self.custom_decoder else "mlp"
 
     @property
     def config(self):
-        """The constructor arguments, as a dict of plain values: `type(model)(**model.config)` rebuilds it."""
-        return dict(self._config, hidden_dims=list(self._config["hidden_dims"]))
+        """The constructor arguments as a dict of plain values: `type(model)(**model.config)` rebuilds an MLP model.
+
+        A model with your own encoder or decoder has config["encoder"] / config["decoder"] set to "custom"
+        (the other one "mlp"), and hidden_dims None when both are custom: the config describes it but cannot
+        rebuild it (load its weights into a model you build: `vaelib.train.load_checkpoint(path, model=...)`).
+        sigma_x is a float or a list of D floats (the initial value when learned).
+        """
+        out = dict(self._config)
+        for key in ("hidden_dims", "sigma_x"):
+            if isinstance(out[key], list):
+                out[key] = list(out[key])
+        return out
 
     def extra_repr(self):
-        return ", ".join(f"{k}={v!r}" for k, v in self._config.items())
+        return ", ".join(f"{k}={v!r}" if k != "sigma_x" or not isinstance(v, list) else f"sigma_x=<{len(v)} values>"
+                         for k, v in self._config.items())
 
     def _param(self):
         return next(self.parameters())
 
     @property
     def sigma_x(self):
-        """sigma_x of the Gaussian likelihood as a float (its current value when learned); None for Bernoulli."""
+        """sigma_x of the Gaussian likelihood (its current value when learned); None for Bernoulli.
+
+        A float when shared by all pixels; a float64 CPU tensor (D,) (a copy) when per pixel.
+        """
         if self.likelihood != "gaussian":
             return None
         log_sigma_x = self.log_sigma_x
-        return math.exp(log_sigma_x if isinstance(log_sigma_x, float) else log_sigma_x.detach().item())
+        if isinstance(log_sigma_x, float):
+            return math.exp(log_sigma_x)
+        sigma = torch.exp(log_sigma_x.detach().to("cpu", torch.float64))
+        return sigma.item() if sigma.dim() == 0 else sigma
 
     # -- checks -------------------------------------------------------------------------------------
     def _check_like_model(self, name, t):
@@ -164,17 +342,30 @@ class _EncoderDecoder(nn.Module):
         """log p(x | z) from the decoder output `out` (logits or mean), summed over pixels."""
         if self.likelihood == "bernoulli":
             return _log_bernoulli(x, out)
-        # log N(x; mean, sigma_x^2 I) = -1/2 sum_d [log 2 pi + 2 log sigma_x + (x_d - mean_d)^2 / sigma_x^2]
-        if isinstance(self.log_sigma_x, float):
-            return _log_normal(x, out, torch.full((), 2.0 * self.log_sigma_x, dtype=out.dtype, device=out.device))
-        return _log_normal(x, out, 2.0 * self.log_sigma_x)
+        if self._warn_sigma_x_pending:
+            self._warn_about_sigma_x(x)
+        # log N(x; mean, diag sigma_x^2) = -1/2 sum_d [log 2 pi + 2 log sigma_x,d + (x_d - mean_d)^2 / sigma_x,d^2]
+        log_sigma_x = self.log_sigma_x
+        if isinstance(log_sigma_x, float):
+            return _log_normal(x, out, torch.full((), 2.0 * log_sigma_x, dtype=out.dtype, device=out.device))
+        if not isinstance(log_sigma_x, nn.Parameter):  # fixed per-pixel: float64 CPU -> the model's dtype, device
+            log_sigma_x = log_sigma_x.to(out.device, out.dtype)
+        return _log_normal(x, out, 2.0 * log_sigma_x)
+
+    def _warn_about_sigma_x(self, x):
+        self._warn_sigma_x_pending = False  # once per model, at the first data it sees
+        if x.numel() and 0.0 <= x.min().item() and x.max().item() <= 1.0:
+            warnings.warn(
+                f"{type(self).__name__} has a fixed sigma_x = 1 on data in [0, 1], where a Gaussian likelihood barely "
+                "rewards reconstruction and the model collapses to the prior (notebook 07): pass a smaller sigma_x "
+                "(e.g. 0.1) or learn_sigma_x=True.", UserWarning, stacklevel=4)
 
     def _mean_of(self, out):
         return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
 
 
 class VAE(_EncoderDecoder):
-    """Variational Autoencoder with an MLP encoder q(z | x) and decoder p(x | z) (Kingma & Welling 2013).
+    """Variational Autoencoder with an MLP (or your own) encoder q(z | x) and decoder p(x | z) (Kingma & Welling 2013).
 
     ELBO(x) = E_q(z|x)[log p(x | z)] - KL(q(z | x) || N(0, I))  (Kingma & Welling 2013, eq. 10).
 
@@ -187,21 +378,32 @@ class VAE(_EncoderDecoder):
     Args:
         data_dim: D, pixels per example.
         latent_dim: k, latent dimensions.
-        hidden_dims: widths of the encoder's hidden layers (the decoder mirrors them).
+        hidden_dims: widths of the encoder's hidden layers (the decoder mirrors them); None means (400,).
         likelihood: "bernoulli" (x in [0, 1], decoder returns logits) or "gaussian" (decoder returns the mean).
-        sigma_x: the Gaussian likelihood's standard deviation (its initial value when learned).
-        learn_sigma_x: learn log sigma_x as a parameter (Gaussian only).
+        sigma_x: the Gaussian likelihood's standard deviation (its initial value when learned): a number shared by
+            all pixels, or a sequence/array/tensor of D numbers, one per pixel. A fixed sigma_x = 1 on data in
+            [0, 1] warns (UserWarning) the first time the model sees data: the model collapses (notebook 07).
+        learn_sigma_x: learn log sigma_x as a parameter, shared or per pixel as sigma_x is (Gaussian only).
+        encoder: None for the MLP, or your own nn.Module x (B, D) -> (B, 2k) or (mu, logvar) (module docstring).
+        decoder: None for the MLP, or your own nn.Module z (..., k) -> (..., D), keeping leading dimensions.
     Seed torch's global generator (torch.manual_seed) before constructing for reproducible initial weights.
     """
 
-    def __init__(self, data_dim, latent_dim, hidden_dims=(400,), likelihood="bernoulli", sigma_x=1.0, learn_sigma_x=False):
-        super().__init__(data_dim, latent_dim, hidden_dims, likelihood, sigma_x, learn_sigma_x)
-        self.to_mu = nn.Linear(self._width, latent_dim)
-        self.to_logvar = nn.Linear(self._width, latent_dim)
-        self._config["learn_sigma_x"] = learn_sigma_x
+    def __init__(self, data_dim, latent_dim, hidden_dims=None, likelihood="bernoulli", sigma_x=1.0, learn_sigma_x=False,
+                 encoder=None, decoder=None):
+        super().__init__(data_dim, latent_dim, hidden_dims, likelihood, sigma_x, learn_sigma_x, encoder, decoder)
+        if self.custom_encoder:
+            _check_encoder(self.encoder, data_dim, latent_dim, pair_allowed=True)
+        else:
+            self.to_mu = nn.Linear(self._width, latent_dim)
+            self.to_logvar = nn.Linear(self._width, latent_dim)
+        self._finish_config(learn_sigma_x)
 
     # -- encoder ------------------------------------------------------------------------------------
     def _encode(self, x):
+        if self.custom_encoder:
+            out = self.encoder(x)
+            return tuple(out) if isinstance(out, (tuple, list)) else out.chunk(2, dim=-1)  # (B, 2k) -> 2 x (B, k)
         h = self.encoder(x)
         return self.to_mu(h), self.to_logvar(h)
 
@@ -213,7 +415,11 @@ class VAE(_EncoderDecoder):
         Returns:
             mu, logvar: (..., k) each.
         """
-        return self._encode(self._check_x(x, event_only=True))
+        x = self._check_x(x, event_only=True)
+        if self.custom_encoder and x.dim() != 2:  # your encoder takes (B, D): flatten the leading dimensions
+            mu, logvar = self._encode(x.reshape(-1, self.data_dim))  # (prod(...), k) each
+            return mu.reshape(*x.shape[:-1], -1), logvar.reshape(*x.shape[:-1], -1)
+        return self._encode(x)
 
     # -- densities ----------------------------------------------------------------------------------
     def _log_likelihood(self, x, z):
@@ -322,23 +528,39 @@ class VAE(_EncoderDecoder):
 
     # -- generation ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, n, generator=None):
-        """Ancestral samples shown as images: z ~ N(0, I_k), then the decoder's mean E[x | z].
+    def sample(self, n, generator=None, noisy=False):
+        """Ancestral samples: z ~ N(0, I_k), then the decoder's mean E[x | z], or a draw x ~ p(x | z).
 
-        Returns pixel probabilities sigmoid(logits) (Bernoulli) or the Gaussian mean, not a noisy draw.
+        noisy=False (the default, what one shows as images): pixel probabilities sigmoid(logits) (Bernoulli) or
+        the Gaussian mean. noisy=True: a draw from p(x | z): mean + sigma_x * eps with eps ~ N(0, I) (Gaussian),
+        or binary pixels, 1 with probability sigmoid(logits) (Bernoulli).
 
         Args:
             n: number of samples >= 1.
-            generator: optional torch.Generator (its device is used for z, then z moves to the model's).
+            generator: optional torch.Generator (its device is used for the draws, which then move to the model's).
+            noisy: return draws from p(x | z) instead of its mean.
         Returns:
             (n, D) tensor, no gradient.
         """
         _validate.positive_int("n", n)
         _validate.generator("generator", generator)
+        if not isinstance(noisy, bool):
+            raise TypeError(f"noisy must be a bool, got {type(noisy).__name__}")
         p = self._param()
         device = generator.device if generator is not None else p.device
-        z = torch.randn(n, self.latent_dim, generator=generator, dtype=p.dtype, device=device).to(p.device)  # (n, k)
-        return self._mean_of(self._decode(z))
+
+        def draw(fn, *shape):  # on the generator's device, then moved to the model's
+            return fn(*shape, generator=generator, dtype=p.dtype, device=device).to(p.device)
+
+        z = draw(torch.randn, n, self.latent_dim)  # (n, k)
+        mean = self._mean_of(self._decode(z))  # (n, D)
+        if not noisy:
+            return mean
+        if self.likelihood == "bernoulli":
+            return (draw(torch.rand, n, self.data_dim) < mean).to(p.dtype)  # (n, D) in {0, 1}
+        sigma_x = self.log_sigma_x
+        sigma_x = math.exp(sigma_x) if isinstance(sigma_x, float) else torch.exp(sigma_x.to(p.device, p.dtype))
+        return mean + sigma_x * draw(torch.randn, n, self.data_dim)  # (n, D)
 
 
 class Autoencoder(_EncoderDecoder):
@@ -350,23 +572,34 @@ class Autoencoder(_EncoderDecoder):
     Args:
         data_dim: D, pixels per example.
         latent_dim: k, size of the code.
-        hidden_dims: widths of the encoder's hidden layers (the decoder mirrors them).
+        hidden_dims: widths of the encoder's hidden layers (the decoder mirrors them); None means (400,).
         likelihood: "bernoulli" or "gaussian".
-        sigma_x: the Gaussian likelihood's standard deviation (fixed).
+        sigma_x: the Gaussian likelihood's standard deviation: a number, or D numbers (one per pixel), as for VAE.
+        learn_sigma_x: learn log sigma_x by maximum likelihood (Gaussian only).
+        encoder: None for the MLP, or your own nn.Module x (B, D) -> the code (B, k).
+        decoder: None for the MLP, or your own nn.Module z (..., k) -> (..., D), keeping leading dimensions.
     The code layer is called `to_mu` (the layer where the VAE puts its mean), so the two models' state
     dicts share every key except the VAE's `to_logvar`.
     """
 
-    def __init__(self, data_dim, latent_dim, hidden_dims=(400,), likelihood="bernoulli", sigma_x=1.0):
-        super().__init__(data_dim, latent_dim, hidden_dims, likelihood, sigma_x, False)
-        self.to_mu = nn.Linear(self._width, latent_dim)
+    def __init__(self, data_dim, latent_dim, hidden_dims=None, likelihood="bernoulli", sigma_x=1.0, learn_sigma_x=False,
+                 encoder=None, decoder=None):
+        super().__init__(data_dim, latent_dim, hidden_dims, likelihood, sigma_x, learn_sigma_x, encoder, decoder)
+        if self.custom_encoder:
+            _check_encoder(self.encoder, data_dim, latent_dim, pair_allowed=False)
+        else:
+            self.to_mu = nn.Linear(self._width, latent_dim)
+        self._finish_config(learn_sigma_x)
 
     def _encode(self, x):
-        return self.to_mu(self.encoder(x))
+        return self.encoder(x) if self.custom_encoder else self.to_mu(self.encoder(x))
 
     def encode(self, x):
-        """The code z = to_mu(encoder(x)).  x: (..., D) -> z: (..., k)."""
-        return self._encode(self._check_x(x, event_only=True))
+        """The code z = to_mu(encoder(x)) (or your encoder's output).  x: (..., D) -> z: (..., k)."""
+        x = self._check_x(x, event_only=True)
+        if self.custom_encoder and x.dim() != 2:  # your encoder takes (B, D): flatten the leading dimensions
+            return self._encode(x.reshape(-1, self.data_dim)).reshape(*x.shape[:-1], -1)
+        return self._encode(x)
 
     def _reconstruction_log_likelihood(self, x):
         return self._log_px_z(x, self._decode(self._encode(x)))

@@ -1,15 +1,26 @@
-"""One figure style for the whole series, and `savefig(fig, name)` into the repository's figures/.
+"""One figure style for the series, `savefig`, and the plots a VAE project needs.
 
-Call `use_style()` once at the top of a notebook. In quick mode (VAELIB_QUICK=1, set by `make test`)
-`savefig` writes into a temporary folder outside the repository, so tests never dirty figures/.
+Call `use_style()` once at the top of a notebook. `savefig(fig, "NN_name")` is for the series' own figures
+(into figures/: the repository's when vaelib runs from its checkout, else ./figures under the current folder;
+$VAELIB_FIGURES overrides; a temporary folder in quick mode, VAELIB_QUICK=1, so tests never dirty figures/).
+Any other name is a path, written where you say: `savefig(fig, "out/samples.png")`.
+
+Plots (each returns its matplotlib Figure; pass `ax=` to draw into your own axes):
+    image_grid(images)            a grid of images, e.g. model.sample(64)
+    latent_scatter(z, labels)     2-D codes coloured by class label
+    latent_manifold(model)        decoded images on a grid of equal prior mass, for a 2-D latent
+    kl_per_unit(kl)               bar chart of the KL per latent unit, from vaelib.evaluate.kl_per_unit
+Their numbers come from plain functions (`make_grid`, `manifold_codes`) that are tested on their own.
 """
 
+import math
 import os
 import re
 import tempfile
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 STYLE = {
     "figure.figsize": (6.4, 4.0),
@@ -32,6 +43,7 @@ STYLE = {
 }
 
 _NAME = re.compile(r"^[0-9]{2}_[A-Za-z0-9_\-]+$")
+_PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def use_style():
@@ -39,15 +51,25 @@ def use_style():
     matplotlib.rcParams.update(STYLE)
 
 
+def _repo_root():
+    """The repository checkout vaelib runs from (editable install), or None when vaelib is installed."""
+    root = _PACKAGE_DIR.parent
+    if (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir():
+        return root
+    return None
+
+
 def figures_dir():
-    """Where savefig writes: $VAELIB_FIGURES, else a temporary folder in quick mode, else <repo>/figures."""
+    """Where savefig writes "NN_name" figures: $VAELIB_FIGURES, else a temporary folder in quick mode, else the
+    repository's figures/ when vaelib runs from its checkout, else ./figures under the current folder."""
     from vaelib import quick_mode
 
     if os.environ.get("VAELIB_FIGURES"):
         return Path(os.environ["VAELIB_FIGURES"])
     if quick_mode():
         return Path(tempfile.gettempdir()) / "vaelib-figures-quick"
-    return Path(__file__).resolve().parent.parent / "figures"
+    root = _repo_root()
+    return root / "figures" if root is not None else Path.cwd() / "figures"
 
 
 def _umask():
@@ -56,26 +78,53 @@ def _umask():
     return mask
 
 
+def _target(fig, name):
+    """The path `savefig` writes for `name`, checked."""
+    if isinstance(name, str) and _NAME.match(name):
+        return figures_dir() / f"{name}.png"
+    if not isinstance(name, (str, os.PathLike)):
+        raise TypeError(f"name must be a str or path, got {type(name).__name__}")
+    text = os.fspath(name)
+    if not text or text.endswith(("/", os.sep)) or Path(text).name in ("", ".", ".."):
+        raise ValueError(f"name must be a file name or path such as 'samples.png', got {text!r}")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise ValueError(f"name {text!r} is a folder; give a file name such as {str(path / 'figure.png')!r}")
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
+    formats = fig.canvas.get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        raise ValueError(f"name {text!r} has the extension {path.suffix!r}; expected one of "
+                         f"{', '.join('.' + f for f in sorted(formats))} (or none for .png)")
+    resolved = path.resolve()
+    if resolved == _PACKAGE_DIR or _PACKAGE_DIR in resolved.parents:
+        raise ValueError(f"name {text!r} points inside the vaelib package ({_PACKAGE_DIR}); write your figures "
+                         "elsewhere")
+    return path
+
+
 def savefig(fig, name):
-    """Save `fig` as figures/<name>.png (atomically) and return the path written.
+    """Save `fig` (atomically: no half-written file) and return the path written.
 
     Args:
         fig: a matplotlib Figure.
-        name: "NN_short_name": the notebook number, then a name (letters, digits, _ or -), no extension.
+        name: "NN_short_name" (notebook number, then letters, digits, _ or -; no extension) for the series' own
+            figures, written to `figures_dir()` as PNG; anything else is a file path, relative to the current
+            folder or absolute, written as given (folders created; the format from its extension, .png if none).
     Returns:
-        pathlib.Path of the PNG.
+        pathlib.Path of the file.
     """
-    if not hasattr(fig, "savefig"):
+    if not hasattr(fig, "savefig") or not hasattr(fig, "canvas"):
         raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(f"name must look like 'NN_short_name' (notebook number, then letters/digits/_/-), got {name!r}")
-    out_dir = figures_dir()
+    path = _target(fig, name)
+    out_dir = path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.png"
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".png", dir=out_dir)
+    fmt = path.suffix[1:].lower()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=out_dir)
     os.close(fd)
     try:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
+        # No "Software" stamp in PNGs, so a re-run leaves byte-identical files when nothing changed.
+        fig.savefig(tmp, format=fmt, **({"metadata": {"Software": None}} if fmt == "png" else {}))
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a figure is an ordinary file
         os.replace(tmp, path)
     except BaseException:
@@ -137,4 +186,212 @@ def vae_architecture(data_dim=784, hidden=400, latent_dim=20):
     ax.text(0.5, 0.005, r"loss $= -\log p_\theta(x\mid z)$ (from the logits) $+\ \mathrm{KL}(q_\phi(z\mid x)\,\|\,\mathcal{N}(0, I))$ "
             r"(closed form from $\mu$, $\log\sigma^2$)", ha="center", fontsize=11)
     ax.set_title(f"The VAE network {D}-{H}-{k} (Bernoulli decoder)", fontsize=13)
+    return fig
+
+
+# -- plots ------------------------------------------------------------------------------------------
+
+def _numpy(name, a):
+    """A tensor (any device, with or without grad) or array-like as a float64 numpy array."""
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().numpy()
+    try:
+        a = np.asarray(a, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an array or tensor of numbers, got {type(a).__name__}") from None
+    return a
+
+
+def _new_axes(ax, figsize):
+    if ax is not None:
+        return ax.figure, ax
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=figsize)
+
+
+def _image_shape(D, image_shape):
+    if image_shape is None:
+        side = math.isqrt(D)
+        if side * side != D:
+            raise ValueError(f"images have D = {D} pixels, not a square number: pass image_shape=(H, W)")
+        return side, side
+    H, W = image_shape
+    if H * W != D:
+        raise ValueError(f"image_shape {tuple(image_shape)} has {H * W} pixels but the images have D = {D}")
+    return H, W
+
+
+def make_grid(images, image_shape=None, ncols=None, pad=1):
+    """Tile images into one array, row by row, with `pad` pixels of NaN (drawn as background) between them.
+
+    Args:
+        images: (N, D) flattened images or (N, H, W); tensor or array.
+        image_shape: (H, W) for flattened images; None for square images (H = W = sqrt(D)).
+        ncols: images per row; None for ceil(sqrt(N)).
+        pad: pixels between images.
+    Returns:
+        (rows (H + pad) - pad, ncols (W + pad) - pad) float64 array; image i sits at row i // ncols, column i % ncols.
+    """
+    a = _numpy("images", images)
+    if a.ndim == 3:
+        image_shape, a = a.shape[1:], a.reshape(a.shape[0], -1)
+    if a.ndim != 2 or a.shape[0] == 0:
+        raise ValueError(f"images must have shape (N, D) or (N, H, W) with N >= 1, got {a.shape}")
+    N, D = a.shape
+    H, W = _image_shape(D, image_shape)
+    ncols = math.ceil(math.sqrt(N)) if ncols is None else ncols
+    if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
+        raise ValueError(f"ncols must be an int >= 1, got {ncols!r}")
+    rows = math.ceil(N / ncols)
+    grid = np.full((rows * (H + pad) - pad, ncols * (W + pad) - pad), np.nan)
+    for i, img in enumerate(a.reshape(N, H, W)):
+        r, c = divmod(i, ncols)
+        grid[r * (H + pad):r * (H + pad) + H, c * (W + pad):c * (W + pad) + W] = img
+    return grid
+
+
+def image_grid(images, image_shape=None, ncols=None, pad=1, ax=None, title=None, cmap="gray_r", vmin=None, vmax=None):
+    """Show images (e.g. `model.sample(64)` or a data batch) as one grid; return the Figure.
+
+    Args:
+        images: (N, D) or (N, H, W), tensor or array.
+        image_shape: (H, W) for non-square flattened images.
+        ncols: images per row (default ceil(sqrt(N))).
+        pad: pixels between images.
+        ax: draw into these axes instead of a new figure.
+        title: axes title.
+        cmap: colour map (default: dark ink on white, as for digits).
+        vmin, vmax: colour range; default [0, 1] when all pixels lie there (probabilities), else the data range.
+    Returns:
+        matplotlib Figure.
+    """
+    grid = make_grid(images, image_shape, ncols, pad)
+    if vmin is None and vmax is None and np.nanmin(grid) >= 0 and np.nanmax(grid) <= 1:
+        vmin, vmax = 0.0, 1.0
+    fig, ax = _new_axes(ax, (6, 6))
+    ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def latent_scatter(z, labels=None, dims=(0, 1), ax=None, title=None, s=6, alpha=0.7):
+    """Codes z (e.g. the encoder means of test images) as points, coloured by class label; return the Figure.
+
+    Args:
+        z: (N, k) codes, k >= 2; tensor or array.
+        labels: optional (N,) integer class labels: one colour each (tab10/tab20), with a legend.
+        dims: the two latent dimensions to plot.
+        ax, title: as in `image_grid`; s, alpha: marker size and opacity.
+    Returns:
+        matplotlib Figure.
+    """
+    z = _numpy("z", z)
+    if z.ndim != 2 or z.shape[1] < 2:
+        raise ValueError(f"z must have shape (N, k) with k >= 2, got {z.shape}")
+    i, j = dims
+    if not (0 <= i < z.shape[1] and 0 <= j < z.shape[1]) or i == j:
+        raise ValueError(f"dims must be two different latent dimensions in [0, {z.shape[1]}), got {dims}")
+    own_axes = ax is None
+    fig, ax = _new_axes(ax, (5.5, 5))
+    if labels is None:
+        ax.scatter(z[:, i], z[:, j], s=s, alpha=alpha, linewidths=0)
+    else:
+        labels = np.asarray(labels.detach().cpu() if hasattr(labels, "detach") else labels)
+        if labels.shape != (z.shape[0],):
+            raise ValueError(f"labels must have shape (N,) = ({z.shape[0]},), got {labels.shape}")
+        classes = np.unique(labels)
+        cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
+        for n, c in enumerate(classes):
+            keep = labels == c
+            ax.scatter(z[keep, i], z[keep, j], s=s, alpha=alpha, linewidths=0, color=cmap(n % cmap.N), label=str(c))
+        if own_axes:  # beside the plot; inside it when drawing into your axes (it might cover a neighbour)
+            ax.legend(title="label", markerscale=3, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        else:
+            ax.legend(title="label", markerscale=3, loc="best", fontsize="small", ncols=2)
+    ax.set(xlabel=f"$z_{i + 1}$", ylabel=f"$z_{j + 1}$", title=title or "")
+    ax.set_aspect("equal", adjustable="datalim")
+    return fig
+
+
+def manifold_codes(n):
+    """An n x n grid of 2-D codes of equal prior mass: coordinates at the standard normal quantiles (i + 1/2) / n.
+
+    Under z ~ N(0, I_2) each grid point stands for 1/n^2 of the prior mass (Kingma & Welling 2013, fig. 4).
+    Row r, column c holds z = (q_c, q_{n-1-r}) with q_i = Phi^{-1}((i + 1/2) / n): z_1 grows to the right,
+    z_2 upwards, as on a plot.
+
+    Returns:
+        (n, n, 2) float64 numpy array.
+    """
+    import torch
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    q = torch.special.ndtri((torch.arange(n, dtype=torch.float64) + 0.5) / n).numpy()  # (n,) increasing
+    z1, z2 = np.meshgrid(q, q[::-1])  # (n, n) each: columns vary z_1, rows z_2 from the top down
+    return np.stack([z1, z2], axis=-1)
+
+
+def latent_manifold(model, n=15, image_shape=None, ax=None, title=None, cmap="gray_r"):
+    """Decode an n x n grid of equal prior mass (`manifold_codes`) of a VAE with a 2-D latent; return the Figure.
+
+    Each image is the decoder's mean E[x | z] (pixel probabilities for a Bernoulli model). Tick labels give
+    the codes' coordinates.
+
+    Args:
+        model: a vaelib.models.VAE with latent_dim 2.
+        n: grid points per axis.
+        image_shape, ax, title, cmap: as in `image_grid`.
+    Returns:
+        matplotlib Figure.
+    """
+    import torch
+
+    from vaelib.models import VAE
+
+    if not isinstance(model, VAE):
+        raise TypeError(f"model must be a vaelib.models.VAE, got {type(model).__name__}")
+    if model.latent_dim != 2:
+        raise ValueError(f"latent_manifold needs a 2-D latent space, the model has latent_dim = {model.latent_dim}")
+    codes = manifold_codes(n)  # (n, n, 2)
+    p = next(model.parameters())
+    with torch.no_grad():
+        z = torch.from_numpy(codes.reshape(-1, 2)).to(p.device, p.dtype)  # (n*n, 2)
+        images = model._mean_of(model.decode(z))  # (n*n, D)
+    H, W = _image_shape(model.data_dim, image_shape)
+    fig = image_grid(images, (H, W), ncols=n, pad=0, ax=ax, title=title, cmap=cmap)
+    ax = fig.axes[0] if ax is None else ax
+    ax.set_axis_on()
+    ax.grid(False)
+    step = max(1, n // 5)
+    ticks = list(range(0, n, step))
+    ax.set_xticks([c * W + (W - 1) / 2 for c in ticks], [f"{codes[0, c, 0]:.2f}" for c in ticks])
+    ax.set_yticks([r * H + (H - 1) / 2 for r in ticks], [f"{codes[r, 0, 1]:.2f}" for r in ticks])
+    ax.set(xlabel="$z_1$", ylabel="$z_2$")
+    return fig
+
+
+def kl_per_unit(kl, ax=None, title=None, threshold=None):
+    """Bar chart of the KL term per latent unit (from `vaelib.evaluate.kl_per_unit`); return the Figure.
+
+    Args:
+        kl: (k,) KL of each unit in nats, tensor or array.
+        ax, title: as in `image_grid`.
+        threshold: optional value drawn as a dashed line (e.g. a level below which you call a unit collapsed).
+    Returns:
+        matplotlib Figure.
+    """
+    kl = _numpy("kl", kl)
+    if kl.ndim != 1 or kl.shape[0] == 0:
+        raise ValueError(f"kl must have shape (k,) with k >= 1, got {kl.shape}")
+    fig, ax = _new_axes(ax, (max(4.0, 0.3 * len(kl) + 2), 3.5))
+    units = np.arange(1, len(kl) + 1)
+    ax.bar(units, kl, color="#1f77b4")
+    if threshold is not None:
+        ax.axhline(threshold, color="#7f7f7f", linestyle="--", linewidth=1)
+    ax.set(xlabel="latent unit", ylabel="KL (nats)", title=title or f"KL per unit (total {kl.sum():.2f} nats)")
+    ax.set_xticks(units if len(kl) <= 32 else units[:: math.ceil(len(kl) / 16)])
     return fig

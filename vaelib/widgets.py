@@ -527,7 +527,9 @@ def train_sigma_grid(path, sigmas=None, epochs=None, latent_dim=8, hidden_dims=(
 
     def build(sigma_x):
         torch.manual_seed(seed)
-        return VAE(D, latent_dim, hidden_dims=tuple(hidden_dims), likelihood="gaussian", sigma_x=sigma_x)
+        model = VAE(D, latent_dim, hidden_dims=tuple(hidden_dims), likelihood="gaussian", sigma_x=sigma_x)
+        model._warn_sigma_x_pending = False  # sigma_x = 1 on [0, 1] data is on purpose: the collapse is the point
+        return model
 
     if path.exists():
         cached = torch.load(path, map_location="cpu", weights_only=True)
