@@ -11,8 +11,13 @@ import http.server
 import os
 import re
 import socket
+import stat
 import struct
+import subprocess
+import sys
 import threading
+import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -322,7 +327,7 @@ def test_second_load_comes_from_memory(tmp_path, monkeypatch, fake_mnist):
     write_files(root, fake_mnist)
     reads = []
     real = data._read_bytes
-    monkeypatch.setattr(data, "_read_bytes", lambda path, label=None: reads.append(path) or real(path, label))
+    monkeypatch.setattr(data, "_read_bytes", lambda path, *a, **kw: reads.append(path) or real(path, *a, **kw))
     x1, y1 = data.load("mnist", "test", root=root, download=False)
     x2, y2 = data.load("mnist", "test", root=root, download=False)
     assert len(reads) == 2  # images and labels, read once
@@ -373,6 +378,7 @@ class Mirror:
         self.files = {}
         self.drop = set()  # send a Content-Length 1000 bytes larger than the body, half the body, close
         self.hang = set()  # answer nothing until the test ends
+        self.trickle = set()  # send the body at 64 bytes per second (8 bytes every 1/8 s)
         self.requests = []
         self.release = threading.Event()
         self.url = None
@@ -402,6 +408,16 @@ def _handler(mirror):
                 return  # HTTP/1.0: the server closes the connection now
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            if path in mirror.trickle:
+                for i in range(0, len(body), 8):
+                    if mirror.release.wait(0.125):
+                        return
+                    try:
+                        self.wfile.write(body[i : i + 8])
+                        self.wfile.flush()
+                    except OSError:  # the client gave up
+                        return
+                return
             self.wfile.write(body)
 
         def log_message(self, *args):
@@ -555,3 +571,195 @@ def test_debian_fashion_mnist_test_split():
     assert x.min() == 0 and x.max() == 1
     assert torch.equal(x * 255, torch.round(x * 255))  # bytes / 255
     assert torch.bincount(y).tolist() == [1000] * 10
+
+
+# ---------------------------------------------------------------- load's arguments
+
+
+def test_download_must_be_a_bool(tmp_path, fake_mnist, mirror):
+    mirror.serve(fake_mnist, TEST)
+    for bad in ("no", 0, None):
+        with pytest.raises(TypeError, match=f"download must be True or False, got {type(bad).__name__}"):
+            data.load("mnist", "test", download=bad, mirrors=[mirror.url])
+    assert mirror.requests == []  # "no" used to count as true and download
+    assert files_under(tmp_path) == []
+
+
+def test_root_must_be_a_directory(tmp_path, mirror):
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"x")
+    with pytest.raises(ValueError, match="root must be a directory holding the IDX files, got a file: " + re.escape(str(afile))):
+        data.load("mnist", "test", root=afile, mirrors=[mirror.url])
+    with pytest.raises(TypeError, match="root must be a directory path .* got int"):
+        data.load("mnist", "test", root=123)
+    assert mirror.requests == []
+
+
+@pytest.mark.parametrize("mirrors", [123, [1, 2], {"a": 1}, b"http://x/"], ids=["int", "list-of-int", "dict", "bytes"])
+def test_mirrors_must_be_urls(mirrors):
+    with pytest.raises(TypeError, match="mirrors must be a base URL"):
+        data.load("mnist", "test", mirrors=mirrors)
+
+
+@pytest.mark.parametrize("deadline", [0, -1, float("inf"), "10"])
+def test_bad_deadline_is_an_error(deadline):
+    with pytest.raises((ValueError, TypeError), match="deadline must be a"):
+        data.load("mnist", "test", deadline=deadline)
+
+
+# ---------------------------------------------------------------- bounded downloads and decompression
+
+
+def test_trickling_server_hits_the_deadline(tmp_path, fake_mnist, mirror):
+    # 64 B/s: every read returns within `timeout`, so only the overall deadline can stop it.
+    mirror.serve(fake_mnist, TEST)
+    mirror.trickle.add(TEST[0] + ".gz")
+    start = time.monotonic()
+    with pytest.raises(data.DownloadError, match=r"download timed out: the deadline of 1 s passed after \d+ bytes"):
+        data.load("mnist", "test", mirrors=[mirror.url], timeout=5.0, deadline=1.0)
+    assert time.monotonic() - start < 4.0  # the deadline plus at most one read
+    assert files_under(tmp_path / "xdg") == []
+
+
+def gzip_bomb(header_shape, gigabytes):
+    """A multi-member gzip: an IDX header declaring `header_shape` (uint8) and then `gigabytes` GB of zeros.
+
+    gzip readers concatenate members, so 64 MB of zeros compressed once (~65 KB) and repeated gives a file
+    of a few MB that inflates to GBs, built in well under a second.
+    """
+    header = struct.pack(">HBB", 0, 0x08, len(header_shape)) + struct.pack(f">{len(header_shape)}I", *header_shape)
+    zeros = gzip.compress(bytes(64 << 20), compresslevel=9, mtime=0)
+    return gzip.compress(header, mtime=0) + zeros * (gigabytes * 16)
+
+
+def peak_traced(fn):
+    """Run fn() (expected to raise ValueError); return (the error, peak Python heap in bytes during it)."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError) as info:
+            fn()
+        return info.value, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_gzip_bomb_fails_fast_with_bounded_memory(tmp_path):
+    path = tmp_path / "bomb.gz"
+    path.write_bytes(gzip_bomb((2, 3, 4), gigabytes=3))
+    assert path.stat().st_size < 5 << 20  # a few MB on disk, 3 GB inflated
+    start = time.monotonic()
+    error, peak = peak_traced(lambda: data.read_idx(path))
+    assert re.match(re.escape(str(path)) + r": trailing bytes: the header declares shape \(2, 3, 4\) = 24 data bytes", str(error))
+    assert peak < 4 << 20 and time.monotonic() - start < 5.0  # before: all 3 GB inflated in memory
+
+
+def test_idx_header_declaring_too_much_is_refused_before_reading(tmp_path):
+    path = tmp_path / "huge.gz"
+    path.write_bytes(gzip_bomb((2**20, 2**12, 2**10), gigabytes=1))  # declares 4 TiB
+    error, peak = peak_traced(lambda: data.read_idx(path))
+    assert f"{path}: the IDX header declares shape (1048576, 4096, 1024) of uint8" in str(error)
+    assert "more than the 1073741824 bytes allowed" in str(error) and peak < 1 << 20
+    with pytest.raises(ValueError, match="more than the 100 bytes allowed"):
+        data.read_idx(tmp_path / "huge.gz", max_bytes=100)
+
+
+@pytest.mark.parametrize("where", ["local", "downloaded"])
+def test_gzip_bomb_named_like_a_dataset_file(tmp_path, fake_mnist, mirror, where):
+    # The header declares the real t10k-labels shape (10000,), then 1 GB of zeros follows: at most the
+    # 10008 declared bytes and one more are inflated, locally and after a download.
+    bomb = gzip_bomb((10000,), gigabytes=1)
+    root = tmp_path / "root"
+    write_files(root, fake_mnist, names=TEST[:1])
+    if where == "local":
+        (root / (TEST[1] + ".gz")).write_bytes(bomb)
+    else:
+        mirror.files[TEST[1] + ".gz"] = bomb
+    error, peak = peak_traced(lambda: data.load("mnist", "test", root=root, mirrors=[mirror.url]))
+    assert "t10k-labels-idx1-ubyte.gz" in str(error) and "trailing bytes" in str(error)
+    assert peak < 8 << 20
+    if where == "downloaded":
+        assert files_under(root) == [root / (TEST[0] + ".gz")]  # the bomb was not kept
+
+
+def test_raw_file_longer_than_its_header_is_not_read_whole(tmp_path):
+    path = tmp_path / "raw-idx"
+    with open(path, "wb") as f:
+        f.write(idx_bytes(np.arange(24, dtype=np.uint8).reshape(2, 3, 4)))
+        f.truncate(200 << 20)  # a sparse 200 MB tail
+    error, peak = peak_traced(lambda: data.read_idx(path))
+    assert "trailing bytes" in str(error) and peak < 1 << 20
+
+
+# ---------------------------------------------------------------- leftovers, permissions, links
+
+
+def test_orphan_part_files_are_removed_at_the_next_download(tmp_path, fake_mnist, mirror):
+    mirror.serve(fake_mnist, TEST)
+    cache = cache_dir(tmp_path)
+    cache.mkdir(parents=True)
+    orphan = cache / f".{TEST[0]}.gz.k1ll3d.part"  # what a killed download leaves (the name mkstemp gives)
+    orphan.write_bytes(b"partial")
+    live = cache / f".{TEST[1]}.gz.l1ve00.part"  # another process's download in progress: locked, kept
+    live.write_bytes(b"in progress")
+    other = cache / ".unrelated.part"
+    other.write_bytes(b"")
+    import fcntl
+
+    with open(live, "rb") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        assert_loaded(*data.load("mnist", "test", mirrors=[mirror.url]), fake_mnist, TEST)
+        assert not orphan.exists() and live.exists() and other.exists()
+
+
+def test_part_file_of_a_killed_download_is_cleaned(tmp_path, fake_mnist, mirror):
+    # A real kill: a child process starts the download from a trickling server and is killed with SIGKILL.
+    mirror.serve(fake_mnist, TEST)
+    mirror.trickle.add(TEST[0] + ".gz")
+    cache = cache_dir(tmp_path)
+    code = (
+        "import hashlib, sys; from vaelib import data\n"
+        f"data._CHECKSUMS[('mnist', {TEST[0]!r})] = data.Checksum('sha256', {data._CHECKSUMS[('mnist', TEST[0])].digest!r})\n"
+        f"data.load('mnist', 'test', mirrors=[{mirror.url!r}], deadline=60)\n"
+    )
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    child = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):  # wait until the partial file exists (up to 20 s: the import is slow)
+            parts = list(cache.glob(".*.part")) if cache.is_dir() else []
+            if parts:
+                time.sleep(0.3)  # a few reads into the trickle
+                break
+            time.sleep(0.1)
+        assert parts, "the child never started downloading"
+    finally:
+        child.kill()
+        child.wait()
+    assert len(list(cache.glob(".*.part"))) == 1  # left behind by the kill
+    mirror.trickle.clear()
+    assert_loaded(*data.load("mnist", "test", mirrors=[mirror.url]), fake_mnist, TEST)
+    assert files_under(cache) == sorted(cache / (n + ".gz") for n in TEST)
+
+
+def test_downloaded_files_are_world_readable(tmp_path, fake_mnist, mirror):
+    mirror.serve(fake_mnist, TEST)
+    old = os.umask(0o022)
+    try:
+        data.load("mnist", "test", mirrors=[mirror.url])
+    finally:
+        os.umask(old)
+    for n in TEST:
+        assert stat.S_IMODE((cache_dir(tmp_path) / (n + ".gz")).stat().st_mode) == 0o644  # not mkstemp's 0600
+
+
+def test_download_through_a_symlink_keeps_the_link(tmp_path, fake_mnist, mirror):
+    # The cache entry is a (dangling) link into a shared data directory: the download fills the target.
+    mirror.serve(fake_mnist, TEST)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    cache = cache_dir(tmp_path)
+    cache.mkdir(parents=True)
+    link = cache / (TEST[0] + ".gz")
+    link.symlink_to(shared / "images.gz")
+    assert_loaded(*data.load("mnist", "test", mirrors=[mirror.url]), fake_mnist, TEST)
+    assert link.is_symlink() and (shared / "images.gz").is_file()
+    assert files_under(shared) == [shared / "images.gz"]

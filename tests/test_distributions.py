@@ -180,3 +180,85 @@ def test_bad_input_errors():
         D.log_mvnormal(good, good, -torch.eye(3))
     with pytest.raises(ValueError, match=r"cov must have shape \(D, D\) with D=3"):
         D.log_mvnormal(good, good, torch.eye(2))
+
+
+# ---- extreme log-variances: exp(-logvar) overflows, the density does not ----
+# Oracle: scipy.stats.norm.logpdf in float64 with scale = exp(logvar / 2), which stays representable
+# (exp(-100) for logvar = -200, exp(-400) for logvar = -800) where exp(-logvar) itself overflows
+# (float32 beyond logvar = -88.7, float64 beyond -709.8).
+@pytest.mark.parametrize(
+    "dtype, logvar, diff",
+    [
+        (torch.float32, -200.0, 0.0),  # was NaN: 0 * exp(200) = 0 * inf
+        (torch.float32, -200.0, 1e-30),  # was inf, the true value is about -3.6e26
+        (torch.float32, -100.0, 1e-30),
+        (torch.float64, -800.0, 0.0),  # was NaN
+        (torch.float64, -800.0, 1e-170),  # was -inf
+        (torch.float64, -200.0, 1e-90),
+    ],
+    ids=lambda v: str(v).replace("torch.", ""),
+)
+def test_log_normal_with_extreme_logvar_is_finite_and_exact(dtype, logvar, diff):
+    mu = torch.tensor([[0.25, -1.5, 3.0]], dtype=dtype)
+    x = mu + torch.tensor(diff, dtype=dtype)
+    lv = torch.full_like(mu, logvar)
+    got = D.log_normal(x, mu, lv)
+    ref = stats.norm.logpdf(x.double().numpy(), mu.double().numpy(), np.exp(logvar / 2)).sum(-1)
+    assert torch.isfinite(got).all()
+    np.testing.assert_allclose(got.double().numpy(), ref, rtol=1e-6 if dtype == torch.float32 else 1e-12)
+
+
+def test_extreme_logvar_keeps_gradients_finite():
+    # At x = mu the gradient of -(x - mu)^2 / (2 var) in mu is 0, not 0 * inf.
+    mu = torch.zeros(2, 3, requires_grad=True)
+    lv = torch.full((2, 3), -200.0, requires_grad=True)
+    D.log_normal(torch.zeros(2, 3), mu, lv).sum().backward()
+    assert torch.equal(mu.grad, torch.zeros(2, 3))
+    torch.testing.assert_close(lv.grad, torch.full((2, 3), -0.5))  # d/dlogvar of -logvar/2
+
+
+def test_kl_normal_with_extreme_prior_logvar():
+    # KL(N(m, e^lq) || N(m, e^lp)) with equal means = 1/2 (lp - lq + e^(lq - lp) - 1) per dimension.
+    m = torch.tensor([[0.3, -2.0]])
+    lq, lp = torch.full((1, 2), -199.0), torch.full((1, 2), -200.0)
+    expected = 2 * 0.5 * (-1.0 + math.exp(1.0) - 1.0)
+    torch.testing.assert_close(D.kl_normal(m, lq, m, lp), torch.tensor([expected]), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_half_precision_is_refused_by_name(dtype):
+    good = torch.zeros(2, 3, dtype=torch.float64)
+    half = torch.zeros(2, 3, dtype=dtype)
+    msg = rf"must be a floating-point tensor \(float32 or float64\), got dtype {dtype}.*half precision"
+    with pytest.raises(TypeError, match="x " + msg):
+        D.log_normal(half, good, good)
+    with pytest.raises(TypeError, match="mean " + msg):
+        D.log_mvnormal(good, half, torch.eye(3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="cov " + msg):
+        D.log_mvnormal(good, good, torch.eye(3, dtype=dtype))
+    with pytest.raises(TypeError, match="mu_q " + msg):
+        D.kl_normal(half, good)
+
+
+def test_log_mvnormal_refuses_a_non_symmetric_covariance():
+    good = torch.zeros(2, 3, dtype=torch.float64)
+    cov = torch.tensor([[2.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"cov must be symmetric, got max \|cov - cov\^T\| = 0.5 \(shape \(3, 3\)"):
+        D.log_mvnormal(good, good, cov)  # used to read the lower triangle only: a silent wrong density
+    with pytest.raises(ValueError, match=r"cov_q must be symmetric"):
+        D.kl_mvnormal(good, cov, good, torch.eye(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_log_mvnormal_accepts_rounding_asymmetry(dtype):
+    # A computed covariance A A^T + I is symmetric only up to rounding; the result is that of the
+    # symmetrised matrix (scipy.stats.multivariate_normal in float64 as the oracle).
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(5, 5, generator=g, dtype=torch.float64)
+    cov64 = A @ A.T + torch.eye(5, dtype=torch.float64)
+    cov = cov64.to(dtype)
+    cov = cov + torch.triu(torch.full_like(cov, 4 * torch.finfo(dtype).eps), 1) * cov.abs().max()  # tiny asymmetry
+    x = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    ref = stats.multivariate_normal(np.zeros(5), (0.5 * (cov + cov.T)).double().numpy()).logpdf(x.numpy())
+    got = D.log_mvnormal(x.to(dtype), torch.zeros(5, dtype=dtype), cov)
+    np.testing.assert_allclose(got.double().numpy(), ref, rtol=1e-4 if dtype == torch.float32 else 1e-10)

@@ -225,3 +225,64 @@ def test_bad_inputs():
         E.pathwise_grad(lambda z: z, mu, lv, 10)
     with pytest.raises(TypeError, match=r"f must be a callable"):
         E.score_function_grad(3, mu, lv, 10)
+
+
+# ---- issue 14: bad arguments that used to give obscure errors or silent results ----
+@pytest.mark.parametrize("shape, dim", [((0,), 0), ((3, 0), 1), ((3, 0), -1)])
+def test_log_mean_exp_of_nothing_is_an_error(shape, dim):
+    with pytest.raises(ValueError, match=rf"log_w must hold at least one log-weight along dim {dim % 2 if len(shape) == 2 else 0}"):
+        E.log_mean_exp(torch.zeros(shape, dtype=torch.float64), dim)
+
+
+def test_log_mean_exp_over_a_non_empty_dim_of_an_empty_tensor_is_empty():
+    out = E.log_mean_exp(torch.zeros(3, 0, dtype=torch.float64), 0)  # 3 weights for each of 0 examples
+    assert out.shape == (0,)
+
+
+@pytest.mark.parametrize("dim, error, message", [
+    (2, ValueError, r"dim must be in \[-2, 1\] for a tensor with 2 dimension\(s\), got 2"),
+    (-3, ValueError, r"dim must be in \[-2, 1\]"),
+    (0.5, TypeError, r"dim must be an int, got float"),
+    ("0", TypeError, r"dim must be an int, got str"),
+    (True, TypeError, r"dim must be an int, got bool"),
+    (None, TypeError, r"dim must be an int, got NoneType"),
+])
+def test_log_mean_exp_bad_dim(dim, error, message):
+    with pytest.raises(error, match=message):
+        E.log_mean_exp(torch.zeros(2, 3, dtype=torch.float64), dim)
+
+
+def test_log_mean_exp_negative_dim_counts_from_the_end():
+    log_w = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(E.log_mean_exp(log_w, -1), torch.log(torch.exp(log_w).mean(1)))
+
+
+@pytest.mark.parametrize("estimator", ["elbo", "iwae_bound", "importance_log_evidence"])
+@pytest.mark.parametrize("bad", [None, 3.0, "log_joint"], ids=["None", "float", "str"])
+def test_log_joint_must_be_callable(estimator, bad):
+    x, mu, logvar = torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64)
+    with pytest.raises(TypeError, match=rf"log_joint must be a callable \(x \(B, d\), z \(K, B, k\)\) -> log p\(x, z\) \(K, B\), got {type(bad).__name__}"):
+        getattr(E, estimator)(bad, x, mu, logvar, 2)
+
+
+def test_log_likelihood_must_be_callable():
+    with pytest.raises(TypeError, match=r"log_likelihood must be a callable .* got int"):
+        E.prior_log_evidence(1, torch.zeros(2, 3, dtype=torch.float64), 1, 2)
+
+
+@pytest.mark.parametrize("estimator", [E.score_function_grad, E.pathwise_grad], ids=["score", "pathwise"])
+@pytest.mark.parametrize("reduce", ["no", 0, None, "False"])
+def test_reduce_must_be_a_bool(estimator, reduce):
+    mu = torch.zeros(3, dtype=torch.float64)
+    with pytest.raises(TypeError, match=rf"reduce must be True or False, got {type(reduce).__name__}"):
+        estimator(lambda z: (z**2).sum(-1), mu, mu, 4, reduce=reduce)  # "no" used to mean True
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_half_precision_is_refused(dtype):
+    lg = linear_gaussian(d=3, k=1)
+    x = torch.zeros(2, 3, dtype=dtype)
+    with pytest.raises(TypeError, match=rf"x must be a floating-point tensor \(float32 or float64\), got dtype {dtype}"):
+        E.elbo(lg.log_joint, x, torch.zeros(2, 1, dtype=dtype), torch.zeros(2, 1, dtype=dtype))
+    with pytest.raises(TypeError, match=rf"log_w must be a floating-point tensor .* got dtype {dtype}"):
+        E.log_mean_exp(torch.zeros(4, dtype=dtype))

@@ -481,3 +481,29 @@ def test_kl_per_unit_is_zero_for_a_unit_on_the_prior():
             head.bias[1] = 0.0
     kl = evaluate.kl_per_unit(vae, torch.rand(10, 6, dtype=torch.float64))
     assert kl[1].item() == 0.0 and kl[0].item() > 0 and kl[2].item() > 0
+
+
+# ---- issue 14: bits_per_dim arguments ----
+@pytest.mark.parametrize("data_dim, error, message", [
+    (0, ValueError, r"data_dim must be >= 1, got 0"),  # was a division by zero: inf or nan bits
+    (-784, ValueError, r"data_dim must be >= 1, got -784"),  # was a negative bits/dim
+    (784.0, TypeError, r"data_dim must be an int, got float"),
+    (True, TypeError, r"data_dim must be an int, got bool"),
+])
+def test_bits_per_dim_bad_data_dim(data_dim, error, message):
+    with pytest.raises(error, match=message):
+        evaluate.bits_per_dim(torch.tensor([-100.0]), data_dim)
+
+
+def test_bits_per_dim_bad_log_px():
+    with pytest.raises(TypeError, match=r"log_px must be a tensor, numpy array or number of nats, got str"):
+        evaluate.bits_per_dim("-100", 784)
+    with pytest.raises(TypeError, match=r"log_px must be a floating-point tensor .* got dtype torch.float16"):
+        evaluate.bits_per_dim(torch.tensor([-100.0], dtype=torch.float16), 784)
+
+
+def test_bits_per_dim_keeps_the_kind_of_its_input():
+    # -log p / (D log 2): 64 log 2 nats over 64 dimensions is exactly 1 bit per dimension.
+    nats = -64 * math.log(2.0)
+    assert evaluate.bits_per_dim(np.array([nats, 2 * nats]), 64).tolist() == pytest.approx([1.0, 2.0])
+    torch.testing.assert_close(evaluate.bits_per_dim(torch.tensor([nats], dtype=torch.float64), 64), torch.tensor([1.0], dtype=torch.float64))

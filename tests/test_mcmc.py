@@ -402,3 +402,16 @@ def test_bad_types_raise_type_error():
 def test_ess_bad_input(samples, match):
     with pytest.raises(ValueError, match=match):
         effective_sample_size(samples)
+
+
+# ---- issue 14: half precision is refused by name (torch's FFT has no CPU half kernel) ----
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_half_precision_is_refused(dtype):
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0)).to(dtype)
+    msg = rf"must be a floating-point tensor \(float32 or float64\), got dtype {dtype}.*half precision"
+    with pytest.raises(TypeError, match="x " + msg):
+        autocorrelation(x)
+    with pytest.raises(TypeError, match="samples " + msg):
+        effective_sample_size(x)
+    with pytest.raises(TypeError, match="z0 " + msg):
+        metropolis_hastings(lambda z: -(z.float() ** 2).sum(-1), x[0], 10, 0.5)

@@ -258,3 +258,16 @@ def test_exact_elbo_equals_evidence_at_exact_posterior_and_rejects_bad_q():
         m.exact_elbo(x, torch.zeros(3, 2, dtype=f64), torch.zeros(3, 2, dtype=f64))
     with pytest.raises(ValueError, match=r"logvar contains NaN"):
         m.exact_elbo(x, mean, torch.full_like(mean, float("nan")))
+
+
+# ---- issue 14: half precision is refused by name (it used to fail inside torch.linalg) ----
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_half_precision_is_refused(dtype):
+    W, b = torch.ones(3, 1, dtype=dtype), torch.zeros(3, dtype=dtype)
+    with pytest.raises(TypeError, match=rf"W must be a floating-point tensor \(float32 or float64\), got dtype {dtype}"):
+        LinearGaussian(W, b, 0.5)
+    lg = linear_gaussian(d=3, k=1)
+    with pytest.raises(TypeError, match=rf"x must be a floating-point tensor .* got dtype {dtype}"):
+        lg.log_evidence(torch.zeros(2, 3, dtype=dtype))
+    with pytest.raises(TypeError, match=rf"x must be a floating-point tensor .* got dtype {dtype}"):
+        lg.posterior(torch.zeros(2, 3, dtype=dtype))

@@ -23,9 +23,10 @@ memory per process: a second `load` of the same files is a copy, not a re-read.
 import gzip
 import hashlib
 import http.client
+import math
 import os
 import sys
-import tempfile
+import time
 import urllib.error
 import urllib.request
 import zlib
@@ -35,7 +36,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from vaelib import _validate
+from vaelib import _atomic, _validate
 
 DATASETS = ("digits", "mnist", "fashion-mnist")
 SPLITS = ("train", "test")
@@ -108,6 +109,17 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 
 _CHUNK = 1 << 20
 
+# Uncompressed size of each official file (header + data): the most a file of that name may declare
+# or inflate to, so a corrupt or malicious .gz (a "gzip bomb") fails after at most this many bytes.
+_MAX_BYTES = {
+    "train-images-idx3-ubyte": 16 + 60000 * 28 * 28,
+    "train-labels-idx1-ubyte": 8 + 60000,
+    "t10k-images-idx3-ubyte": 16 + 10000 * 28 * 28,
+    "t10k-labels-idx1-ubyte": 8 + 10000,
+}
+# read_idx's default limit for other IDX files.
+MAX_IDX_BYTES = 1 << 30
+
 # In-process memos: decoded tensors per (name, split, files), and the digest of each file on disk per
 # (path, size, mtime) so an unchanged file is hashed once per process.
 _ARRAYS = {}
@@ -124,7 +136,7 @@ def clear_cache():
     _DIGESTS.clear()
 
 
-def load(name, split="train", root=None, download=True, mirrors=None, timeout=30.0):
+def load(name, split="train", root=None, download=True, mirrors=None, timeout=30.0, deadline=600.0):
     """Load a dataset split as flattened images in [0, 1] and integer labels.
 
     Args:
@@ -136,7 +148,9 @@ def load(name, split="train", root=None, download=True, mirrors=None, timeout=30
             for digits.
         download: fetch missing IDX files from the mirrors. False: a missing file is an error.
         mirrors: base URLs to try in order, overriding `$VAELIB_MIRRORS` and the official mirrors.
-        timeout: seconds to wait on each network operation.
+        timeout: seconds to wait on each network operation (connecting, each read).
+        deadline: seconds one file's whole download may take; a slower transfer is abandoned with a
+            DownloadError (a server trickling bytes never trips `timeout` alone).
 
     Returns:
         x: float32 tensor (N, D), D = 64 for digits and 784 for the 28x28 datasets, values in [0, 1].
@@ -151,13 +165,23 @@ def load(name, split="train", root=None, download=True, mirrors=None, timeout=30
         raise ValueError(f"name must be one of {', '.join(map(repr, DATASETS))}, got {name!r}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
+    _validate.flag("download", download)
+    if root is not None:
+        if not isinstance(root, (str, os.PathLike)):
+            raise TypeError(f"root must be a directory path (str or os.PathLike) or None, got {type(root).__name__}")
+        if Path(root).exists() and not Path(root).is_dir():
+            raise ValueError(f"root must be a directory holding the IDX files, got a file: {root}")
+    if mirrors is not None and not isinstance(mirrors, str):
+        if not isinstance(mirrors, (list, tuple)) or not all(isinstance(m, str) for m in mirrors):
+            raise TypeError(f"mirrors must be a base URL, a comma-separated string or a list of URL strings, got {mirrors!r}")
     if name == "digits":
         return _load_digits(split)
     timeout = _validate.positive_scalar("timeout", timeout)
+    deadline = _validate.positive_scalar("deadline", deadline)
 
     image_file, label_file = _IDX_FILES[split]
-    image_path = _find_or_download(name, image_file, root, download, mirrors, timeout)
-    label_path = _find_or_download(name, label_file, root, download, mirrors, timeout)
+    image_path = _find_or_download(name, image_file, root, download, mirrors, timeout, deadline)
+    label_path = _find_or_download(name, label_file, root, download, mirrors, timeout, deadline)
     key = (name, split, _file_key(image_path), _file_key(label_path))
     if key not in _ARRAYS:
         images = _read_verified(name, image_file, image_path)
@@ -174,14 +198,17 @@ def load(name, split="train", root=None, download=True, mirrors=None, timeout=30
     return x.clone(), y.clone()
 
 
-def read_idx(path):
+def read_idx(path, max_bytes=MAX_IDX_BYTES):
     """Read an IDX file (gzipped or raw) into a numpy array, checking its header against its length.
 
     The IDX header is a magic number 0x0000 | type code | ndim, then ndim big-endian uint32 sizes;
-    the data must be exactly prod(sizes) items of the type.
+    the data must be exactly prod(sizes) items of the type. The header is read first: a declared size
+    above `max_bytes`, or a stream that goes on past the declared size, is an error after reading at
+    most max_bytes + 1 bytes, so a gzip bomb cannot exhaust memory.
 
     Args:
         path: a file, gzipped (by its `.gz` name or gzip magic bytes) or raw.
+        max_bytes: the largest uncompressed size (header + data) accepted, default 1 GiB.
 
     Returns:
         numpy array with the declared shape (d_0, ..., d_{ndim-1}) and the declared type, in native
@@ -192,7 +219,8 @@ def read_idx(path):
             the message names the file and the problem.
     """
     path = Path(path)
-    return _parse_idx(_read_bytes(path), path)
+    max_bytes = _validate.positive_int("max_bytes", max_bytes)
+    return _parse_idx(_read_bytes(path, max_bytes=max_bytes), path)
 
 
 def _load_digits(split):
@@ -210,18 +238,48 @@ def _load_digits(split):
     return x.clone(), y.clone()
 
 
-def _read_bytes(path, label=None):
-    """The uncompressed bytes of `path`; error messages call the file `label` (default: its path)."""
+def _read_bytes(path, label=None, max_bytes=MAX_IDX_BYTES):
+    """The uncompressed IDX bytes of `path`, at most max_bytes + 1 of them read; errors call the file `label`.
+
+    Reads the header first and then only as many bytes as it declares (and one more, to detect trailing
+    data), so neither a header declaring a huge size nor a stream inflating past its header costs memory.
+    """
     label = path if label is None else label
-    raw = path.read_bytes()
-    if path.suffix == ".gz" or raw[:2] == b"\x1f\x8b":
+    with open(path, "rb") as f:
+        gz = path.suffix == ".gz" or f.read(2) == b"\x1f\x8b"
+        f.seek(0)
+        if not gz:
+            return _read_idx_stream(f, label, max_bytes)
         try:
-            return gzip.decompress(raw)
+            with gzip.GzipFile(fileobj=f, mode="rb") as stream:
+                return _read_idx_stream(stream, label, max_bytes)
         except EOFError:
             raise ValueError(f"{label}: truncated gzip file (the compressed stream ends early)") from None
         except (OSError, zlib.error) as e:
             raise ValueError(f"{label}: corrupt gzip file ({e})") from None
-    return raw
+
+
+def _read_idx_stream(stream, label, max_bytes):
+    """Header, then exactly the declared data bytes from a binary stream (checked by `_parse_idx`)."""
+    data = stream.read(4)
+    if len(data) == 4 and data[:2] == b"\x00\x00" and data[2] in _IDX_DTYPES and data[3] > 0:
+        ndim = data[3]
+        data += stream.read(4 * ndim)
+        if len(data) == 4 + 4 * ndim:
+            shape = [int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4)]
+            declared = len(data) + math.prod(shape) * np.dtype(_IDX_DTYPES[data[2]]).itemsize
+            if declared > max_bytes:
+                raise ValueError(
+                    f"{label}: the IDX header declares shape {tuple(shape)} of {np.dtype(_IDX_DTYPES[data[2]]).name}, "
+                    f"{declared} bytes, more than the {max_bytes} bytes allowed for this file; not read"
+                )
+            data += stream.read(declared - len(data))
+            if len(data) == declared and stream.read(1):
+                raise ValueError(
+                    f"{label}: trailing bytes: the header declares shape {tuple(shape)} = {declared - 4 - 4 * ndim} "
+                    f"data bytes, the file holds more; the rest was not read"
+                )
+    return data
 
 
 def _parse_idx(data, path):
@@ -272,7 +330,7 @@ def _digest(checksum, path, data):
 
 def _read_verified(name, file, path):
     """Read and parse `path`, checking it against the checksum table (digest memoized per file)."""
-    data = _read_bytes(path)
+    data = _read_bytes(path, max_bytes=_MAX_BYTES[file])
     array = _parse_idx(data, path)
     checksum = _CHECKSUMS[(name, file)]
     key = (_file_key(path), checksum.algorithm, checksum.covers)
@@ -328,7 +386,7 @@ def _where_to_put(name, file, dirs):
     )
 
 
-def _find_or_download(name, file, root, download, mirrors, timeout):
+def _find_or_download(name, file, root, download, mirrors, timeout, deadline):
     """Path of `file` (raw preferred over .gz) in the search directories, downloading it if missing."""
     dirs = _search_dirs(name, root)
     for d in dirs:
@@ -337,7 +395,7 @@ def _find_or_download(name, file, root, download, mirrors, timeout):
                 return candidate
     if not download:
         raise FileNotFoundError(f"{name}: {file} not found and download=False.\n" + _where_to_put(name, file, dirs))
-    return _download(name, file, _download_dir(name, root), dirs, _mirror_list(name, mirrors), timeout)
+    return _download(name, file, _download_dir(name, root), dirs, _mirror_list(name, mirrors), timeout, deadline)
 
 
 def _download_dir(name, root):
@@ -347,12 +405,13 @@ def _download_dir(name, root):
     return Path(env) / name if env else _cache_home() / "vaelib" / name
 
 
-def _download(name, file, dest_dir, dirs, bases, timeout):
+def _download(name, file, dest_dir, dirs, bases, timeout, deadline):
     """Fetch `<base><file>.gz` from each base in turn into `dest_dir`; return the verified file's path.
 
     The bytes stream into a temporary file in `dest_dir`, which is verified (gzip stream, IDX header,
     checksum) and then renamed into place with `os.replace`, so a failed or interrupted download never
-    leaves a partial file under the final name. Any failure removes the temporary file.
+    leaves a partial file under the final name. Any failure removes the temporary file, and the
+    temporary files of killed downloads are removed at the next attempt (`vaelib._atomic`).
     """
     dest = dest_dir / (file + ".gz")
     failures = []  # (url, message)
@@ -360,7 +419,7 @@ def _download(name, file, dest_dir, dirs, bases, timeout):
     for base in bases:
         url = base + file + ".gz"
         try:
-            _fetch_verified(name, file, url, dest, timeout)
+            _fetch_verified(name, file, url, dest, timeout, deadline)
             return dest
         except ValueError as e:  # the mirror answered with bad content: try the next one
             content_failure = True
@@ -374,28 +433,41 @@ def _download(name, file, dest_dir, dirs, bases, timeout):
     raise DownloadError(message)
 
 
-def _fetch_verified(name, file, url, dest, timeout):
+def _fetch_verified(name, file, url, dest, timeout, deadline):
+    """Download `url` into `dest` (atomically), within `timeout` per operation and `deadline` overall."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            print(f"vaelib.data: downloading {url} -> {dest}", file=sys.stderr)
-            try:
-                response = urllib.request.urlopen(url, timeout=timeout)
-            except urllib.error.HTTPError as e:
-                e.close()
-                raise
-            with response:
-                length = response.headers.get("Content-Length")
-                received = 0
-                for block in iter(lambda: response.read(_CHUNK), b""):
-                    out.write(block)
-                    received += len(block)
-            if length is not None and received != int(length):
-                raise DownloadError(f"connection dropped: received {received} of {int(length)} bytes")
+    limit = 2 * _MAX_BYTES[file] + (1 << 20)  # a .gz is never much larger than its content
+    with _atomic.atomic_file(dest, ".part") as (out, tmp):
+        print(f"vaelib.data: downloading {url} -> {dest}", file=sys.stderr)
+        start = time.monotonic()
+        try:
+            response = urllib.request.urlopen(url, timeout=min(timeout, deadline))
+        except urllib.error.HTTPError as e:
+            e.close()
+            raise
+        with response:
+            length = response.headers.get("Content-Length")
+            received = 0
+            read = getattr(response, "read1", response.read)  # read1: whatever has arrived, never waits for a full chunk
+            while True:
+                elapsed = time.monotonic() - start
+                if elapsed > deadline:
+                    raise DownloadError(
+                        f"download timed out: the deadline of {deadline:g} s passed after {received} bytes "
+                        f"({received / elapsed:.0f} B/s); pass deadline= to allow longer"
+                    )
+                block = read(_CHUNK)
+                if not block:
+                    break
+                out.write(block)
+                received += len(block)
+                if received > limit:
+                    raise DownloadError(f"the server sent more than {limit} bytes, far more than {file}.gz can hold")
+        if length is not None and received != int(length):
+            raise DownloadError(f"connection dropped: received {received} of {int(length)} bytes")
+        out.flush()
         label = f"{dest.name} (downloaded from {url})"
-        data = _read_bytes(tmp, label)
+        data = _read_bytes(tmp, label, max_bytes=_MAX_BYTES[file])
         _parse_idx(data, label)
         checksum = _CHECKSUMS[(name, file)]
         actual = _digest(checksum, tmp, data)
@@ -404,7 +476,4 @@ def _fetch_verified(name, file, url, dest, timeout):
                 f"{label}: checksum mismatch for {name} {file} ({checksum.algorithm} of the "
                 f"{checksum.covers} bytes): expected {checksum.digest}, got {actual}"
             )
-        os.replace(tmp, dest)
-        _DIGESTS[(_file_key(dest), checksum.algorithm, checksum.covers)] = actual
-    finally:
-        tmp.unlink(missing_ok=True)
+    _DIGESTS[(_file_key(dest), checksum.algorithm, checksum.covers)] = actual

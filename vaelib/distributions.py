@@ -19,8 +19,20 @@ from vaelib import _validate
 LOG_2PI = math.log(2.0 * math.pi)
 
 
+def _sq_over_var(diff, logvar):
+    """diff^2 / exp(logvar), elementwise, finite wherever the result is representable.
+
+    The direct form diff^2 * exp(-logvar) overflows exp(-logvar) for logvar below about -88 (float32) or
+    -709 (float64) and then gives 0 * inf = NaN at diff = 0; in log space, exp(2 log|diff| - logvar), it
+    overflows only when the result itself does. diff = 0 gives 0 with gradient 0 (no log 0 or exp overflow in the graph).
+    """
+    zero = diff == 0
+    log_ratio = 2.0 * torch.log(torch.where(zero, 1.0, diff).abs()) - logvar
+    return torch.exp(log_ratio.masked_fill(zero, -math.inf))  # exp(-inf) = 0, and its gradient 0 too
+
+
 def _log_normal(x, mu, logvar):
-    return -0.5 * (LOG_2PI + logvar + (x - mu) ** 2 * torch.exp(-logvar)).sum(-1)
+    return -0.5 * (LOG_2PI + logvar + _sq_over_var(x - mu, logvar)).sum(-1)
 
 
 def log_normal(x, mu, logvar):
@@ -78,7 +90,7 @@ def _kl_normal(mu_q, logvar_q, mu_p=None, logvar_p=None):
     if logvar_p is None:
         logvar_p = torch.zeros_like(logvar_q)
     return 0.5 * (
-        logvar_p - logvar_q + torch.exp(logvar_q - logvar_p) + (mu_q - mu_p) ** 2 * torch.exp(-logvar_p) - 1.0
+        logvar_p - logvar_q + torch.exp(logvar_q - logvar_p) + _sq_over_var(mu_q - mu_p, logvar_p) - 1.0
     ).sum(-1)
 
 
@@ -95,6 +107,8 @@ def kl_normal(mu_q, logvar_q, mu_p=None, logvar_p=None):
     Returns:
         (...) KL in nats, >= 0.
     """
+    _validate.tensor("mu_q", mu_q, min_dim=1)  # q is required; only p's parameters may be None
+    _validate.tensor("logvar_q", logvar_q, min_dim=1)
     named = {"mu_q": mu_q, "logvar_q": logvar_q, "mu_p": mu_p, "logvar_p": logvar_p}
     named = {k: v for k, v in named.items() if v is not None}
     for name, t in named.items():
@@ -129,6 +143,7 @@ def sample_normal(mu, logvar, n=None, generator=None):
     _validate.tensor("mu", mu, min_dim=1)
     _validate.tensor("logvar", logvar, min_dim=1)
     _validate.broadcast(mu=mu, logvar=logvar)
+    _validate.sampleable_logvar("logvar", logvar)
     if n is not None:
         _validate.positive_int("n", n)
     _validate.generator("generator", generator)
@@ -143,7 +158,7 @@ def log_mvnormal(x, mean, cov):
     Args:
         x: (..., D) points.
         mean: (..., D) mean (broadcast against x).
-        cov: (D, D) symmetric positive-definite covariance.
+        cov: (D, D) symmetric positive-definite covariance (symmetric up to rounding, else a ValueError).
     Returns:
         (...) log-density in nats.
     """
@@ -188,6 +203,7 @@ def _cholesky(name, cov, D, batched=False):
     if cov.shape[-2:] != (D, D) or (cov.dim() > 2 and not batched):
         want = "(..., D, D)" if batched else "(D, D)"
         raise ValueError(f"{name} must have shape {want} with D={D}, got {tuple(cov.shape)}")
+    cov = _validate.symmetric(name, cov)  # Cholesky reads only the lower triangle: refuse a silent half
     L, info = torch.linalg.cholesky_ex(cov)
     if bool((info != 0).any()):
         raise ValueError(f"{name} must be symmetric positive-definite; its Cholesky factorisation failed")

@@ -27,11 +27,14 @@ def log_mean_exp(log_w, dim=0):
 
     Args:
         log_w: (..., K, ...) log-weights; -inf entries are allowed (weight 0), NaN is not.
-        dim: the dimension to average over.
+        dim: the dimension to average over (an int; negative counts from the end); it must not be empty.
     Returns:
         log_w with `dim` removed.
     """
     _validate.tensor("log_w", log_w, min_dim=1, finite=False)
+    dim = _validate.dim("dim", dim, log_w.dim())
+    if log_w.shape[dim] == 0:
+        raise ValueError(f"log_w must hold at least one log-weight along dim {dim}, got shape {tuple(log_w.shape)}")
     if bool(torch.isnan(log_w).any()):
         raise ValueError(f"log_w contains NaN values (shape {tuple(log_w.shape)})")
     if bool((log_w == float("inf")).any()):
@@ -45,6 +48,7 @@ def _check_q(x, mu, logvar):
     _validate.tensor("logvar", logvar, min_dim=1)
     if mu.shape != logvar.shape:
         raise ValueError(f"mu and logvar must have the same shape (B, k), got {tuple(mu.shape)} and {tuple(logvar.shape)}")
+    _validate.sampleable_logvar("logvar", logvar)
     if mu.shape[:-1] != x.shape[:-1]:
         raise ValueError(
             f"mu must have the batch shape of x: x {tuple(x.shape)} -> mu (..., k) with batch "
@@ -87,6 +91,7 @@ def prior_log_evidence(log_likelihood, x, latent_dim, n_samples, generator=None)
     Returns:
         EvidenceEstimate(log_px (B,), stderr (B,)).
     """
+    _validate.function("log_likelihood", log_likelihood, "(x (B, d), z (K, B, k)) -> log p(x | z) (K, B)")
     _validate.tensor("x", x, min_dim=1)
     _validate.positive_int("latent_dim", latent_dim)
     _validate.positive_int("n_samples", n_samples)
@@ -109,6 +114,7 @@ def importance_log_evidence(log_joint, x, mu, logvar, n_samples, generator=None)
     Returns:
         EvidenceEstimate(log_px (B,), stderr (B,)).
     """
+    _validate.function("log_joint", log_joint, "(x (B, d), z (K, B, k)) -> log p(x, z) (K, B)")
     _check_q(x, mu, logvar)
     _validate.positive_int("n_samples", n_samples)
     _validate.generator("generator", generator)
@@ -130,6 +136,7 @@ def elbo(log_joint, x, mu, logvar, n_samples=1, generator=None):
     Returns:
         (B,) the ELBO estimate per example in nats.
     """
+    _validate.function("log_joint", log_joint, "(x (B, d), z (K, B, k)) -> log p(x, z) (K, B)")
     _check_q(x, mu, logvar)
     _validate.positive_int("n_samples", n_samples)
     _validate.generator("generator", generator)
@@ -150,6 +157,7 @@ def iwae_bound(log_joint, x, mu, logvar, k, generator=None):
     Returns:
         (B,) the bound per example in nats.
     """
+    _validate.function("log_joint", log_joint, "(x (B, d), z (K, B, k)) -> log p(x, z) (K, B)")
     _check_q(x, mu, logvar)
     _validate.positive_int("k", k)
     _validate.generator("generator", generator)
@@ -163,13 +171,14 @@ class GradientEstimate(NamedTuple):
     grad_logvar: torch.Tensor
 
 
-def _check_grad_args(f, mu, logvar, n_samples, generator):
-    if not callable(f):
-        raise TypeError(f"f must be a callable (K, ..., D) -> (K, ...), got {type(f).__name__}")
+def _check_grad_args(f, mu, logvar, n_samples, generator, reduce):
+    _validate.function("f", f, "(K, ..., D) -> (K, ...)")
+    _validate.flag("reduce", reduce)
     _validate.tensor("mu", mu, min_dim=1)
     _validate.tensor("logvar", logvar, min_dim=1)
     if mu.shape != logvar.shape:
         raise ValueError(f"mu and logvar must have the same shape (..., D), got {tuple(mu.shape)} and {tuple(logvar.shape)}")
+    _validate.sampleable_logvar("logvar", logvar)
     _validate.positive_int("n_samples", n_samples)
     _validate.generator("generator", generator)
 
@@ -179,6 +188,12 @@ def _f_values(f, z):
     if not isinstance(fz, torch.Tensor) or fz.shape != z.shape[:-1]:
         got = tuple(fz.shape) if isinstance(fz, torch.Tensor) else type(fz).__name__
         raise ValueError(f"f(z) must return shape {tuple(z.shape[:-1])} for z {tuple(z.shape)}, got {got}")
+    if not bool(torch.isfinite(fz).all()):
+        bad = "NaN" if bool(torch.isnan(fz).any()) else "inf"
+        raise ValueError(
+            f"f(z) returned {bad} for {int((~torch.isfinite(fz)).sum())} of {fz.numel()} samples; "
+            "a gradient estimate needs finite values of f"
+        )
     return fz
 
 
@@ -194,11 +209,11 @@ def score_function_grad(f, mu, logvar, n_samples, generator=None, reduce=True):
         mu, logvar: (..., D) parameters of q.
         n_samples: K >= 1.
         generator: optional torch.Generator.
-        reduce: True averages over the K samples; False returns the K single-sample estimates.
+        reduce: True averages over the K samples; False returns the K single-sample estimates (a bool).
     Returns:
         GradientEstimate with grad_mu, grad_logvar of shape (..., D), or (K, ..., D) when reduce=False.
     """
-    _check_grad_args(f, mu, logvar, n_samples, generator)
+    _check_grad_args(f, mu, logvar, n_samples, generator, reduce)
     with torch.no_grad():
         mu, logvar = mu.detach(), logvar.detach()
         z = _sample_normal(mu, logvar, n_samples, generator)  # (K, ..., D)
@@ -222,11 +237,11 @@ def pathwise_grad(f, mu, logvar, n_samples, generator=None, reduce=True):
         mu, logvar: (..., D) parameters of q.
         n_samples: K >= 1.
         generator: optional torch.Generator.
-        reduce: True averages over the K samples; False returns the K single-sample estimates.
+        reduce: True averages over the K samples; False returns the K single-sample estimates (a bool).
     Returns:
         GradientEstimate with grad_mu, grad_logvar of shape (..., D), or (K, ..., D) when reduce=False.
     """
-    _check_grad_args(f, mu, logvar, n_samples, generator)
+    _check_grad_args(f, mu, logvar, n_samples, generator, reduce)
     mu, logvar = mu.detach(), logvar.detach()
     with torch.no_grad():
         z = _sample_normal(mu, logvar, n_samples, generator)  # (K, ..., D)

@@ -51,7 +51,25 @@ def _device_of(model):
 
 
 def bits_per_dim(log_px, data_dim):
-    """Convert a log-likelihood in nats per example to bits per dimension: -log_px / (D log 2)."""
+    """Convert a log-likelihood in nats per example to bits per dimension: -log_px / (D log 2).
+
+    Args:
+        log_px: log p(x) in nats: a float tensor or numpy array of any shape, or a number.
+        data_dim: D >= 1, the number of dimensions (pixels) per example.
+    Returns:
+        -log_px / (D log 2), of the same kind and shape as log_px.
+    """
+    _validate.positive_int("data_dim", data_dim)
+    if isinstance(log_px, torch.Tensor):
+        _validate.tensor("log_px", log_px, finite=False)
+        if bool(torch.isnan(log_px).any()):
+            raise ValueError(f"log_px contains NaN values (shape {tuple(log_px.shape)})")
+    elif isinstance(log_px, bool) or not isinstance(log_px, (int, float, np.ndarray, np.floating, np.integer)):
+        raise TypeError(f"log_px must be a tensor, numpy array or number of nats, got {type(log_px).__name__}")
+    elif isinstance(log_px, np.ndarray) and log_px.dtype.kind not in "fiu":
+        raise TypeError(f"log_px must hold real numbers, got a numpy array of dtype {log_px.dtype}")
+    elif bool(np.isnan(log_px).any()):
+        raise ValueError(f"log_px contains NaN values (shape {np.shape(log_px)})")
     return -log_px / (data_dim * math.log(2.0))
 
 
@@ -85,17 +103,25 @@ def iwae_log_likelihood(model, x, k=5000, batch_size=100, chunk_size=500, genera
     log p(x) ~= log (1/k) sum_{i=1..k} p(x, z_i) / q(z_i | x),  z_i ~ q(z | x) = N(mu(x), diag exp(logvar(x))).
 
     The k samples are drawn in chunks of `chunk_size` and combined with a running logsumexp, so memory
-    is bounded by one chunk: about chunk_size * batch_size * (D + sum(hidden_dims) + 3 k_latent) numbers
-    (activations of one decoder pass), whatever k is. k = 5000 is the usual setting for MNIST-like data;
+    is bounded by one chunk, whatever k is: the peak is about
+        chunk_size * batch_size * max(4.5 D, 2 D + 2 h) numbers (4 bytes each in float32, 8 in float64),
+    h the widest hidden layer: the log-likelihood's temporaries over the decoder output (B, D), or a hidden
+    layer's pre- and post-activation. Measured (peak RSS increase, resource.getrusage, D = 784, h = 400,
+    batch_size = 100, chunk_size = 500, float32): 612 MB Bernoulli, 650 MB Gaussian; the formula gives
+    706 MB, and came within 0.86-1.0x of the measurement for D in {64, 784}, h in {0, 200, 400, 1000}.
+    Lower batch_size or chunk_size to fit. k = 5000 is the usual setting for MNIST-like data;
     the estimate is biased low by about Var(w / p(x)) / (2k) and converges to log p(x) as k grows.
+    chunk_size changes the random draws, not the estimator: torch fills normal samples in blocks, so k
+    samples drawn in chunks of another size can be other numbers from the same generator (a different
+    result of the same IWAE_k estimator, differing by Monte Carlo noise).
 
     Args:
         model: a vaelib.models.VAE.
         x: (N, D) data, tensor or numpy array.
         k: importance samples per example (>= 1).
         batch_size: examples per pass.
-        chunk_size: samples of z per pass (>= 1); the result does not depend on it beyond float rounding
-            for a given sequence of draws.
+        chunk_size: samples of z per pass (>= 1); sets the memory (above). For a given sequence of draws
+            the result does not depend on it beyond float rounding, but it can change the draws.
         generator: optional torch.Generator on the model's device.
         progress: show a tqdm bar over the batches.
     Returns:

@@ -140,9 +140,10 @@ def autocorrelation(x):
     Returns:
         (n, ...) autocorrelation at lags 0 .. n - 1, separately for every trailing index.
     """
-    _validate.tensor("x", x, min_dim=1)
+    _validate.nonempty("x", _validate.tensor("x", x, min_dim=1))
     if x.shape[0] < 2:
         raise ValueError(f"x must have at least 2 entries along dim 0, got shape {tuple(x.shape)}")
+    x = _validate.unit_scale(x, 0)  # exact rescaling: squares of huge values would overflow
     acov = _autocovariance(x)
     return acov / acov[0]
 
@@ -170,12 +171,13 @@ def effective_sample_size(samples):
     Returns:
         (k,) ESS per dimension, or a 0-dim tensor for (n,) input.
     """
-    _validate.tensor("samples", samples, min_dim=1)
+    _validate.nonempty("samples", _validate.tensor("samples", samples, min_dim=1))
     if samples.dim() > 3:
         raise ValueError(f"samples must have shape (n, C, k), (n, k) or (n,), got {tuple(samples.shape)}")
     n = samples.shape[0]
     if n < 4:
         raise ValueError(f"samples must hold at least 4 draws along dim 0, got shape {tuple(samples.shape)}")
+    samples = _validate.unit_scale(samples, tuple(range(samples.dim() - 1)) or 0)  # exact, ESS is scale-free
     x = samples.reshape(n, 1, -1) if samples.dim() < 3 else samples  # (n, C, k)
     C = x.shape[1]
 

@@ -305,7 +305,7 @@ class _EncoderDecoder(nn.Module):
             raise ValueError(f"{name} is on {t.device} but the model is on {p.device}: move one of them")
 
     def _check_x(self, x, name="x", event_only=False, match_model=True):
-        _validate.tensor(name, x, min_dim=1, finite=False)
+        _validate.tensor(name, x, min_dim=1, finite=False, allow_half=not match_model)  # converted when not matched
         if match_model:
             self._check_like_model(name, x)
         if event_only:
@@ -523,6 +523,7 @@ class VAE(_EncoderDecoder):
             0-dim tensor.
         """
         self._check_elbo_args(x, n_samples, generator)
+        _validate.nonempty_batch("x", x)  # the mean over an empty batch is NaN
         beta = _check_beta(beta)
         return self._loss(x, beta, n_samples, generator)[0]
 
@@ -626,7 +627,7 @@ class Autoencoder(_EncoderDecoder):
         Returns:
             0-dim tensor.
         """
-        return self._loss(self._check_x(x))[0]
+        return self._loss(_validate.nonempty_batch("x", self._check_x(x)))[0]
 
 
 MODELS = {"VAE": VAE, "Autoencoder": Autoencoder}
