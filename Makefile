@@ -1,6 +1,7 @@
 # make run  : execute every notebook in order, in place, in a fresh kernel (regenerates figures/)
 # make test : unit tests, then every notebook in quick mode under nbval
 # make lab  : JupyterLab on notebooks/
+# make book : the series as a static website in _build/html/ (from the committed notebooks; nothing re-runs)
 # Each target creates .venv on first use and re-installs only when pyproject.toml or constraints.txt change.
 
 PYTHON ?= python3.11
@@ -8,12 +9,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test unit notebooks lab clean-venv
+.PHONY: run test unit notebooks lab book clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,docs]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -33,6 +34,10 @@ notebooks: $(STAMP)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks
+
+# Sphinx + MyST-NB, warnings are errors (docs/build.py stages the sources into _build/src/ first).
+book: $(STAMP)
+	$(BIN)/python docs/build.py
 
 clean-venv:
 	rm -rf $(VENV)

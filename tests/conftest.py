@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from _chromium import require_browser
 
 
 @pytest.fixture
@@ -34,3 +35,14 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("core path of each notebook (budget: 2000 words, 200 visible code lines)")
         for stem, (words, lines) in sorted(table.items()):
             terminalreporter.write_line(f"{stem:40s} {words:5d} words {lines:4d} code lines")
+
+
+@pytest.fixture(scope="session")
+def playwright():
+    """Playwright's driver, started once for the browser tests (test_browser.py, test_book.py); skips without it."""
+    sync_api = require_browser()
+    pw = sync_api.sync_playwright().start()
+    try:
+        yield pw
+    finally:
+        pw.stop()

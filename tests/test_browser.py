@@ -24,31 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from _chromium import launch, require_browser
 
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
 # The first notebook and the one that trains (and shows progress bars in full mode), where they exist yet.
 NOTEBOOKS = [REPO / "notebooks" / name for name in ("01_bayes_and_latent_variables.ipynb", "09_training_a_vae.ipynb")]
 NOTEBOOKS = [p for p in NOTEBOOKS if p.exists()]
-# Root needs --no-sandbox; the rest keep Chromium off the network, which is closed here (it would retry many times).
-# Playwright gives every launch a fresh profile of its own (--user-data-dir in a new temporary folder).
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-proxy-server",
-]
 # Bounds. One notebook must load, start its kernel and run all its cells within NOTEBOOK_S seconds: notebook 09, the
 # longest, takes 50-100 s in quick mode in JupyterLab on two cores shared with other work (load 4 to 8).
 SERVER_START_S = 60
-BROWSER_START_MS = 30_000
 NOTEBOOK_S = 170
 CLICK_MS = 15_000
 # Settings a reader would pick once: no "Select Kernel" dialog on opening, every cell in the DOM (windowing "none",
@@ -112,13 +98,6 @@ class Lab:
 
     def log_tail(self, n=3000):
         return self.log.read_text(errors="replace")[-n:]
-
-
-def require_browser():
-    """The playwright package's sync API; skip when it or Chromium is missing (the only reasons to skip)."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found: install Debian's `chromium` package (.ci/run does)")
-    return pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (dev extra)")
 
 
 def stop_server(proc, timeout=20):
@@ -201,24 +180,12 @@ def lab(tmp_path_factory):
         stop_server(proc)
 
 
-@pytest.fixture(scope="module")
-def playwright():
-    """Playwright's driver, started once for the module."""
-    sync_api = require_browser()
-    pw = sync_api.sync_playwright().start()
-    try:
-        yield pw
-    finally:
-        pw.stop()
-
-
 @pytest.fixture
 def page(playwright, lab, tmp_path, request):
     """A page in a fresh headless Chromium. Afterwards, pass or fail: a screenshot into tmp_path, Chromium closed,
     and the kernels the test started shut down (one kernel at a time on two cores; the server's finalizer is the
     backstop)."""
-    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
-                                         timeout=BROWSER_START_MS)
+    browser = launch(playwright)
     try:
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.set_default_timeout(CLICK_MS)

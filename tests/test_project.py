@@ -21,9 +21,10 @@ def requirement_name(req):
 
 
 def pyproject_requirements():
-    """PyPI names of the runtime dependencies and the dev extra."""
+    """PyPI names of the runtime dependencies and the dev and docs extras (the Makefile installs both)."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    return {requirement_name(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    extras = project["optional-dependencies"]
+    return {requirement_name(r) for r in project["dependencies"] + extras["dev"] + extras["docs"]}
 
 
 def pyproject_packages():
@@ -37,6 +38,7 @@ def test_environment_yml_names_the_same_packages_as_pyproject():
     conda = {requirement_name(d) for d in env["dependencies"] if isinstance(d, str)} - {"python", "pip"}
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert "-e ." in pip_section  # vaelib itself, editable
+    conda |= {requirement_name(d) for d in pip_section if d != "-e ."}  # packages that only PyPI has
     assert conda == pyproject_packages(), f"only in environment.yml: {conda - pyproject_packages()}; only in pyproject: {pyproject_packages() - conda}"
     assert any(d.startswith("python=3.11") for d in env["dependencies"] if isinstance(d, str))
 

@@ -6,11 +6,13 @@ Every dataset loads as `x` float32 (N, D) with pixel values in [0, 1] and `y` in
   Works offline; the default wherever images are needed without data or network.
 - `mnist`, `fashion-mnist`: the 28x28 IDX files (D = 784, bytes 0..255 divided by 255), read gzipped
   or raw. Each file is searched for, in order, in
+
       1. the explicit `root` argument (a directory holding the files),
       2. `$VAELIB_DATA/<name>/`,
       3. the user cache `$XDG_CACHE_HOME/vaelib/<name>/` (default `~/.cache/vaelib/<name>/`),
       4. for fashion-mnist only, the Debian system copy `/usr/share/datasets/fashion-mnist/`
          (package dataset-fashion-mnist),
+
   and, if it is nowhere and `download=True`, fetched from the official mirrors into the first of
   `root`, `$VAELIB_DATA/<name>/`, the user cache. The mirrors can be replaced with `mirrors=` or the
   environment variable `VAELIB_MIRRORS` (comma-separated base URLs, http(s):// or file://).

@@ -331,14 +331,17 @@ def _iwae_mixture(model, xb, qs, k, chunk_size, generator):
 
 def elbo_gaps(model, x, k=1000, steps=500, lr=0.1, n_samples=16, eval_samples=1000, batch_size=1000,
               chunk_size=250, generator=None):
-    """Split log p(x) - ELBO into the approximation gap and the amortization gap (Cremer et al. 2018, table 1).
+    """Split log p(x) - ELBO into the approximation gap and the amortization gap (Cremer et al. 2018, table 1)::
 
-    log p(x) - ELBO[q_phi(z|x)] = (log p(x) - ELBO[q*]) + (ELBO[q*] - ELBO[q_phi(z|x)])
-                                =  approximation gap    +  amortization gap,
+        log p(x) - ELBO[q_phi(z|x)] = (log p(x) - ELBO[q*]) + (ELBO[q*] - ELBO[q_phi(z|x)])
+                                    =  approximation gap    +  amortization gap,
+
     where q* is the best diagonal Gaussian for each example (`optimal_gaussian_elbo`). log p(x) is estimated
     by importance sampling with the mixture proposal r = 1/2 (q_phi(z|x) + q*), k/2 draws from each and every
-    draw weighted by p(x, z) / r(z) (the balance heuristic, Veach & Guibas 1995):
+    draw weighted by p(x, z) / r(z) (the balance heuristic, Veach & Guibas 1995)::
+
         log_px = log (1/k) sum_i p(x, z_i) / r(z_i).
+
     The average weight is unbiased for p(x), so log_px is a lower bound in expectation, like IWAE_k, and the
     mixture covers the posterior wherever either proposal does (q* fits the posterior's main mode more
     closely, the encoder's q is often wider). Taking the larger of two separate IWAE estimates instead would

@@ -63,6 +63,7 @@ class History(dict):
             validation set is given.
         Autoencoder: "epoch", "log_px_z" (reconstruction log-likelihood), "seconds", and
             "valid_log_px_z" when a validation set is given.
+
     Attributes:
         optimizer_state: the Adam state dict after the last epoch (None before training).
         rng_state: {"device": str, "state": uint8 tensor}, the state of fit's generator after the last epoch.
