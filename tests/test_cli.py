@@ -198,7 +198,8 @@ def test_help_and_import_have_no_side_effects(capsys):
 
 # -- training that survives interruption (issue 14, item 3) ------------------------------------------
 
-RUN = ["--latent-dim", 2, "--hidden", 16, "--batch-size", 128, "--valid-size", 100, "--epochs", 40, "--seed", 3,
+EPOCHS = 200  # an epoch of this tiny model takes about 10 ms on an idle machine: long enough to be stopped mid-run
+RUN = ["--latent-dim", 2, "--hidden", 16, "--batch-size", 128, "--valid-size", 100, "--epochs", EPOCHS, "--seed", 3,
        "--no-progress"]
 
 
@@ -216,7 +217,7 @@ def final_state(out):
 
 
 def test_runs_stopped_by_sigint_sigterm_or_sigkill_resume_to_the_same_weights(tmp_path, capsys):
-    """Three CLI runs of 40 epochs, stopped mid-run: SIGINT (saves the last complete epoch on the way out, between
+    """Three CLI runs of 200 epochs, stopped mid-run: SIGINT (saves the last complete epoch on the way out, between
     the checkpoints of --checkpoint-every 4), SIGTERM (the same with no periodic checkpoint; exit status 143) and
     SIGKILL (nothing runs: the last checkpoint of --checkpoint-every 1 is what is left). `train --resume DIR` then finishes each, and each ends with exactly the weights and
     history of one uninterrupted run (bit for bit: same seeds, same generator state, same Adam moments)."""
@@ -233,7 +234,7 @@ def test_runs_stopped_by_sigint_sigterm_or_sigkill_resume_to_the_same_weights(tm
             time.sleep(0.15)  # into a later epoch
         else:  # no periodic checkpoint: everything rests on the save on the way out
             assert proc.stdout.readline().startswith("training VAE 64-16-2"), proc.communicate()
-            time.sleep(1.0)
+            time.sleep(0.3)  # well inside the run (stopped before the first epoch ends is fine too: it saves epoch 0)
         assert proc.poll() is None, f"{name}: the run finished before it could be stopped"
         proc.send_signal(sig)
     results = {name: (proc.wait(timeout=120), proc.communicate()) for name, proc in procs.items()}
@@ -251,7 +252,7 @@ def test_runs_stopped_by_sigint_sigterm_or_sigkill_resume_to_the_same_weights(tm
     for name in runs:
         out = tmp_path / name
         stopped_at[name] = len(train.load_checkpoint(out / "model.pt", with_state=True).history["epoch"])
-        assert stopped_at[name] < 40, name  # really stopped mid-run
+        assert stopped_at[name] < EPOCHS, name  # really stopped mid-run
         assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
         result = in_process(["train", "--resume", out, "--no-progress"], capsys)
         assert result.returncode == 0, result.stderr
@@ -264,7 +265,7 @@ def test_runs_stopped_by_sigint_sigterm_or_sigkill_resume_to_the_same_weights(tm
         sa, sb = model.state_dict(), straight.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sb), f"{name} (stopped after epoch {stopped_at[name]})"
         assert history == straight_history, name
-        assert json.loads((tmp_path / name / "history.json").read_text())["epoch"] == list(range(1, 41))
+        assert json.loads((tmp_path / name / "history.json").read_text())["epoch"] == list(range(1, EPOCHS + 1))
 
 
 def test_nan_in_training_saves_the_last_finite_state(tmp_path, capsys):
