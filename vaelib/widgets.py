@@ -866,11 +866,11 @@ def iwae_explorer(model=None, x=None, mu=None, logvar=None, ks=IWAE_KS, repeats=
     results = {k: iwae_readout(model, x, mu, logvar, k, repeats=repeats, seed=i) for i, k in enumerate(ks)}
     log_px, elbo = results[ks[0]]["log_px"], results[ks[0]]["elbo"]
 
-    controls = {"k": widgets.SelectionSlider(options=list(ks), value=ks[0], description="importance samples k",
+    controls = {"k": widgets.SelectionSlider(options=list(ks), value=ks[0], description="importance samples K",
                                              style={"description_width": "initial"})}
     fig = _FigureImage((10.5, 3.4))
     ax_h, ax_c = fig.fig.subplots(1, 2)
-    (hist_line,) = ax_h.plot([], [], color="C2", drawstyle="steps-mid", label="draws of IWAE_k")
+    (hist_line,) = ax_h.plot([], [], color="C2", drawstyle="steps-mid", label="draws of IWAE_K")
     ax_h.axvline(elbo, color="C0", ls="--", label=f"exact ELBO {elbo:.3f}")
     ax_h.axvline(log_px, color="k", lw=1.5, label=f"exact log p(x) {log_px:.3f}")
     mean_line = ax_h.axvline(elbo, color="C2", lw=2, label="mean of the draws")
@@ -883,14 +883,14 @@ def iwae_explorer(model=None, x=None, mu=None, logvar=None, ks=IWAE_KS, repeats=
     kk = np.array(ks, dtype=float)
     gaps = np.array([log_px - results[k]["iwae"] for k in ks])
     ses = np.array([results[k]["iwae_se"] for k in ks])
-    ax_c.errorbar(kk, gaps, yerr=2 * ses, fmt="o-", color="C2", ms=4, capsize=2, label="log p(x) − mean IWAE_k, ± 2 s.e.")
+    ax_c.errorbar(kk, gaps, yerr=2 * ses, fmt="o-", color="C2", ms=4, capsize=2, label="log p(x) − mean IWAE_K, ± 2 s.e.")
     ax_c.axhline(log_px - elbo, color="C0", ls="--", label="log p(x) − ELBO = KL")
     (mark,) = ax_c.plot([], [], "o", ms=12, mfc="none", mec="k", mew=2)
     # symlog: logarithmic above 1e-3 nats, linear through 0 (a mean of draws can overshoot log p(x) by noise)
-    ax_c.set(xscale="log", xlabel="k", ylabel="log p(x) − IWAE_k (nats, symlog)")
+    ax_c.set(xscale="log", xlabel="K (importance samples)", ylabel="log p(x) − IWAE_K (nats, symlog)")
     ax_c.set_yscale("symlog", linthresh=1e-3)
     ax_c.legend(loc="lower left", fontsize=7.5)
-    ax_h.set_title(f"{repeats} draws of IWAE_k", fontsize=10)
+    ax_h.set_title(f"{repeats} draws of IWAE_K", fontsize=10)
     fig.fig.tight_layout()
     fig.animate(hist_line, mean_line, mark)
     readout_html = widgets.HTML()
