@@ -5,6 +5,7 @@ fresh browser. Tests skip only where Chromium (/usr/bin/chromium, Debian package
 or the playwright package is missing.
 """
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,20 @@ def launch(playwright):
     """A new headless Chromium (close it when done)."""
     return playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
                                       timeout=BROWSER_START_MS)
+
+
+@contextlib.contextmanager
+def browser_page(playwright, screenshot, timeout_ms):
+    """A 1400 x 900 page in a fresh headless Chromium. Afterwards, pass or fail: a screenshot to `screenshot`, then
+    Chromium closed (the screenshot is for a person; failing to take one never hides the test's own failure)."""
+    browser = launch(playwright)
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(timeout_ms)
+        yield page
+        try:
+            page.screenshot(path=str(screenshot), timeout=timeout_ms)
+        except Exception as e:
+            print(f"no screenshot: {e}")
+    finally:
+        browser.close()

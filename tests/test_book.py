@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from _chromium import launch
+from _chromium import browser_page
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -306,26 +306,17 @@ PAGE_JS = """() => {
 def browse(playwright, book, tmp_path, request):
     """A function opening a page of the book (file:// URL) in a fresh headless Chromium; records every request the
     page makes, failed loads and script errors. Afterwards, pass or fail: a screenshot into tmp_path."""
-    browser = launch(playwright)
-    page = browser.new_page(viewport={"width": 1400, "height": 900})
-    page.set_default_timeout(CLICK_MS)
-    seen = {"requests": [], "failed": [], "errors": []}
-    page.on("request", lambda r: seen["requests"].append(r.url))
-    page.on("requestfailed", lambda r: seen["failed"].append(f"{r.url}: {r.failure}"))
-    page.on("pageerror", lambda e: seen["errors"].append(str(e)))
+    with browser_page(playwright, tmp_path / f"{request.node.name}.png", CLICK_MS) as page:
+        seen = {"requests": [], "failed": [], "errors": []}
+        page.on("request", lambda r: seen["requests"].append(r.url))
+        page.on("requestfailed", lambda r: seen["failed"].append(f"{r.url}: {r.failure}"))
+        page.on("pageerror", lambda e: seen["errors"].append(str(e)))
 
-    def open_page(rel):
-        page.goto((book.html / rel).as_uri(), wait_until="load")
-        return page
+        def open_page(rel):
+            page.goto((book.html / rel).as_uri(), wait_until="load")
+            return page
 
-    try:
         yield open_page, page, seen
-        try:
-            page.screenshot(path=str(tmp_path / f"{request.node.name}.png"), timeout=CLICK_MS)
-        except Exception as e:  # the screenshot is for a person; it must not hide the test's own failure
-            print(f"no screenshot: {e}")
-    finally:
-        browser.close()
 
 
 def wait_for_mathjax(page):

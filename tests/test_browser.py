@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _chromium import launch, require_browser
+from _chromium import browser_page, require_browser
 
 pytestmark = pytest.mark.browser
 
@@ -185,17 +185,10 @@ def page(playwright, lab, tmp_path, request):
     """A page in a fresh headless Chromium. Afterwards, pass or fail: a screenshot into tmp_path, Chromium closed,
     and the kernels the test started shut down (one kernel at a time on two cores; the server's finalizer is the
     backstop)."""
-    browser = launch(playwright)
     try:
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.set_default_timeout(CLICK_MS)
-        yield page
-        try:
-            page.screenshot(path=str(tmp_path / f"{request.node.name}.png"), timeout=CLICK_MS)
-        except Exception as e:  # the screenshot is for a person; it must not hide the test's own failure
-            print(f"no screenshot: {e}")
+        with browser_page(playwright, tmp_path / f"{request.node.name}.png", CLICK_MS) as page:
+            yield page
     finally:
-        browser.close()
         for session in lab.api("api/sessions"):
             lab.api(f"api/sessions/{session['id']}", method="DELETE")
 
