@@ -651,7 +651,7 @@ def cmd_evaluate(args):
     gen = torch.Generator(device=device).manual_seed(args.seed)
     if isinstance(model, models.Autoencoder):
         with torch.no_grad():
-            values = torch.cat([model._reconstruction_log_likelihood(xb.to(device)) for xb in x.split(args.batch_size)])
+            values = torch.cat([model.reconstruction_log_likelihood(xb.to(device)) for xb in x.split(args.batch_size)])
         report("reconstruction log p(x|z)", values.cpu())
         print("an autoencoder has no prior: no ELBO or log-likelihood to report")
         return

@@ -161,3 +161,29 @@ def unit_scale(x, dims):
         return x
     scale = torch.where(extreme, torch.exp2(torch.floor(torch.log2(amax))), torch.ones_like(amax))
     return x / scale
+
+
+def values(name, x, unit_interval):
+    """Finite values (and in [0, 1] if `unit_interval`), in one pass over the tensor x: min and max propagate NaN."""
+    if x.numel() == 0:
+        return x
+    lo, hi = torch.stack(torch.aminmax(x)).tolist()
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        bad = "NaN" if math.isnan(lo) else "inf"
+        raise ValueError(f"{name} contains {bad} values (shape {tuple(x.shape)}); expected finite numbers")
+    if unit_interval and (lo < 0 or hi > 1):
+        raise ValueError(
+            f"{name} must lie in [0, 1] for a Bernoulli likelihood or binarization, got values in "
+            f"[{lo:.4g}, {hi:.4g}] (shape {tuple(x.shape)})"
+        )
+    return x
+
+
+def beta(b):
+    """The KL weight: a finite number >= 0, returned as a float."""
+    if isinstance(b, bool) or not isinstance(b, (int, float)):
+        raise TypeError(f"beta must be a number, got {type(b).__name__}")
+    b = float(b)
+    if not (b >= 0 and math.isfinite(b)):
+        raise ValueError(f"beta must be a finite number >= 0, got {b}")
+    return b

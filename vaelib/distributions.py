@@ -118,7 +118,7 @@ def kl_normal(mu_q, logvar_q, mu_p=None, logvar_p=None):
 
 
 def _sample_normal(mu, logvar, n=None, generator=None):
-    shape = torch.broadcast_shapes(mu.shape, logvar.shape)
+    shape = mu.shape if mu.shape == logvar.shape else torch.broadcast_shapes(mu.shape, logvar.shape)  # fast path
     if n is not None:
         shape = (n, *shape)
     dtype = torch.promote_types(mu.dtype, logvar.dtype)

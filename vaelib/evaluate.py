@@ -41,6 +41,7 @@ def _check(model, x, batch_size, types=(VAE,)):
         raise TypeError(f"model must be a vaelib.models.{names}, got {type(model).__name__}")
     x = _as_tensor(x)
     model._check_x(x, match_model=False)  # batches are converted to the model's dtype and device
+    _validate.values("x", x, unit_interval=model.likelihood == "bernoulli")  # NaN, inf, range: scanned once, here
     _validate.positive_int("batch_size", batch_size)
     return x
 
@@ -92,7 +93,7 @@ def test_elbo(model, x, batch_size=1000, n_samples=1, generator=None):
     _validate.positive_int("n_samples", n_samples)
     _validate.generator("generator", generator)
     device, dtype = _device_of(model)
-    out = [model._elbo_terms(xb.to(device, dtype), n_samples, generator).elbo for xb in x.split(batch_size)]
+    out = [model.elbo_terms(xb.to(device, dtype), n_samples, generator).elbo for xb in x.split(batch_size)]
     return torch.cat(out).to(x.device)
 
 
@@ -135,7 +136,7 @@ def iwae_log_likelihood(model, x, k=5000, batch_size=100, chunk_size=500, genera
     out = []
     for xb in tqdm(x.split(batch_size), disable=not progress, unit="batch", desc=f"IWAE k={k}"):
         xb = xb.to(device, dtype)  # (B, D)
-        mu, logvar = model._encode(xb)  # (B, k_latent) each
+        mu, logvar = model.encode(xb)  # (B, k_latent) each
         out.append(_iwae(model, xb, mu, logvar, k, chunk_size, generator))
     return torch.cat(out).to(x.device)
 
@@ -146,7 +147,7 @@ def _iwae(model, xb, mu, logvar, k, chunk_size, generator):
     for start in range(0, k, chunk_size):
         m = min(chunk_size, k - start)
         z = _sample_normal(mu, logvar, m, generator)  # (m, B, k_latent)
-        log_w = model._log_joint(xb, z) - _log_normal(z, mu, logvar)  # (m, B)
+        log_w = model.log_joint(xb, z) - _log_normal(z, mu, logvar)  # (m, B)
         acc = torch.logaddexp(acc, torch.logsumexp(log_w, 0))
     return acc - math.log(k)
 
@@ -175,7 +176,7 @@ def active_units(model, x, threshold=0.01, batch_size=1000):
     device, dtype = _device_of(model)
 
     def mean_code(xb):
-        out = model._encode(xb.to(device, dtype))
+        out = model.encode(xb.to(device, dtype))
         return out[0] if isinstance(model, VAE) else out  # (B, k)
 
     mu = torch.cat([mean_code(xb) for xb in x.split(batch_size)])  # (N, k)
@@ -204,7 +205,7 @@ def kl_per_unit(model, x, batch_size=1000):
     device, dtype = _device_of(model)
     total = torch.zeros(model.latent_dim, dtype=dtype, device=device)  # (k,) sum over examples
     for xb in x.split(batch_size):
-        mu, logvar = model._encode(xb.to(device, dtype))  # (B, k) each
+        mu, logvar = model.encode(xb.to(device, dtype))  # (B, k) each
         total += (0.5 * (torch.exp(logvar) + mu**2 - 1.0 - logvar)).sum(0)  # (B, k) -> (k,)
     return (total / x.shape[0]).to(x.device)
 
@@ -238,7 +239,7 @@ def _mc_elbos(model, xb, qs, n_samples, chunk_size, generator):
         eps = torch.randn(m, *qs[0][0].shape, generator=generator, dtype=xb.dtype, device=xb.device)  # (m, B, k)
         for i, (mu, logvar) in enumerate(qs):
             z = mu + torch.exp(0.5 * logvar) * eps  # (m, B, k)
-            sums[i] += (model._log_joint(xb, z) - _log_normal(z, mu, logvar)).sum(0)  # (m, B) -> (B,)
+            sums[i] += (model.log_joint(xb, z) - _log_normal(z, mu, logvar)).sum(0)  # (m, B) -> (B,)
     return [s / n_samples for s in sums]
 
 
@@ -283,7 +284,7 @@ def optimal_gaussian_elbo(model, x, steps=500, lr=0.1, n_samples=16, eval_sample
     for xb in x.split(batch_size):
         xb = xb.to(device, dtype)  # (B, D)
         with torch.no_grad():
-            mu0, logvar0 = model._encode(xb)  # (B, k) each: the starting point
+            mu0, logvar0 = model.encode(xb)  # (B, k) each: the starting point
         mu = mu0.clone().requires_grad_(True)
         logvar = logvar0.clone().requires_grad_(True)
         optimizer = torch.optim.Adam([mu, logvar], lr=lr)
@@ -294,7 +295,7 @@ def optimal_gaussian_elbo(model, x, steps=500, lr=0.1, n_samples=16, eval_sample
                 # log p(x, z) - log q(z) with q's parameters detached inside log q: the path derivative
                 # ("sticking the landing", Roeder, Wu & Duvenaud 2017), an unbiased gradient of the ELBO whose
                 # variance vanishes when q equals the posterior. Not the ELBO's value: only its gradient is used.
-                surrogate = (model._log_joint(xb, z) - _log_normal(z, mu.detach(), logvar.detach())).mean(0)  # (B,)
+                surrogate = (model.log_joint(xb, z) - _log_normal(z, mu.detach(), logvar.detach())).mean(0)  # (B,)
                 grad_mu, grad_logvar = torch.autograd.grad(-surrogate.sum(), (mu, logvar))
                 mu.grad, logvar.grad = grad_mu, grad_logvar
                 optimizer.step()
@@ -325,7 +326,7 @@ def _iwae_mixture(model, xb, qs, k, chunk_size, generator):
             z = _sample_normal(mu, logvar, m, generator)  # (m, B, k_latent)
             log_r = torch.logsumexp(torch.stack([f + _log_normal(z, mu_j, logvar_j)
                                                  for f, (mu_j, logvar_j) in zip(log_frac, qs) if f > -math.inf]), 0)  # (m, B)
-            acc = torch.logaddexp(acc, torch.logsumexp(model._log_joint(xb, z) - log_r, 0))
+            acc = torch.logaddexp(acc, torch.logsumexp(model.log_joint(xb, z) - log_r, 0))
     return acc - math.log(k)
 
 
@@ -367,7 +368,7 @@ def elbo_gaps(model, x, k=1000, steps=500, lr=0.1, n_samples=16, eval_samples=10
     with torch.no_grad():
         for xb, mub, logvarb in zip(x.split(batch_size), opt.mu.split(batch_size), opt.logvar.split(batch_size)):
             xb = xb.to(device, dtype)  # (B, D)
-            qs = [model._encode(xb), (mub.to(device, dtype), logvarb.to(device, dtype))]  # encoder's q, q*: (B, k_latent) each
+            qs = [model.encode(xb), (mub.to(device, dtype), logvarb.to(device, dtype))]  # encoder's q, q*: (B, k_latent) each
             log_px.append(_iwae_mixture(model, xb, qs, k, chunk_size, generator))
     log_px = torch.cat(log_px).to(x.device)
     return ELBOGaps(log_px, opt.elbo_encoder, opt.elbo, log_px - opt.elbo, opt.elbo - opt.elbo_encoder)

@@ -7,8 +7,9 @@ leading dimension, z (K, B, k), and broadcast against x. Per-example values are 
 and latent dimensions and returned as (B,); the mean over the batch happens only in `loss`. All values
 are in nats with every normalising constant kept (Gaussian: -1/2 log 2 pi sigma_x^2 per pixel).
 
-Public methods validate their arguments (type, dtype, shape, finiteness, and x in [0, 1] for a Bernoulli
-likelihood); the underscored versions skip the checks and are what `vaelib.train.fit` calls per step.
+The methods check their arguments' type, dtype, device and shape (cheap, so `vaelib.train.fit` calls them every
+step). Values (NaN, inf, x outside [0, 1] for a Bernoulli likelihood) are scanned once where data enter:
+`vaelib.train.fit`, the functions of `vaelib.evaluate` and `vaelib.data.load`.
 The constructor arguments are kept in `model.config`, so a checkpoint can rebuild the model
 (`vaelib.train.load_checkpoint`).
 
@@ -233,15 +234,17 @@ class _EncoderDecoder(nn.Module):
             _check_decoder(custom_decoder, data_dim, latent_dim)
             self.decoder = custom_decoder
         self._width = width
-        # log sigma_x of the Gaussian likelihood, shared (a number) or per pixel (D,): a parameter when learned;
-        # when fixed, a Python float or a float64 CPU tensor (converted to the model's dtype and device when
-        # used), which keeps full precision whatever the model's dtype.
+        # log sigma_x of the Gaussian likelihood, shared () or per pixel (D,): a parameter when learned; when
+        # fixed, a float64 buffer (kept out of the state dict: the config holds sigma_x), cast to the data's
+        # dtype where it is used. A Bernoulli model has none.
         vector = isinstance(sigma_x, torch.Tensor)
+        log_sigma = torch.log(sigma_x) if vector else torch.tensor(math.log(sigma_x), dtype=torch.float64)
         if likelihood == "gaussian" and learn_sigma_x:
-            log_sigma = torch.log(sigma_x) if vector else torch.tensor(math.log(sigma_x), dtype=torch.float64)
             self.log_sigma_x = nn.Parameter(log_sigma.to(torch.get_default_dtype()))
+        elif likelihood == "gaussian":
+            self.register_buffer("log_sigma_x", log_sigma, persistent=False)
         else:
-            self.log_sigma_x = torch.log(sigma_x) if vector else math.log(sigma_x)
+            self.log_sigma_x = None
         # A fixed sigma_x = 1 on data in [0, 1] lets the KL term win (notebook 07): warn once, at the first data.
         self._warn_sigma_x_pending = (likelihood == "gaussian" and not learn_sigma_x
                                       and bool((torch.as_tensor(sigma_x) == 1.0).all()))
@@ -287,12 +290,9 @@ class _EncoderDecoder(nn.Module):
 
         A float when shared by all pixels; a float64 CPU tensor (D,) (a copy) when per pixel.
         """
-        if self.likelihood != "gaussian":
+        if self.log_sigma_x is None:
             return None
-        log_sigma_x = self.log_sigma_x
-        if isinstance(log_sigma_x, float):
-            return math.exp(log_sigma_x)
-        sigma = torch.exp(log_sigma_x.detach().to("cpu", torch.float64))
+        sigma = torch.exp(self.log_sigma_x.detach().to("cpu", torch.float64))
         return sigma.item() if sigma.dim() == 0 else sigma
 
     # -- checks -------------------------------------------------------------------------------------
@@ -305,6 +305,7 @@ class _EncoderDecoder(nn.Module):
             raise ValueError(f"{name} is on {t.device} but the model is on {p.device}: move one of them")
 
     def _check_x(self, x, name="x", event_only=False, match_model=True):
+        """Type, dtype, device and shape of data x; values are scanned at the entry points (module docstring)."""
         _validate.tensor(name, x, min_dim=1, finite=False, allow_half=not match_model)  # converted when not matched
         if match_model:
             self._check_like_model(name, x)
@@ -314,7 +315,6 @@ class _EncoderDecoder(nn.Module):
             ok, want = x.dim() == 2 and x.shape[1] == self.data_dim, f"(B, {self.data_dim}) = (batch, data_dim)"
         if not ok:
             raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)}")
-        _check_values(name, x, unit_interval=self.likelihood == "bernoulli")
         return x
 
     def _check_z(self, z, name="z"):
@@ -325,9 +325,6 @@ class _EncoderDecoder(nn.Module):
         return z
 
     # -- decoder and likelihood ---------------------------------------------------------------------
-    def _decode(self, z):
-        return self.decoder(z)
-
     def decode(self, z):
         """Decoder output: logits of p(x | z) (Bernoulli) or its mean (Gaussian).
 
@@ -336,7 +333,7 @@ class _EncoderDecoder(nn.Module):
         Returns:
             (..., D) logits (apply sigmoid for pixel probabilities) or means.
         """
-        return self._decode(self._check_z(z))
+        return self.decoder(self._check_z(z))
 
     def _log_px_z(self, x, out):
         """log p(x | z) from the decoder output `out` (logits or mean), summed over pixels."""
@@ -345,12 +342,7 @@ class _EncoderDecoder(nn.Module):
         if self._warn_sigma_x_pending:
             self._warn_about_sigma_x(x)
         # log N(x; mean, diag sigma_x^2) = -1/2 sum_d [log 2 pi + 2 log sigma_x,d + (x_d - mean_d)^2 / sigma_x,d^2]
-        log_sigma_x = self.log_sigma_x
-        if isinstance(log_sigma_x, float):
-            return _log_normal(x, out, torch.full((), 2.0 * log_sigma_x, dtype=out.dtype, device=out.device))
-        if not isinstance(log_sigma_x, nn.Parameter):  # fixed per-pixel: float64 CPU -> the model's dtype, device
-            log_sigma_x = log_sigma_x.to(out.device, out.dtype)
-        return _log_normal(x, out, 2.0 * log_sigma_x)
+        return _log_normal(x, out, 2.0 * self.log_sigma_x.to(out.dtype))
 
     def _warn_about_sigma_x(self, x):
         self._warn_sigma_x_pending = False  # once per model, at the first data it sees
@@ -400,13 +392,6 @@ class VAE(_EncoderDecoder):
         self._finish_config(learn_sigma_x)
 
     # -- encoder ------------------------------------------------------------------------------------
-    def _encode(self, x):
-        if self.custom_encoder:
-            out = self.encoder(x)
-            return tuple(out) if isinstance(out, (tuple, list)) else out.chunk(2, dim=-1)  # (B, 2k) -> 2 x (B, k)
-        h = self.encoder(x)
-        return self.to_mu(h), self.to_logvar(h)
-
     def encode(self, x):
         """Parameters of q(z | x) = N(mu, diag exp(logvar)).
 
@@ -415,16 +400,15 @@ class VAE(_EncoderDecoder):
         Returns:
             mu, logvar: (..., k) each.
         """
-        x = self._check_x(x, event_only=True)
-        if self.custom_encoder and x.dim() != 2:  # your encoder takes (B, D): flatten the leading dimensions
-            mu, logvar = self._encode(x.reshape(-1, self.data_dim))  # (prod(...), k) each
-            return mu.reshape(*x.shape[:-1], -1), logvar.reshape(*x.shape[:-1], -1)
-        return self._encode(x)
+        self._check_x(x, event_only=True)
+        if not self.custom_encoder:
+            h = self.encoder(x)
+            return self.to_mu(h), self.to_logvar(h)
+        out = self.encoder(x.reshape(-1, self.data_dim))  # your encoder takes (B, D): leading dimensions flattened
+        mu, logvar = tuple(out) if isinstance(out, (tuple, list)) else out.chunk(2, dim=-1)  # (B, 2k) -> 2 x (B, k)
+        return mu.reshape(*x.shape[:-1], -1), logvar.reshape(*x.shape[:-1], -1)
 
     # -- densities ----------------------------------------------------------------------------------
-    def _log_likelihood(self, x, z):
-        return self._log_px_z(x, self._decode(z))
-
     def log_likelihood(self, x, z):
         """log p(x | z), summed over pixels.
 
@@ -435,16 +419,12 @@ class VAE(_EncoderDecoder):
             (..., B) in nats.
         """
         self._check_x(x)
-        self._check_z(z)
-        return self._log_likelihood(x, z)
+        return self._log_px_z(x, self.decode(z))
 
     def log_prior(self, z):
         """log p(z) = log N(z; 0, I_k) = -1/2 sum_j [log 2 pi + z_j^2].  z: (..., k) -> (...)."""
         self._check_z(z)
         return -0.5 * (LOG_2PI + z**2).sum(-1)
-
-    def _log_joint(self, x, z):
-        return self._log_likelihood(x, z) - 0.5 * (LOG_2PI + z**2).sum(-1)
 
     def log_joint(self, x, z):
         """log p(x, z) = log p(x | z) + log p(z), in the form `vaelib.estimators` expects.
@@ -455,27 +435,9 @@ class VAE(_EncoderDecoder):
         Returns:
             (K, B) in nats.
         """
-        self._check_x(x)
-        self._check_z(z)
-        return self._log_joint(x, z)
+        return self.log_likelihood(x, z) + self.log_prior(z)
 
     # -- the bound ----------------------------------------------------------------------------------
-    def _elbo_terms(self, x, n_samples=1, generator=None):
-        mu, logvar = self._encode(x)  # (B, k) each
-        if n_samples == 1:  # the common case, without a sample dimension (the same draws as K = 1)
-            z = _sample_normal(mu, logvar, None, generator)  # (B, k)
-            log_px_z = self._log_px_z(x, self._decode(z))  # (B,)
-        else:
-            z = _sample_normal(mu, logvar, n_samples, generator)  # (K, B, k)
-            log_px_z = self._log_px_z(x, self._decode(z)).mean(0)  # (K, B) -> (B,)
-        kl = _kl_normal(mu, logvar)  # (B,)
-        return ELBOTerms(log_px_z - kl, log_px_z, kl)
-
-    def _check_elbo_args(self, x, n_samples, generator):
-        self._check_x(x)
-        _validate.positive_int("n_samples", n_samples)
-        _validate.generator("generator", generator)
-
     def elbo_terms(self, x, n_samples=1, generator=None):
         """The per-example ELBO and its parts: reconstruction term and closed-form KL.
 
@@ -489,8 +451,18 @@ class VAE(_EncoderDecoder):
         Returns:
             ELBOTerms(elbo, log_px_z, kl), each (B,) in nats.
         """
-        self._check_elbo_args(x, n_samples, generator)
-        return self._elbo_terms(x, n_samples, generator)
+        self._check_x(x)
+        _validate.positive_int("n_samples", n_samples)
+        _validate.generator("generator", generator)
+        mu, logvar = self.encode(x)  # (B, k) each
+        if n_samples == 1:  # the common case, without a sample dimension (the same draws as K = 1)
+            z = _sample_normal(mu, logvar, None, generator)  # (B, k)
+            log_px_z = self._log_px_z(x, self.decoder(z))  # (B,)
+        else:
+            z = _sample_normal(mu, logvar, n_samples, generator)  # (K, B, k)
+            log_px_z = self._log_px_z(x, self.decoder(z)).mean(0)  # (K, B) -> (B,)
+        kl = _kl_normal(mu, logvar)  # (B,)
+        return ELBOTerms(log_px_z - kl, log_px_z, kl)
 
     def elbo(self, x, n_samples=1, generator=None):
         """Per-example ELBO in nats: E_q[log p(x | z)] - KL(q(z | x) || N(0, I)), see `elbo_terms`.
@@ -505,8 +477,9 @@ class VAE(_EncoderDecoder):
         return self.elbo_terms(x, n_samples, generator).elbo
 
     def _loss(self, x, beta=1.0, n_samples=1, generator=None):
-        terms = self._elbo_terms(x, n_samples, generator)
-        return -(terms.log_px_z - beta * terms.kl).mean(), terms
+        """(loss, log_px_z, kl): the training loss (0-dim) and its per-example parts (B,); what fit calls."""
+        terms = self.elbo_terms(x, n_samples, generator)
+        return -(terms.log_px_z - beta * terms.kl).mean(), terms.log_px_z, terms.kl
 
     def loss(self, x, beta=1.0, n_samples=1, generator=None):
         """Training loss: minus the batch mean of the per-example ELBO (of the beta-weighted objective).
@@ -522,10 +495,8 @@ class VAE(_EncoderDecoder):
         Returns:
             0-dim tensor.
         """
-        self._check_elbo_args(x, n_samples, generator)
-        _validate.nonempty_batch("x", x)  # the mean over an empty batch is NaN
-        beta = _check_beta(beta)
-        return self._loss(x, beta, n_samples, generator)[0]
+        _validate.nonempty_batch("x", self._check_x(x))  # the mean over an empty batch is NaN
+        return self._loss(x, _validate.beta(beta), n_samples, generator)[0]
 
     # -- generation ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -554,14 +525,12 @@ class VAE(_EncoderDecoder):
             return fn(*shape, generator=generator, dtype=p.dtype, device=device).to(p.device)
 
         z = draw(torch.randn, n, self.latent_dim)  # (n, k)
-        mean = self._mean_of(self._decode(z))  # (n, D)
+        mean = self._mean_of(self.decoder(z))  # (n, D)
         if not noisy:
             return mean
         if self.likelihood == "bernoulli":
             return (draw(torch.rand, n, self.data_dim) < mean).to(p.dtype)  # (n, D) in {0, 1}
-        sigma_x = self.log_sigma_x
-        sigma_x = math.exp(sigma_x) if isinstance(sigma_x, float) else torch.exp(sigma_x.to(p.device, p.dtype))
-        return mean + sigma_x * draw(torch.randn, n, self.data_dim)  # (n, D)
+        return mean + torch.exp(self.log_sigma_x.to(p.dtype)) * draw(torch.randn, n, self.data_dim)  # (n, D)
 
 
 class Autoencoder(_EncoderDecoder):
@@ -592,18 +561,12 @@ class Autoencoder(_EncoderDecoder):
             self.to_mu = nn.Linear(self._width, latent_dim)
         self._finish_config(learn_sigma_x)
 
-    def _encode(self, x):
-        return self.encoder(x) if self.custom_encoder else self.to_mu(self.encoder(x))
-
     def encode(self, x):
         """The code z = to_mu(encoder(x)) (or your encoder's output).  x: (..., D) -> z: (..., k)."""
-        x = self._check_x(x, event_only=True)
-        if self.custom_encoder and x.dim() != 2:  # your encoder takes (B, D): flatten the leading dimensions
-            return self._encode(x.reshape(-1, self.data_dim)).reshape(*x.shape[:-1], -1)
-        return self._encode(x)
-
-    def _reconstruction_log_likelihood(self, x):
-        return self._log_px_z(x, self._decode(self._encode(x)))
+        self._check_x(x, event_only=True)
+        if not self.custom_encoder:
+            return self.to_mu(self.encoder(x))
+        return self.encoder(x.reshape(-1, self.data_dim)).reshape(*x.shape[:-1], -1)  # your encoder takes (B, D)
 
     def reconstruction_log_likelihood(self, x):
         """log p(x | z = encode(x)) per example, summed over pixels.
@@ -613,11 +576,14 @@ class Autoencoder(_EncoderDecoder):
         Returns:
             (B,) in nats.
         """
-        return self._reconstruction_log_likelihood(self._check_x(x))
+        self._check_x(x)
+        return self._log_px_z(x, self.decoder(self.encode(x)))
 
-    def _loss(self, x):
-        log_px_z = self._reconstruction_log_likelihood(x)
-        return -log_px_z.mean(), log_px_z
+    def _loss(self, x, beta=1.0, n_samples=1, generator=None):
+        """(loss, log_px_z, kl) as for the VAE, with kl = 0 (B,): an autoencoder has no KL; beta, n_samples and
+        generator are ignored (there is no sampling). What fit calls."""
+        log_px_z = self.reconstruction_log_likelihood(x)
+        return -log_px_z.mean(), log_px_z, torch.zeros_like(log_px_z)
 
     def loss(self, x):
         """Minus the batch mean of the reconstruction log-likelihood: -(1/B) sum_b log p(x_b | z_b).
@@ -631,27 +597,3 @@ class Autoencoder(_EncoderDecoder):
 
 
 MODELS = {"VAE": VAE, "Autoencoder": Autoencoder}
-
-
-def _check_values(name, x, unit_interval):
-    """Finite values (and in [0, 1] if `unit_interval`), in one pass over x: min and max propagate NaN."""
-    if x.numel() == 0:
-        return
-    lo, hi = torch.stack(torch.aminmax(x)).tolist()
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        bad = "NaN" if math.isnan(lo) else "inf"
-        raise ValueError(f"{name} contains {bad} values (shape {tuple(x.shape)}); expected finite numbers")
-    if unit_interval and (lo < 0 or hi > 1):
-        raise ValueError(
-            f"{name} must lie in [0, 1] for a Bernoulli likelihood or binarization, got values in "
-            f"[{lo:.4g}, {hi:.4g}] (shape {tuple(x.shape)})"
-        )
-
-
-def _check_beta(beta):
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
-        raise TypeError(f"beta must be a number, got {type(beta).__name__}")
-    beta = float(beta)
-    if not (beta >= 0 and math.isfinite(beta)):
-        raise ValueError(f"beta must be a finite number >= 0, got {beta}")
-    return beta

@@ -40,7 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm.auto import tqdm
 
 from vaelib import _validate, quick_mode
-from vaelib.models import MODELS, VAE, Autoencoder, _check_beta, _check_values
+from vaelib.models import MODELS, VAE, Autoencoder
 
 CHECKPOINT_FORMAT = "vaelib-checkpoint"
 CHECKPOINT_VERSION = 2  # 2 adds the SHA-256 digest; version 1 files (no digest) are still read
@@ -153,9 +153,8 @@ def _check_data(model, name, x, binarize):
     model._check_x(x, name=name, match_model=False)  # fit converts the data to the model's dtype and device
     if x.shape[0] == 0:
         raise ValueError(f"{name} must hold at least one example, got shape {tuple(x.shape)}")
-    if binarize and model.likelihood != "bernoulli":
-        _check_values(name, x, unit_interval=True)  # probabilities to binarize
-    return x
+    # NaN/inf, and [0, 1] for a Bernoulli likelihood or probabilities to binarize: scanned once, here
+    return _validate.values(name, x, unit_interval=binarize or model.likelihood == "bernoulli")
 
 
 def _check_seed(seed):
@@ -203,28 +202,33 @@ def _check_adam_state(state, params):
             raise ValueError(f"optimizer_state is not an Adam state dict: state {pid} has no 'step'")
 
 
-def _start_history(model, history, with_valid):
-    """A History continuing `history` (copied, not modified), checked against the model type."""
+def _start_history(model, history, with_valid, optimizer_state, rng_state):
+    """A History continuing `history` (copied, not modified), checked against the model type, with the state to
+    resume from: `optimizer_state`/`rng_state` when given, else those `history` carries (None for a new run)."""
     keys = _history_keys(model, with_valid)
+    valid_key = _history_keys(model, True)[-1]
     if history is None:
-        return History({k: [] for k in keys})
-    if not isinstance(history, dict) or not isinstance(history.get("epoch"), list):
-        raise TypeError("history must be a dict of per-epoch lists with an 'epoch' key (from fit or a checkpoint), "
-                        f"got {type(history).__name__}")
-    n = len(history["epoch"])
-    valid_key = "valid_elbo" if isinstance(model, VAE) else "valid_log_px_z"
-    expected = set(_history_keys(model, False))
-    given = set(history) - {valid_key}
-    if given != expected:
-        raise ValueError(
-            f"history keys {sorted(history)} do not fit a {type(model).__name__}: expected {sorted(expected)} "
-            f"(plus {valid_key!r} with a validation set)"
-        )
-    if any(not isinstance(v, list) or len(v) != n for v in history.values()):
-        raise ValueError(f"history lists must all have length len(history['epoch']) = {n}")
-    out = History({k: list(v) for k, v in history.items()})
-    if with_valid and valid_key not in out:
-        out[valid_key] = [None] * n  # earlier epochs ran without a validation set
+        out = History({k: [] for k in keys})
+    else:
+        if not isinstance(history, dict) or not isinstance(history.get("epoch"), list):
+            raise TypeError("history must be a dict of per-epoch lists with an 'epoch' key (from fit or a checkpoint), "
+                            f"got {type(history).__name__}")
+        n = len(history["epoch"])
+        expected = set(_history_keys(model, False))
+        if set(history) - {valid_key} != expected:
+            raise ValueError(
+                f"history keys {sorted(history)} do not fit a {type(model).__name__}: expected {sorted(expected)} "
+                f"(plus {valid_key!r} with a validation set)"
+            )
+        if any(not isinstance(v, list) or len(v) != n for v in history.values()):
+            raise ValueError(f"history lists must all have length len(history['epoch']) = {n}")
+        out = History({k: list(v) for k, v in history.items()})
+        if with_valid and valid_key not in out:
+            out[valid_key] = [None] * n  # earlier epochs ran without a validation set
+    out.optimizer_state = optimizer_state if optimizer_state is not None else getattr(history, "optimizer_state", None)
+    out.rng_state = rng_state if rng_state is not None else getattr(history, "rng_state", None)
+    if out.optimizer_state is not None:
+        _check_adam_state(out.optimizer_state, list(model.parameters()))
     return out
 
 
@@ -253,8 +257,29 @@ def _batched(fn, x, batch_size):
         return torch.cat([fn(xb) for xb in x.split(batch_size)])
 
 
-def _clone(obj):
-    """A deep copy of a nested structure of tensors/dicts/lists/tuples (tensors detached, on their device)."""
+def _tensors(obj):
+    """The tensors of a nested structure of dicts/lists/tuples, in a fixed order."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
+def _clone(obj, into=None):
+    """A deep copy of a nested structure of tensors/dicts/lists/tuples (tensors detached, on their device).
+
+    `into`: an earlier copy of a structure with the same tensors (shapes, dtypes, devices), overwritten in one
+    foreach copy instead of allocating new tensors (what fit does at the end of every epoch).
+    """
+    if into is not None:
+        mine, theirs = _tensors(into), _tensors(obj)
+        if len(mine) == len(theirs) and all(a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+                                            for a, b in zip(mine, theirs)):
+            torch._foreach_copy_(mine, theirs)
+            return into
     if isinstance(obj, torch.Tensor):
         return obj.detach().clone()
     if isinstance(obj, dict):
@@ -264,27 +289,111 @@ def _clone(obj):
     return obj
 
 
-class _Snapshot(NamedTuple):
-    """The training state at the end of an epoch: what an interrupt or a NaN rolls back to."""
+class _Snapshot:
+    """The training state at the end of the last complete epoch: what an interrupt or a NaN rolls back to."""
 
-    model_state: dict
-    optimizer_state: dict
-    rng_state: torch.Tensor
-    n_epochs: int  # len(history["epoch"]) at that point
+    def __init__(self, model, optimizer_state, gen, n_epochs):
+        self.model_state = _clone(model.state_dict())
+        self.optimizer_state = _clone(optimizer_state)
+        self.rng_state = gen.get_state()
+        self.n_epochs = n_epochs  # len(history["epoch"]) at that point
+
+    def take(self, model, optimizer, gen, n_epochs):
+        self.model_state = _clone(model.state_dict(), into=self.model_state)
+        self.optimizer_state = _clone(optimizer.state_dict(), into=self.optimizer_state)
+        self.rng_state = gen.get_state()
+        self.n_epochs = n_epochs
+
+    def give_to(self, history, device):
+        """Set history's optimizer and generator state to copies of this snapshot's (training goes on)."""
+        history.optimizer_state = _clone(self.optimizer_state)
+        history.rng_state = {"device": device.type, "state": self.rng_state.clone()}
+
+    def restore(self, model, history, device):
+        """Put the model back to the snapshot, cut the history back to its epochs and give it the snapshot's state."""
+        with torch.no_grad():
+            model.load_state_dict(self.model_state)
+        for key in history:
+            del history[key][self.n_epochs:]
+        history.optimizer_state = self.optimizer_state
+        history.rng_state = {"device": device.type, "state": self.rng_state}
 
 
-def _take_snapshot(model, optimizer, gen, history):
-    return _Snapshot(_clone(model.state_dict()), _clone(optimizer.state_dict()), gen.get_state(), len(history["epoch"]))
+def kl_weight(epoch, beta, warmup_epochs):
+    """The KL weight of epoch `epoch` (1-based): beta (epoch - 1) / warmup_epochs during a linear warm-up from 0
+    (Bowman et al. 2016, Sonderby et al. 2016), then beta; warmup_epochs = 0: beta from the start."""
+    if warmup_epochs == 0:
+        return beta
+    return beta * min(1.0, (epoch - 1) / warmup_epochs)
 
 
-def _roll_back(model, snapshot, history, device):
-    """Restore the model to `snapshot`, cut the history back to its epochs and give it the snapshot's state."""
-    with torch.no_grad():
-        model.load_state_dict(snapshot.model_state)
-    for key in history:
-        del history[key][snapshot.n_epochs:]
-    history.optimizer_state = snapshot.optimizer_state
-    history.rng_state = {"device": device.type, "state": snapshot.rng_state}
+def _make_optimizer(model, lr, optimizer_state):
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)  # the first Adam of a process imports torch._dynamo
+    if optimizer_state is not None:
+        try:
+            optimizer.load_state_dict(optimizer_state)
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise ValueError(f"optimizer_state does not fit this model's parameters ({e})") from None
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+    return optimizer
+
+
+def _validation(model, valid_x, binarize, seed, batch_size, device, dtype):
+    """None without validation data, else a function () -> the mean validation ELBO (an Autoencoder's log p(x | z)).
+
+    The data are binarized once (a fixed draw) and every call uses the same noise.
+    """
+    if valid_x is None:
+        return None
+    vgen = torch.Generator(device=device).manual_seed(_derived_seed(seed, "valid"))
+    vx = valid_x.to(device=device, dtype=dtype)  # (M, D)
+    if binarize:
+        vx = torch.bernoulli(vx, generator=vgen)  # one fixed binarization
+    vgen_state = vgen.get_state()
+
+    def elbo(xb):
+        _, log_px_z, kl = model._loss(xb, 1.0, 1, vgen)
+        return log_px_z - kl  # (B,); an Autoencoder's kl is 0
+
+    def validate():
+        vgen.set_state(vgen_state)  # the same validation noise every epoch
+        return _batched(elbo, vx, max(batch_size, 1024)).mean().item()
+
+    return validate
+
+
+def _train_epoch(model, optimizer, x, batch_size, binarize, beta_e, n_samples, gen, epoch, bar):
+    """One epoch: a fresh permutation (and binarization) of x (N, D), then one Adam step per minibatch.
+
+    The per-step losses are checked for NaN/inf, with the parameters, every _CHECK_EVERY steps and at the end
+    (one host-device synchronisation per check). Returns the epoch's means per example: {"log_px_z", "kl",
+    "elbo", "beta", "seconds"}. Raises FloatingPointError naming the step.
+    """
+    t0 = time.perf_counter()
+    N = x.shape[0]
+    n_steps = math.ceil(N / batch_size)
+    xe = x[torch.randperm(N, generator=gen, device=x.device)]  # (N, D) shuffled
+    if binarize:
+        xe = torch.bernoulli(xe, generator=gen)  # (N, D) fresh binary draw
+    losses = torch.empty(n_steps, dtype=x.dtype, device=x.device)  # per-step loss
+    sum_log_px_z = torch.zeros((), dtype=x.dtype, device=x.device)
+    sum_kl = torch.zeros((), dtype=x.dtype, device=x.device)
+    checked = 0
+    for step, xb in enumerate(xe.split(batch_size)):
+        optimizer.zero_grad(set_to_none=True)
+        loss, log_px_z, kl = model._loss(xb, beta_e, n_samples, gen)
+        loss.backward()
+        optimizer.step()
+        losses[step] = loss.detach()
+        sum_log_px_z += log_px_z.detach().sum()
+        sum_kl += kl.detach().sum()
+        if step + 1 - checked >= _CHECK_EVERY or step + 1 == n_steps:
+            _check_finite(losses, checked, step + 1, epoch, n_steps, model)
+            bar.update(step + 1 - checked)
+            checked = step + 1
+    log_px_z, kl = sum_log_px_z.item() / N, sum_kl.item() / N
+    return {"log_px_z": log_px_z, "kl": kl, "elbo": log_px_z - kl, "beta": beta_e, "seconds": time.perf_counter() - t0}
 
 
 def fit(
@@ -344,11 +453,14 @@ def fit(
         beta: KL weight of the VAE objective (1 = the ELBO; ignored for an Autoencoder).
         warmup_epochs: epochs of linear KL warm-up from 0 to beta (VAE only); 0 = none.
         n_samples: K samples of z per example in the VAE's Monte Carlo reconstruction term.
-        optimizer_state: an Adam state dict to resume from (History.optimizer_state or a checkpoint's);
-            checked against the model before training starts.
-        history: a history to continue (from fit or a checkpoint): new epochs are appended, numbered
-            after its last. The argument itself is not modified.
-        rng_state: a generator state to continue (History.rng_state or a checkpoint's); None seeds with `seed`.
+        optimizer_state: an Adam state dict to resume from; default: the one `history` carries.
+        history: a History to continue (from fit, an exception's e.history, or a checkpoint's): new epochs are
+            appended, numbered after its last, and training resumes from the optimizer and generator state it
+            carries (History.optimizer_state, History.rng_state), so fit(..., history=h) continues exactly where
+            the run that returned h stopped. A plain dict of lists starts a fresh Adam and generator. The
+            argument itself is not modified.
+        rng_state: a generator state to continue; default: the one `history` carries, else a generator seeded
+            with `seed`.
         on_epoch_end: optional callable(model, history), called after every epoch with the History so far,
             whose optimizer_state and rng_state are those of that moment: `save_checkpoint(path, model,
             history=history)` inside it writes a checkpoint that resumes exactly.
@@ -361,16 +473,58 @@ def fit(
             step; the model is back at the last complete epoch and `e.history` holds the history up to it.
         KeyboardInterrupt: re-raised after the same roll-back, with `e.history` attached.
     """
+    device, binarize, progress = _check_fit_args(model, epochs, batch_size, lr, seed, beta, warmup_epochs, n_samples,
+                                                 device, binarize, progress, on_epoch_end)
+    train_x = _check_data(model, "train_x", train_x, binarize)
+    valid_x = None if valid_x is None else _check_data(model, "valid_x", valid_x, binarize)
+    history = _start_history(model, history, valid_x is not None, optimizer_state, rng_state)
+    valid_key = _history_keys(model, True)[-1]
+    model.to(device)
+    dtype = next(model.parameters()).dtype
+    x = train_x.to(device=device, dtype=dtype)  # (N, D), the whole training set in memory
+    gen = _make_generator(device, seed, history.rng_state)
+    validate = _validation(model, valid_x, binarize, seed, batch_size, device, dtype)
+    start = history["epoch"][-1] if history["epoch"] else 0
+    snapshot = _Snapshot(model, history.optimizer_state, gen, len(history["epoch"]))  # the start, until an epoch ends
+    try:
+        optimizer = _make_optimizer(model, lr, history.optimizer_state)
+        with tqdm(total=epochs * math.ceil(x.shape[0] / batch_size), disable=not progress, unit="batch",
+                  dynamic_ncols=True) as bar:
+            for epoch in range(start + 1, start + epochs + 1):
+                bar.set_description(f"epoch {epoch}/{start + epochs}", refresh=False)
+                values = _train_epoch(model, optimizer, x, batch_size, binarize, kl_weight(epoch, beta, warmup_epochs),
+                                      n_samples, gen, epoch, bar)
+                values["epoch"] = epoch
+                values[valid_key] = validate() if validate else None  # None: resumed without the earlier validation set
+                for key in history:
+                    history[key].append(values[key])
+                bar.set_postfix({k: f"{values[k]:.2f}" for k in ("elbo", valid_key) if values.get(k) is not None},
+                                refresh=False)
+                snapshot.take(model, optimizer, gen, len(history["epoch"]))
+                if on_epoch_end is not None:
+                    snapshot.give_to(history, device)
+                    on_epoch_end(model, history)
+    except (KeyboardInterrupt, FloatingPointError) as e:
+        snapshot.restore(model, history, device)
+        e.history = history
+        raise
+    history.optimizer_state = optimizer.state_dict()
+    history.rng_state = {"device": device.type, "state": gen.get_state()}
+    return history
+
+
+def _check_fit_args(model, epochs, batch_size, lr, seed, beta, warmup_epochs, n_samples, device, binarize, progress,
+                    on_epoch_end):
+    """Check fit's arguments; return (device, binarize, progress) with their defaults resolved."""
     _check_model(model)
     _check_train_dtype(model)
     _validate.positive_int("epochs", epochs, minimum=0)
     _validate.positive_int("batch_size", batch_size)
-    lr = _validate.positive_scalar("lr", lr)
+    _validate.positive_scalar("lr", lr)
     _check_seed(seed)
-    beta = _check_beta(beta)
+    _validate.beta(beta)
     _validate.positive_int("warmup_epochs", warmup_epochs, minimum=0)
     _validate.positive_int("n_samples", n_samples)
-    device = resolve_device(device)
     if binarize is None:
         binarize = model.likelihood == "bernoulli"
     if not isinstance(binarize, bool):
@@ -380,109 +534,7 @@ def fit(
         raise TypeError(f"progress must be True, False or None, got {type(progress).__name__}")
     if on_epoch_end is not None and not callable(on_epoch_end):
         raise TypeError(f"on_epoch_end must be a callable(model, history) or None, got {type(on_epoch_end).__name__}")
-    train_x = _check_data(model, "train_x", train_x, binarize)
-    if valid_x is not None:
-        valid_x = _check_data(model, "valid_x", valid_x, binarize)
-    if optimizer_state is not None:
-        _check_adam_state(optimizer_state, list(model.parameters()))
-    history = _start_history(model, history, valid_x is not None)
-    start = history["epoch"][-1] if history["epoch"] else 0
-    is_vae = isinstance(model, VAE)
-    valid_key = "valid_elbo" if is_vae else "valid_log_px_z"
-
-    model.to(device)
-    dtype = next(model.parameters()).dtype
-    params = list(model.parameters())
-    x = train_x.to(device=device, dtype=dtype)  # (N, D), the whole training set in memory
-    N = x.shape[0]
-    n_steps = math.ceil(N / batch_size)
-
-    gen = _make_generator(device, seed, rng_state)
-    # The state to fall back to on an interrupt or a NaN: the start, until the first epoch ends.
-    snapshot = _Snapshot(_clone(model.state_dict()), _clone(optimizer_state), gen.get_state(), len(history["epoch"]))
-    try:
-        optimizer = torch.optim.Adam(params, lr=lr)  # the first Adam of a process imports torch._dynamo: seconds
-        if optimizer_state is not None:
-            try:
-                optimizer.load_state_dict(optimizer_state)
-            except (ValueError, KeyError, TypeError, RuntimeError) as e:
-                raise ValueError(f"optimizer_state does not fit this model's parameters ({e})") from None
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-
-        if valid_x is not None:
-            vgen = torch.Generator(device=device).manual_seed(_derived_seed(seed, "valid"))
-            vx = valid_x.to(device=device, dtype=dtype)  # (M, D)
-            if binarize:
-                vx = torch.bernoulli(vx, generator=vgen)  # one fixed binarization
-            vgen_state = vgen.get_state()
-            if is_vae:
-                valid_fn = lambda xb: model._elbo_terms(xb, 1, vgen).elbo  # noqa: E731
-            else:
-                valid_fn = model._reconstruction_log_likelihood
-            valid_batch = max(batch_size, 1024)
-
-        with tqdm(total=epochs * n_steps, disable=not progress, unit="batch", dynamic_ncols=True) as bar:
-            for epoch in range(start + 1, start + epochs + 1):
-                beta_e = beta * min(1.0, (epoch - 1) / warmup_epochs) if warmup_epochs else beta
-                bar.set_description(f"epoch {epoch}/{start + epochs}")
-                t0 = time.perf_counter()
-                perm = torch.randperm(N, generator=gen, device=device)  # (N,)
-                xe = x[perm]  # (N, D) shuffled
-                if binarize:
-                    xe = torch.bernoulli(xe, generator=gen)  # (N, D) fresh binary draw
-                losses = torch.empty(n_steps, dtype=dtype, device=device)  # per-step loss, checked every _CHECK_EVERY
-                sum_log_px_z = torch.zeros((), dtype=dtype, device=device)
-                sum_kl = torch.zeros((), dtype=dtype, device=device)
-                checked = 0
-                for step, xb in enumerate(xe.split(batch_size)):
-                    optimizer.zero_grad(set_to_none=True)
-                    if is_vae:
-                        loss, terms = model._loss(xb, beta_e, n_samples, gen)
-                        sum_kl += terms.kl.detach().sum()
-                        log_px_z = terms.log_px_z
-                    else:
-                        loss, log_px_z = model._loss(xb)
-                    loss.backward()
-                    optimizer.step()
-                    losses[step] = loss.detach()
-                    sum_log_px_z += log_px_z.detach().sum()
-                    if step + 1 - checked >= _CHECK_EVERY:
-                        _check_finite(losses, checked, step + 1, epoch, n_steps, model)
-                        checked = step + 1
-                        bar.set_postfix(loss=f"{losses[step].item():.2f}")
-                    bar.update(1)
-                _check_finite(losses, checked, n_steps, epoch, n_steps, model)
-                log_px_z_mean = sum_log_px_z.item() / N
-                seconds = time.perf_counter() - t0
-
-                values = {"epoch": epoch, "log_px_z": log_px_z_mean, "seconds": seconds}
-                if is_vae:
-                    kl_mean = sum_kl.item() / N
-                    values.update(elbo=log_px_z_mean - kl_mean, kl=kl_mean, beta=beta_e)
-                postfix = {"elbo": f"{values['elbo']:.2f}"} if is_vae else {"log_px_z": f"{log_px_z_mean:.2f}"}
-                if valid_x is not None:
-                    vgen.set_state(vgen_state)  # the same validation noise every epoch
-                    values[valid_key] = _batched(valid_fn, vx, valid_batch).mean().item()
-                    postfix["valid"] = f"{values[valid_key]:.2f}"
-                elif valid_key in history:
-                    values[valid_key] = None  # resumed without the validation set of earlier epochs
-                for key in history:
-                    history[key].append(values[key])
-                bar.set_postfix(postfix)
-                snapshot = _take_snapshot(model, optimizer, gen, history)
-                if on_epoch_end is not None:
-                    history.optimizer_state, history.rng_state = snapshot.optimizer_state, {
-                        "device": device.type, "state": snapshot.rng_state}
-                    on_epoch_end(model, history)
-    except (KeyboardInterrupt, FloatingPointError) as e:
-        _roll_back(model, snapshot, history, device)
-        e.history = history
-        raise
-
-    history.optimizer_state = optimizer.state_dict()
-    history.rng_state = {"device": device.type, "state": gen.get_state()}
-    return history
+    return resolve_device(device), binarize, progress
 
 
 def _check_finite(losses, begin, end, epoch, n_steps, model):
@@ -920,8 +972,11 @@ def load_checkpoint(path, model=None, with_state=False):
                          f"({_short(' '.join(str(e).split()))})") from None
     if not with_state:
         return model
-    return Checkpoint(model, payload.get("optimizer_state"), payload.get("history"), payload.get("rng_state"),
-                      payload.get("metadata"))
+    history = payload.get("history")
+    if history is not None:  # carries the state to resume from: fit(model, x, epochs, history=checkpoint.history)
+        history = History(history)
+        history.optimizer_state, history.rng_state = payload.get("optimizer_state"), payload.get("rng_state")
+    return Checkpoint(model, payload.get("optimizer_state"), history, payload.get("rng_state"), payload.get("metadata"))
 
 
 def _short(value, limit=300):
