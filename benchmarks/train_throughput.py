@@ -168,7 +168,8 @@ def main(argv=None):
         device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
         row = (f"| {datetime.date.today().isoformat()} | {device_name} | {torch.__version__} | {torch.get_num_threads()} | "
                f"{name} ({x.shape[0]}) | {args.epochs} x {args.rounds} | {plain:.0f} | {fit:.0f} | {ratio:.3f} | {best_ratio:.3f} | {cpu_ratio:.3f} |\n")
-        args.results.write_text(add_row(args.results.read_text() if args.results.exists() else "", row))
+        text = add_row(args.results.read_text(encoding="utf-8") if args.results.exists() else "", row)
+        train.atomic_write(args.results, lambda f: f.write(text), mode="w")
         print(f"appended to {args.results}")
     return 0 if math.isfinite(ratio) else 1
 

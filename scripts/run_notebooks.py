@@ -2,18 +2,19 @@
 
 Usage: python scripts/run_notebooks.py [notebooks/ or paths...] [--timeout SECONDS]
 Prints each notebook's wall-clock time. A failing notebook stops the run with its error, and the
-file on disk is left as it was (the executed copy is written to a temporary file and renamed).
+file on disk is left as it was (the executed copy is written atomically, vaelib._atomic).
 """
 
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+
+from vaelib._atomic import atomic_write
 
 
 def run(path, timeout):
@@ -25,15 +26,7 @@ def run(path, timeout):
     start = time.perf_counter()
     client.execute()
     seconds = time.perf_counter() - start
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".ipynb", dir=path.parent)
-    os.close(fd)
-    try:
-        nbformat.write(nb, tmp)
-        os.chmod(tmp, os.stat(path).st_mode & 0o777)  # keep the notebook's permissions (mkstemp makes 0600)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda f: nbformat.write(nb, f), mode="w")  # keeps the notebook's permissions
     return seconds
 
 

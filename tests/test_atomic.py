@@ -1,7 +1,8 @@
-"""Tests for vaelib._atomic, the atomic writes behind dataset downloads (data.py).
+"""Tests for vaelib._atomic, the one atomic write behind checkpoints, downloads, figures and notebooks.
 
 A killed writer leaves its temporary file behind; the next write removes it unless a live writer holds its
-lock. A path that is a symbolic link keeps the link. New files get 0666 minus the umask.
+lock. A path that is a symbolic link keeps the link. New files get 0666 minus the umask; a replaced file
+keeps its permissions.
 """
 
 import fcntl
@@ -72,6 +73,18 @@ def test_new_files_get_ordinary_permissions(tmp_path, umask, mode):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == mode
+
+
+def test_replaced_file_keeps_its_permissions(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"old")
+    path.chmod(0o640)
+    old = os.umask(0o022)
+    try:
+        _atomic.atomic_write(path, lambda out: out.write("new ü"), mode="w")  # text mode writes UTF-8
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640 and path.read_bytes() == "new ü".encode("utf-8")
 
 
 def test_failed_write_leaves_the_old_file(tmp_path):

@@ -306,22 +306,6 @@ def test_system_directory_is_searched_last(tmp_path, monkeypatch, fake_mnist):
     assert data._search_dirs("mnist", tmp_path / "r")[-1] == system
 
 
-def test_checksum_can_cover_the_stored_file(tmp_path, monkeypatch, fake_mnist):
-    # covers="file": the digest is of the bytes on disk (here the .gz), not of the IDX content.
-    root = tmp_path / "root"
-    write_files(root, fake_mnist)
-    for name in TEST:
-        stored = hashlib.sha256((root / (name + ".gz")).read_bytes()).hexdigest()
-        monkeypatch.setitem(data._CHECKSUMS, ("mnist", name), data.Checksum("sha256", stored, covers="file"))
-    assert_loaded(*data.load("mnist", "test", root=root, download=False), fake_mnist, TEST)
-    # the uncompressed digest no longer matches when it is said to cover the stored bytes
-    content = hashlib.sha256(fake_mnist[TEST[1]][1]).hexdigest()
-    monkeypatch.setitem(data._CHECKSUMS, ("mnist", TEST[1]), data.Checksum("sha256", content, covers="file"))
-    data.clear_cache()
-    with pytest.raises(ValueError, match=r"sha256 of the file bytes\): expected " + content):
-        data.load("mnist", "test", root=root, download=False)
-
-
 def test_second_load_comes_from_memory(tmp_path, monkeypatch, fake_mnist):
     root = tmp_path / "root"
     write_files(root, fake_mnist)

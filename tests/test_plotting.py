@@ -4,6 +4,7 @@ any other name as a path); the plots return figures whose drawn data is checked 
 Oracles: scipy.stats.norm.ppf for the manifold grid, the model's own decoder for the manifold images, the
 input arrays for the image grid, scatter and bar chart."""
 
+import os
 from pathlib import Path
 
 import matplotlib
@@ -135,8 +136,26 @@ def test_saved_figure_has_ordinary_permissions(tmp_path, monkeypatch):
     fig = small_figure()
     path = plotting.savefig(fig, "01_perm")
     plt.close(fig)
-    mask = plotting._umask()
+    mask = os.umask(0)
+    os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_failed_savefig_leaves_the_old_figure_and_no_temporary_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("VAELIB_FIGURES", str(tmp_path))
+    fig = small_figure()
+    path = plotting.savefig(fig, "01_kept")
+    before = path.read_bytes()
+
+    def fail(f, **kwargs):
+        f.write(b"\x89PNG half a figure")
+        raise RuntimeError("renderer failed")
+
+    monkeypatch.setattr(fig, "savefig", fail)
+    with pytest.raises(RuntimeError, match="renderer failed"):
+        plotting.savefig(fig, "01_kept")
+    plt.close(fig)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["01_kept.png"]
 
 
 def test_vae_architecture_counts_the_weights_of_the_model_it_draws():

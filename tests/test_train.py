@@ -764,6 +764,7 @@ def test_save_through_a_symlink_keeps_the_link(tmp_path):
 
 
 def test_temporary_files_of_a_killed_save_are_removed_at_the_next_save(tmp_path):
+    import fcntl
     import subprocess
     import sys
 
@@ -771,11 +772,13 @@ def test_temporary_files_of_a_killed_save_are_removed_at_the_next_save(tmp_path)
     dead_pid = int(dead.stdout)
     orphan = tmp_path / f".model.pt.{dead_pid}-abc123.tmp"  # as a save killed with SIGKILL leaves it
     orphan.write_bytes(b"PK partial")
-    mine = tmp_path / f".model.pt.{os.getpid()}-live.tmp"  # a save in progress (this process): kept
+    mine = tmp_path / f".model.pt.{os.getpid()}-live.tmp"  # a save in progress (it holds its flock): kept
     mine.write_bytes(b"PK")
     other = tmp_path / ".other.pt.1-x.tmp"  # another file's temporary: not ours to judge
     other.write_bytes(b"")
-    train.save_checkpoint(tmp_path / "model.pt", vae())
+    with open(mine, "rb") as in_progress:
+        fcntl.flock(in_progress, fcntl.LOCK_EX)
+        train.save_checkpoint(tmp_path / "model.pt", vae())
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.pt", mine.name, other.name])
 
 

@@ -57,15 +57,11 @@ _IDX_FILES = {
 
 
 class Checksum(NamedTuple):
-    """An expected digest, and which bytes it covers.
-
-    covers: "uncompressed" = the IDX bytes after gunzip (the same for a raw file, the upstream .gz and
-    any recompressed copy); "file" = the bytes of the file exactly as stored or served.
-    """
+    """An expected digest of a file's uncompressed IDX bytes (the same for a raw file, the upstream .gz and
+    any recompressed copy)."""
 
     algorithm: str
     digest: str
-    covers: str = "uncompressed"
 
 
 # (dataset, file) -> Checksum. Sources:
@@ -122,10 +118,9 @@ _MAX_BYTES = {
 # read_idx's default limit for other IDX files.
 MAX_IDX_BYTES = 1 << 30
 
-# In-process memos: decoded tensors per (name, split, files), and the digest of each file on disk per
-# (path, size, mtime) so an unchanged file is hashed once per process.
+# Decoded tensors per (name, split) for digits, per (name, split, (path, size, mtime) of both files) for the
+# IDX datasets: an unchanged file is read, parsed and hashed once per process.
 _ARRAYS = {}
-_DIGESTS = {}
 
 
 class DownloadError(OSError):
@@ -133,9 +128,8 @@ class DownloadError(OSError):
 
 
 def clear_cache():
-    """Forget the decoded datasets and file digests kept in memory by `load`."""
+    """Forget the decoded datasets kept in memory by `load`."""
     _ARRAYS.clear()
-    _DIGESTS.clear()
 
 
 def load(name, split="train", root=None, download=True, mirrors=None, timeout=30.0, deadline=600.0):
@@ -317,33 +311,22 @@ def _file_key(path):
     return (str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
-def _digest(checksum, path, data):
-    """Digest of the bytes `checksum` covers: `data` (uncompressed) or the file itself."""
-    if checksum.covers == "uncompressed":
-        return hashlib.new(checksum.algorithm, data).hexdigest()
-    if checksum.covers == "file":
-        h = hashlib.new(checksum.algorithm)
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(_CHUNK), b""):
-                h.update(block)
-        return h.hexdigest()
-    raise ValueError(f"checksum covers {checksum.covers!r}; expected 'uncompressed' or 'file'")
+def _read_verified(name, file, path, label=None):
+    """Read and parse `path`, checking it against the checksum table.
 
-
-def _read_verified(name, file, path):
-    """Read and parse `path`, checking it against the checksum table (digest memoized per file)."""
-    data = _read_bytes(path, max_bytes=_MAX_BYTES[file])
-    array = _parse_idx(data, path)
+    Errors name the file `label`, default `path`; for a file on disk (no `label`: not a download being
+    checked), a checksum mismatch also says what to do with it.
+    """
+    data = _read_bytes(path, label or path, max_bytes=_MAX_BYTES[file])
+    array = _parse_idx(data, label or path)
     checksum = _CHECKSUMS[(name, file)]
-    key = (_file_key(path), checksum.algorithm, checksum.covers)
-    if key not in _DIGESTS:
-        _DIGESTS[key] = _digest(checksum, path, data)
-    actual = _DIGESTS[key]
+    actual = hashlib.new(checksum.algorithm, data).hexdigest()
     if actual != checksum.digest:
         raise ValueError(
-            f"{path}: checksum mismatch for {name} {file} ({checksum.algorithm} of the {checksum.covers} "
-            f"bytes): expected {checksum.digest}, got {actual}. The file is corrupt or not the official "
-            "one: delete it and load again, or replace it with the official file"
+            f"{label or path}: checksum mismatch for {name} {file} ({checksum.algorithm} of the uncompressed "
+            f"bytes): expected {checksum.digest}, got {actual}"
+            + ("" if label else ". The file is corrupt or not the official one: delete it and load again, or "
+               "replace it with the official file")
         )
     return array
 
@@ -354,7 +337,7 @@ def _cache_home():
 
 
 def _search_dirs(name, root):
-    """The directories searched for the files of `name`, in order."""
+    """The directories searched for the files of `name`, in order; downloads go to the first."""
     dirs = []
     if root is not None:
         dirs.append(Path(root))
@@ -397,25 +380,19 @@ def _find_or_download(name, file, root, download, mirrors, timeout, deadline):
                 return candidate
     if not download:
         raise FileNotFoundError(f"{name}: {file} not found and download=False.\n" + _where_to_put(name, file, dirs))
-    return _download(name, file, _download_dir(name, root), dirs, _mirror_list(name, mirrors), timeout, deadline)
+    return _download(name, file, dirs, _mirror_list(name, mirrors), timeout, deadline)
 
 
-def _download_dir(name, root):
-    if root is not None:
-        return Path(root)
-    env = os.environ.get("VAELIB_DATA", "")
-    return Path(env) / name if env else _cache_home() / "vaelib" / name
+def _download(name, file, dirs, bases, timeout, deadline):
+    """Fetch `<base><file>.gz` from each base in turn into `dirs[0]`; return the verified file's path.
 
-
-def _download(name, file, dest_dir, dirs, bases, timeout, deadline):
-    """Fetch `<base><file>.gz` from each base in turn into `dest_dir`; return the verified file's path.
-
-    The bytes stream into a temporary file in `dest_dir`, which is verified (gzip stream, IDX header,
+    `dirs[0]`, the first search directory, is where downloads go: `root`, else `$VAELIB_DATA/<name>`, else the
+    user cache. The bytes stream into a temporary file there, which is verified (gzip stream, IDX header,
     checksum) and then renamed into place with `os.replace`, so a failed or interrupted download never
     leaves a partial file under the final name. Any failure removes the temporary file, and the
     temporary files of killed downloads are removed at the next attempt (`vaelib._atomic`).
     """
-    dest = dest_dir / (file + ".gz")
+    dest = dirs[0] / (file + ".gz")
     failures = []  # (url, message)
     content_failure = False
     for base in bases:
@@ -468,14 +445,4 @@ def _fetch_verified(name, file, url, dest, timeout, deadline):
         if length is not None and received != int(length):
             raise DownloadError(f"connection dropped: received {received} of {int(length)} bytes")
         out.flush()
-        label = f"{dest.name} (downloaded from {url})"
-        data = _read_bytes(tmp, label, max_bytes=_MAX_BYTES[file])
-        _parse_idx(data, label)
-        checksum = _CHECKSUMS[(name, file)]
-        actual = _digest(checksum, tmp, data)
-        if actual != checksum.digest:
-            raise ValueError(
-                f"{label}: checksum mismatch for {name} {file} ({checksum.algorithm} of the "
-                f"{checksum.covers} bytes): expected {checksum.digest}, got {actual}"
-            )
-    _DIGESTS[(_file_key(dest), checksum.algorithm, checksum.covers)] = actual
+        _read_verified(name, file, tmp, label=f"{dest.name} (downloaded from {url})")

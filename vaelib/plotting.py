@@ -22,6 +22,8 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
+from vaelib import _atomic
+
 STYLE = {
     "figure.figsize": (6.4, 4.0),
     "figure.dpi": 100,
@@ -72,12 +74,6 @@ def figures_dir():
     return root / "figures" if root is not None else Path.cwd() / "figures"
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _target(fig, name):
     """The path `savefig` writes for `name`, checked."""
     if isinstance(name, str) and _NAME.match(name):
@@ -117,20 +113,11 @@ def savefig(fig, name):
     if not hasattr(fig, "savefig") or not hasattr(fig, "canvas"):
         raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
     path = _target(fig, name)
-    out_dir = path.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = path.suffix[1:].lower()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=out_dir)
-    os.close(fd)
-    try:
-        # No "Software" stamp in PNGs, so a re-run leaves byte-identical files when nothing changed.
-        fig.savefig(tmp, format=fmt, **({"metadata": {"Software": None}} if fmt == "png" else {}))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a figure is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # No "Software" stamp in PNGs, so a re-run leaves byte-identical files when nothing changed.
+    metadata = {"metadata": {"Software": None}} if fmt == "png" else {}
+    _atomic.atomic_write(path, lambda f: fig.savefig(f, format=fmt, **metadata))
     return path
 
 

@@ -26,8 +26,6 @@ or decoder, loaded into a model you build (`load_checkpoint(path, model=...)`).
 import hashlib
 import math
 import os
-import re
-import tempfile
 import time
 import warnings
 from enum import Enum
@@ -39,7 +37,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm.auto import tqdm
 
-from vaelib import _validate, quick_mode
+from vaelib import _atomic, _validate, quick_mode
 from vaelib.models import MODELS, VAE, Autoencoder
 
 CHECKPOINT_FORMAT = "vaelib-checkpoint"
@@ -565,68 +563,10 @@ def _check_finite(losses, begin, end, epoch, n_steps, model):
 
 # -- checkpoints ------------------------------------------------------------------------------------
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # exists (another user's process) or cannot tell: keep its file
-    return True
-
-
-def _remove_orphans(directory, name):
-    """Remove temporary files `.NAME.PID-XXXX.tmp` left by a save whose process PID no longer runs."""
-    pattern = re.compile(rf"^\.{re.escape(name)}\.(\d+)-[^.]*\.tmp$")
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return
-    for entry in entries:
-        m = pattern.match(entry.name)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
-            try:
-                os.unlink(entry.path)
-            except OSError:
-                pass
-
-
-def atomic_write(path, write, mode="wb"):
-    """Write a file so that `path` is either the old file or the complete new one, never a partial one.
-
-    `write(f)` writes into a temporary file in the same directory, which is flushed, fsync'ed, given the
-    old file's permissions (or, for a new file, 0666 minus the umask) and renamed over `path` with
-    os.replace; on any failure the temporary file is removed and `path` is untouched. A symbolic link
-    stays a link: the file it points to is replaced. Temporary files of an earlier save that was killed
-    (`.NAME.PID-XXXX.tmp`, PID no longer running) are removed.
-
-    Args:
-        path: destination (its directory must exist).
-        write: callable taking the open temporary file.
-        mode: "wb" or "w".
-    """
-    path = Path(path)
-    if path.is_symlink():
-        path = Path(os.path.realpath(path))  # write where the link points; the link itself stays
-    _remove_orphans(path.parent, path.name)
-    try:
-        perms = os.stat(path).st_mode & 0o7777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        perms = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, perms)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+# One implementation of atomic writes for the whole project (temporary file, fsync, permissions, links,
+# orphans of killed writers): vaelib._atomic. Re-exported here because the command line, the widgets and
+# the benchmarks write through `vaelib.train.atomic_write`.
+atomic_write = _atomic.atomic_write
 
 
 def _to_cpu(obj):
