@@ -138,13 +138,40 @@ def test_iwae_rises_with_k_towards_log_evidence(gen):
     assert values[-1] < exact + 1e-3 and exact - values[-1] < 0.1 * (exact - values[0])
 
 
-def test_iwae_with_k1_is_the_elbo_estimator():
+def test_iwae_with_k1_averages_to_the_exact_elbo():
+    # IWAE_1 = log w for one z ~ q, whose expectation is the ELBO; oracle: LinearGaussian.exact_elbo, the
+    # ELBO in closed form (no sampling). q is off the posterior (shifted by 0.3, 1.5x too wide: a 2.04-nat
+    # gap). One log w has std 2.44 nats here, so 20k repeats give a standard error of 0.017; 4 allowed.
     m = linear_gaussian(3, 2)
     x, _ = m.sample(3, torch.Generator().manual_seed(0))
-    mu, logvar = torch.zeros(3, 2, dtype=f64), torch.zeros(3, 2, dtype=f64)
-    a = E.iwae_bound(m.log_joint, x, mu, logvar, 1, torch.Generator().manual_seed(5))
-    b = E.elbo(m.log_joint, x, mu, logvar, 1, torch.Generator().manual_seed(5))
-    torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
+    mean, cov = m.posterior(x)
+    mu, logvar = mean + 0.3, torch.log(cov.diagonal() * 1.5).expand_as(mean)
+    n = 20_000
+    iwae1 = E.iwae_bound(m.log_joint, x.repeat(n, 1), mu.repeat(n, 1), logvar.repeat(n, 1), 1,
+                         torch.Generator().manual_seed(5)).reshape(n, 3)
+    se = iwae1.std(0) / math.sqrt(n)
+    exact = m.exact_elbo(x, mu, logvar)
+    assert bool(((iwae1.mean(0) - exact).abs() < 4 * se).all()), (iwae1.mean(0), exact, se)
+    assert bool((m.log_evidence(x) - exact > 1.0).all())  # IWAE_1 must not close the gap the way IWAE_k does
+
+
+def test_iwae_bound_is_log_mean_exp_of_hand_computed_weights():
+    # The same draws (same seed, same (k, B, latent) shape) weighted by hand with torch.distributions:
+    # log w = log N(x; W z + b, s^2 I) + log N(z; 0, I) - log N(z; mu, diag(sigma^2)), then log (1/k) sum exp.
+    from torch.distributions import Normal
+
+    m = linear_gaussian(3, 2)
+    x, _ = m.sample(4, torch.Generator().manual_seed(0))
+    mu = torch.randn(4, 2, generator=torch.Generator().manual_seed(1), dtype=f64)
+    logvar = 0.3 * torch.randn(4, 2, generator=torch.Generator().manual_seed(2), dtype=f64)
+    k = 7
+    got = E.iwae_bound(m.log_joint, x, mu, logvar, k, torch.Generator().manual_seed(5))
+    sigma = torch.exp(0.5 * logvar)
+    z = mu + sigma * torch.randn(k, 4, 2, generator=torch.Generator().manual_seed(5), dtype=f64)  # (k, B, 2)
+    log_w = (Normal(z @ m.W.T + m.b, m.noise_std).log_prob(x).sum(-1) + Normal(0.0, 1.0).log_prob(z).sum(-1)
+             - Normal(mu, sigma).log_prob(z).sum(-1))  # (k, B)
+    oracle = torch.tensor(np.log(np.exp(log_w.numpy()).mean(0)), dtype=f64)  # log w in [-311, -2]: within float64 exp
+    torch.testing.assert_close(got, oracle, rtol=0, atol=1e-12)
 
 
 # ---- gradient estimators of E_q[f(z)] ----
