@@ -189,6 +189,47 @@ def test_errors_after_parsing_are_one_line(tmp_path, capsys, trained):
     assert not (tmp_path / "r").exists()
 
 
+def _raise(error):
+    def broken(*args, **kwargs):
+        raise error
+    return broken
+
+
+@pytest.mark.parametrize("error", [TypeError("unsupported operand type(s)"), RuntimeError("a bug in vaelib")],
+                         ids=["TypeError", "RuntimeError"])
+def test_a_bug_keeps_its_traceback(error, tmp_path, capsys, monkeypatch):
+    """A TypeError or RuntimeError from inside a command is a bug, not a user error: main does not turn it into
+    `vaelib: error: ...` (which would hide where it happened) but lets it propagate."""
+    monkeypatch.setattr(train, "load_checkpoint", _raise(error))
+    with pytest.raises(type(error), match=re.escape(str(error))):
+        main(["sample", str(tmp_path / "m.pt"), "--out", str(tmp_path / "s.png")])
+    assert "vaelib: error" not in capsys.readouterr().err
+
+
+def test_a_bug_in_a_subprocess_prints_the_traceback(tmp_path):
+    """`python -m vaelib` with a bug planted in a library function it calls: Python's traceback on stderr, naming
+    the function where it happened, and exit status 1, not the one-line message of an expected error."""
+    plant = ("import runpy, sys, vaelib.train\n"
+             "def load_checkpoint(*args, **kwargs):\n"
+             "    raise RuntimeError('planted bug')\n"
+             "vaelib.train.load_checkpoint = load_checkpoint\n"
+             "sys.argv = ['vaelib', 'sample', 'm.pt', '--out', 's.png']\n"
+             "runpy.run_module('vaelib', run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", plant], cwd=tmp_path, env=env(), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Traceback (most recent call last):"), result.stderr
+    assert "in load_checkpoint" in result.stderr and result.stderr.endswith("RuntimeError: planted bug\n")
+    assert "vaelib: error" not in result.stderr
+
+
+def test_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
+    """Running out of memory is not a bug: one line that says what to lower."""
+    monkeypatch.setattr(train, "load_checkpoint", _raise(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate")))
+    assert_one_line_error(in_process(["sample", tmp_path / "m.pt", "--out", tmp_path / "s.png"], capsys),
+                          "out of memory", "--batch-size")
+
+
 def test_help_and_import_have_no_side_effects(capsys):
     assert main(["--help"]) == 0
     assert "train" in capsys.readouterr().out

@@ -12,8 +12,9 @@
     python -m vaelib sample runs/digits/model.pt --n 64 --out samples.png
         writes a grid of decoded samples from the prior (image shape recorded in the checkpoint)
 
-Expected failures (bad arguments, unknown datasets, missing or corrupt checkpoints, missing data files)
-print one line `vaelib: error: ...` on stderr and exit with a non-zero status, never a traceback.
+Expected failures (bad arguments, unknown datasets, missing or corrupt checkpoints, missing data files, a NaN
+in training, running out of memory) print one line `vaelib: error: ...` on stderr and exit with a non-zero
+status, never a traceback. Anything else (a TypeError or RuntimeError from a bug) keeps its traceback.
 Ctrl-C exits with status 130 and SIGTERM with 143, after saving the training state.
 Nothing happens at import time; the heavy modules (torch, data, matplotlib) load inside the commands.
 """
@@ -188,11 +189,33 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("vaelib: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, TypeError, OSError, FloatingPointError, RuntimeError) as e:
+    except EXPECTED_ERRORS as e:
         message = " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
         print(f"vaelib: error: {message}", file=sys.stderr)
         return 1
+    except Exception as e:
+        if _out_of_memory(e):
+            print(f"vaelib: error: out of memory ({type(e).__name__}); lower --batch-size (and --chunk-size for "
+                  "evaluate), or use --device cpu", file=sys.stderr)
+            return 1
+        raise  # a bug: Python prints the traceback and exits with status 1
     return 0
+
+
+# The errors the commands and the library raise on purpose, with a message meant for the user: CLIError (bad
+# arguments, unusable --out or --data), ValueError (the library's checks: broken or corrupt checkpoints, unknown
+# devices, corrupt IDX files), OSError (missing files, failed downloads, a full or read-only disk) and
+# FloatingPointError (a NaN in training). A TypeError or RuntimeError reaching main is a bug: it keeps its traceback.
+EXPECTED_ERRORS = (CLIError, ValueError, OSError, FloatingPointError)
+
+
+def _out_of_memory(e):
+    """True for torch's out-of-memory error (CPU allocations raise a RuntimeError that says so): not a bug."""
+    torch = sys.modules.get("torch")  # not imported here: if the command never loaded torch, this is no torch error
+    if torch is None:
+        return False
+    return isinstance(e, torch.OutOfMemoryError) or (
+        type(e) is RuntimeError and "DefaultCPUAllocator: can't allocate memory" in str(e))
 
 
 def _usage_error(parser, command, message):
