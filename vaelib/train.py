@@ -156,7 +156,7 @@ def _check_data(model, name, x, binarize):
 
 
 def _check_seed(seed):
-    _validate.positive_int("seed", seed, minimum=0)
+    _validate.nonnegative_int("seed", seed)
     if seed >= _SEED_LIMIT:
         raise ValueError(f"seed must be < 2**64 (torch generators take 64-bit seeds), got {seed}")
     return seed
