@@ -60,12 +60,6 @@ def nonnegative_int(name, n):
     return count(name, n, minimum=0)
 
 
-# The former name of `count`, which read as "> 0" even where a caller passed minimum=0. Kept only for the callers
-# in train.fit and data.py, left alone while they were being rewritten in parallel (issue 16 items 1 and 6):
-# switch them to count(...) and delete this line.
-positive_int = count
-
-
 def renamed(new, new_value, old, old_value, default=None):
     """The value of a keyword argument renamed from `old` to `new`: the old keyword still works, without a warning.
 
