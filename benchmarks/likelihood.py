@@ -169,7 +169,7 @@ def main(argv=None):
     def curve_point(epoch):
         model.eval()
         g = torch.Generator().manual_seed(args.seed)
-        nll = -evaluate.iwae_log_likelihood(model, x_curve, k=args.curve_k, generator=g).mean().item()
+        nll = -evaluate.iwae_log_likelihood(model, x_curve, K=args.curve_k, generator=g).mean().item()
         r["curve"].append({"epoch": epoch, "nll": nll, "valid_elbo": history["valid_elbo"][-1]})
         log(f"epoch {epoch}: test NLL {nll:.2f} (k={args.curve_k}, {x_curve.shape[0]} images), "
             f"valid ELBO {history['valid_elbo'][-1]:.2f}, best {r['best']['valid_elbo']:.2f} at {r['best']['epoch']}")
@@ -213,7 +213,7 @@ def main(argv=None):
     gen = torch.Generator().manual_seed(args.seed + 2)
     log_px = []
     for start in range(0, x_test.shape[0], 1000):
-        log_px.append(evaluate.iwae_log_likelihood(model, x_test[start:start + 1000], k=args.k, generator=gen))
+        log_px.append(evaluate.iwae_log_likelihood(model, x_test[start:start + 1000], K=args.k, generator=gen))
         log(f"final: {start + log_px[-1].shape[0]}/{x_test.shape[0]} images, running NLL "
             f"{-torch.cat(log_px).mean().item():.2f}")
     log_px = torch.cat(log_px).double()

@@ -102,10 +102,10 @@ def test_train_writes_checkpoint_history_and_curve(trained):
 
 def test_evaluate_prints_what_the_library_computes(trained, capsys):
     root, out, _ = trained
-    result = in_process(["evaluate", out / "model.pt", "--k", 20, "--limit", 60, "--no-progress"], capsys)
+    result = in_process(["evaluate", out / "model.pt", "--K", 20, "--limit", 60, "--no-progress"], capsys)
     assert result.returncode == 0, result.stderr
     numbers = {}
-    for name in ("test ELBO", r"IWAE log-likelihood \(k=20\)"):
+    for name in ("test ELBO", r"IWAE log-likelihood \(K=20\)"):
         m = re.search(rf"^{name}: (-?\d+\.\d+) nats per example .*; (\d+\.\d+) bits/dim\)$", result.stdout, re.M)
         assert m, result.stdout
         numbers[name] = float(m.group(1))
@@ -117,9 +117,9 @@ def test_evaluate_prints_what_the_library_computes(trained, capsys):
     x = torch.bernoulli(x[:60], generator=torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(0)
     elbo = evaluate.test_elbo(model, x, batch_size=100, generator=g).mean().item()
-    iwae = evaluate.iwae_log_likelihood(model, x, k=20, batch_size=100, chunk_size=500, generator=g).mean().item()
+    iwae = evaluate.iwae_log_likelihood(model, x, K=20, batch_size=100, chunk_size=500, generator=g).mean().item()
     assert numbers["test ELBO"] == pytest.approx(elbo, abs=1e-3)
-    assert numbers[r"IWAE log-likelihood \(k=20\)"] == pytest.approx(iwae, abs=1e-3)
+    assert numbers[r"IWAE log-likelihood \(K=20\)"] == pytest.approx(iwae, abs=1e-3)
 
 
 def test_sample_writes_a_grid_image(trained, capsys):
@@ -168,7 +168,7 @@ def test_usage_errors_are_one_line(argv, fragments, tmp_path):
 def test_corrupt_checkpoint_is_one_line_in_a_subprocess(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"PK\x03\x04 definitely not a zip archive")
-    result = run("evaluate", bad, "--k", 5, cwd=tmp_path)
+    result = run("evaluate", bad, "--k", 5, cwd=tmp_path)  # --k: the former name of --K still parses
     assert_one_line_error(result, str(bad), "not a readable vaelib checkpoint")
 
 
@@ -187,6 +187,56 @@ def test_errors_after_parsing_are_one_line(tmp_path, capsys, trained):
     if not torch.cuda.is_available():
         assert_one_line_error(in_process(["evaluate", out / "model.pt", "--device", "cuda"], capsys), "CUDA is not available")
     assert not (tmp_path / "r").exists()
+
+
+def _raise(error):
+    def broken(*args, **kwargs):
+        raise error
+    return broken
+
+
+@pytest.mark.parametrize("error", [TypeError("unsupported operand type(s)"), RuntimeError("a bug in vaelib")],
+                         ids=["TypeError", "RuntimeError"])
+def test_a_bug_keeps_its_traceback(error, tmp_path, capsys, monkeypatch):
+    """A TypeError or RuntimeError from inside a command is a bug, not a user error: main does not turn it into
+    `vaelib: error: ...` (which would hide where it happened) but lets it propagate."""
+    monkeypatch.setattr(train, "load_checkpoint", _raise(error))
+    with pytest.raises(type(error), match=re.escape(str(error))):
+        main(["sample", str(tmp_path / "m.pt"), "--out", str(tmp_path / "s.png")])
+    assert "vaelib: error" not in capsys.readouterr().err
+
+
+def test_a_bug_in_a_subprocess_prints_the_traceback(tmp_path):
+    """`python -m vaelib` with a bug planted in a library function it calls: Python's traceback on stderr, naming
+    the function where it happened, and exit status 1, not the one-line message of an expected error."""
+    plant = ("import runpy, sys, vaelib.train\n"
+             "def load_checkpoint(*args, **kwargs):\n"
+             "    raise RuntimeError('planted bug')\n"
+             "vaelib.train.load_checkpoint = load_checkpoint\n"
+             "sys.argv = ['vaelib', 'sample', 'm.pt', '--out', 's.png']\n"
+             "runpy.run_module('vaelib', run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", plant], cwd=tmp_path, env=env(), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Traceback (most recent call last):"), result.stderr
+    assert "in load_checkpoint" in result.stderr and result.stderr.endswith("RuntimeError: planted bug\n")
+    assert "vaelib: error" not in result.stderr
+
+
+def test_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
+    """Running out of memory is not a bug: one line that says what to lower."""
+    monkeypatch.setattr(train, "load_checkpoint", _raise(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate")))
+    assert_one_line_error(in_process(["sample", tmp_path / "m.pt", "--out", tmp_path / "s.png"], capsys),
+                          "out of memory", "--batch-size")
+
+
+def test_evaluate_takes_K_and_its_former_name_k():
+    from vaelib.__main__ import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["evaluate", "m.pt", "--K", "7"]).K == 7
+    assert parser.parse_args(["evaluate", "m.pt", "--k", "7"]).K == 7
+    assert parser.parse_args(["evaluate", "m.pt"]).K == 5000
 
 
 def test_help_and_import_have_no_side_effects(capsys):
@@ -360,7 +410,7 @@ def test_train_evaluate_and_sample_on_an_npz_file(npz_file, tmp_path, capsys):
     ck = train.load_checkpoint(out / "model.pt", with_state=True)
     assert ck.metadata["data"] == str(npz_file.resolve()) and ck.metadata["image_shape"] == [4, 16]
     # evaluate reads the data (x_test) from the checkpoint
-    result = in_process(["evaluate", out / "model.pt", "--k", 5, "--limit", 30, "--no-progress"], capsys)
+    result = in_process(["evaluate", out / "model.pt", "--K", 5, "--limit", 30, "--no-progress"], capsys)
     assert result.returncode == 0, result.stderr
     assert "data: mine.npz test split, 30 examples" in result.stdout
     x = torch.from_numpy(np.load(npz_file)["x_test"][:30].reshape(30, 64).astype(np.float32) / 255)
@@ -381,7 +431,7 @@ def test_train_evaluate_and_sample_on_an_npz_file(npz_file, tmp_path, capsys):
     npz_file.rename(moved)
     try:
         assert_one_line_error(in_process(["evaluate", out / "model.pt"], capsys), "which is not there any more", "--data")
-        result = in_process(["evaluate", out / "model.pt", "--data", moved, "--split", "train", "--k", 2, "--limit", 5,
+        result = in_process(["evaluate", out / "model.pt", "--data", moved, "--split", "train", "--K", 2, "--limit", 5,
                              "--no-progress"], capsys)
         assert result.returncode == 0 and "moved.npz train split, 5 examples" in result.stdout
     finally:

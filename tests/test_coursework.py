@@ -74,7 +74,7 @@ def test_conv_vae_trains_with_fit_and_is_evaluated_by_iwae(images28):
     before = evaluate.test_elbo(model, test_x, generator=g()).mean().item()
     history = train.fit(model, x[:1000], 2, batch_size=32, lr=3e-3, seed=0, progress=False, device="cpu")
     elbo = evaluate.test_elbo(model, test_x, n_samples=16, generator=g())
-    iwae = evaluate.iwae_log_likelihood(model, test_x.numpy(), k=16, chunk_size=8, generator=g())  # numpy works too
+    iwae = evaluate.iwae_log_likelihood(model, test_x.numpy(), K=16, chunk_size=8, generator=g())  # numpy works too
     assert elbo.shape == iwae.shape == (100,)
     # Two epochs take the test ELBO from -518 nats (random weights) to -370 (measured); demand half of that gain.
     assert history["elbo"][-1] > history["elbo"][0] and elbo.mean().item() > before + 75, (before, elbo.mean())
@@ -97,8 +97,8 @@ def test_conv_vae_saved_and_loaded_into_a_model_you_build(images28, tmp_path):
     loaded = train.load_checkpoint(tmp_path / "conv.pt", model=VAE(784, 8, encoder=ConvEncoder(8), decoder=ConvDecoder(8)))
     test_x = torch.bernoulli(xt[:20], generator=torch.Generator().manual_seed(1))
     g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
-    torch.testing.assert_close(evaluate.iwae_log_likelihood(loaded, test_x, k=8, generator=g()),
-                               evaluate.iwae_log_likelihood(model, test_x, k=8, generator=g()), rtol=0, atol=0)
+    torch.testing.assert_close(evaluate.iwae_log_likelihood(loaded, test_x, K=8, generator=g()),
+                               evaluate.iwae_log_likelihood(model, test_x, K=8, generator=g()), rtol=0, atol=0)
 
 
 def test_a_decoder_that_flattens_the_sample_dimension_is_caught():
@@ -197,7 +197,7 @@ def test_the_command_line_on_your_own_npz_file(images28, tmp_path, capsys):
     assert main(["train", "--data", str(npz), "--image-shape", "28", "28", "--latent-dim", "4", "--hidden", "32",
                  "--epochs", "2", "--no-progress", "--out", str(out)]) == 0
     capsys.readouterr()
-    assert main(["evaluate", str(out / "model.pt"), "--k", "8", "--no-progress"]) == 0
+    assert main(["evaluate", str(out / "model.pt"), "--K", "8", "--no-progress"]) == 0
     report = capsys.readouterr().out
     assert "my_images.npz" in report and "50 examples" in report
     assert main(["sample", str(out / "model.pt"), "--n", "16", "--out", str(tmp_path / "samples.png")]) == 0

@@ -232,9 +232,9 @@ def test_pathwise_single_sample_matches_finite_differences():
 def test_bad_inputs():
     m = linear_gaussian(3, 2)
     x, mu, lv = torch.zeros(4, 3, dtype=f64), torch.zeros(4, 2, dtype=f64), torch.zeros(4, 2, dtype=f64)
-    with pytest.raises(ValueError, match=r"k must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"K must be >= 1, got 0"):
         E.iwae_bound(m.log_joint, x, mu, lv, 0)
-    with pytest.raises(TypeError, match=r"k must be an int"):
+    with pytest.raises(TypeError, match=r"K must be an int"):
         E.iwae_bound(m.log_joint, x, mu, lv, 2.0)
     with pytest.raises(ValueError, match=r"mu and logvar must have the same shape"):
         E.elbo(m.log_joint, x, mu, torch.zeros(4, 3, dtype=f64))
@@ -313,3 +313,19 @@ def test_half_precision_is_refused(dtype):
         E.elbo(lg.log_joint, x, torch.zeros(2, 1, dtype=dtype), torch.zeros(2, 1, dtype=dtype))
     with pytest.raises(TypeError, match=rf"log_w must be a floating-point tensor .* got dtype {dtype}"):
         E.log_mean_exp(torch.zeros(4, dtype=dtype))
+
+
+def test_iwae_bound_takes_K_and_its_former_name_k():
+    """K (importance samples) was called k, the letter of the latent size: k= still works, and means K."""
+    m = linear_gaussian(3, 2)
+    x, mu, lv = torch.zeros(4, 3, dtype=f64), torch.zeros(4, 2, dtype=f64), torch.zeros(4, 2, dtype=f64)
+    runs = [E.iwae_bound(m.log_joint, x, mu, lv, 5, torch.Generator().manual_seed(1)),
+            E.iwae_bound(m.log_joint, x, mu, lv, K=5, generator=torch.Generator().manual_seed(1)),
+            E.iwae_bound(m.log_joint, x, mu, lv, k=5, generator=torch.Generator().manual_seed(1))]
+    assert all(torch.equal(r, runs[0]) for r in runs)
+    # K = 5 and K = 1 draw different numbers of samples, so they give different values: k is not ignored
+    assert not torch.equal(E.iwae_bound(m.log_joint, x, mu, lv, k=1, generator=torch.Generator().manual_seed(1)), runs[0])
+    with pytest.raises(TypeError, match=r"K=5 and k=3 given; k is the former name of K"):
+        E.iwae_bound(m.log_joint, x, mu, lv, K=5, k=3)
+    with pytest.raises(TypeError, match=r"missing the number of importance samples K"):
+        E.iwae_bound(m.log_joint, x, mu, lv)

@@ -33,7 +33,7 @@ def lg_x(lg):
 def test_iwae_is_exact_at_the_exact_posterior(lg, lg_x):
     # q = p(z|x): every weight p(x, z)/q(z|x) equals p(x), so the estimate is log p(x) for any k and draw.
     vae = linear_vae(lg)
-    ll = evaluate.iwae_log_likelihood(vae, lg_x, k=50, chunk_size=7, generator=torch.Generator().manual_seed(1))
+    ll = evaluate.iwae_log_likelihood(vae, lg_x, K=50, chunk_size=7, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(ll, lg.log_evidence(lg_x), rtol=0, atol=1e-10)
 
 
@@ -46,7 +46,7 @@ def test_iwae_converges_to_log_evidence_within_monte_carlo_error(lg, lg_x):
     """
     vae = linear_vae(lg, perturb=0.5)
     k = 5000
-    ll = evaluate.iwae_log_likelihood(vae, lg_x, k=k, batch_size=3, chunk_size=999,
+    ll = evaluate.iwae_log_likelihood(vae, lg_x, K=k, batch_size=3, chunk_size=999,
                                       generator=torch.Generator().manual_seed(2))
     log_px = lg.log_evidence(lg_x)
     with torch.no_grad():
@@ -63,7 +63,7 @@ def test_iwae_converges_to_log_evidence_within_monte_carlo_error(lg, lg_x):
 def test_chunked_running_logsumexp_equals_one_piece_with_the_same_samples(lg, lg_x):
     vae = linear_vae(lg, perturb=0.3)
     k, chunk = 23, 5
-    ll = evaluate.iwae_log_likelihood(vae, lg_x, k=k, batch_size=100, chunk_size=chunk,
+    ll = evaluate.iwae_log_likelihood(vae, lg_x, K=k, batch_size=100, chunk_size=chunk,
                                       generator=torch.Generator().manual_seed(4))
     # Oracle: draw the same chunks from the same seed, compute every log-weight with torch.distributions,
     # concatenate all k, and take log-mean-exp once.
@@ -79,7 +79,7 @@ def test_chunked_running_logsumexp_equals_one_piece_with_the_same_samples(lg, lg
         oracle = torch.logsumexp(log_w, 0) - math.log(k)
     torch.testing.assert_close(ll, oracle, rtol=0, atol=1e-10)
     # One chunk holding all k samples draws exactly what estimators.iwae_bound draws.
-    one = evaluate.iwae_log_likelihood(vae, lg_x, k=k, chunk_size=k, generator=torch.Generator().manual_seed(5))
+    one = evaluate.iwae_log_likelihood(vae, lg_x, K=k, chunk_size=k, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         ref = estimators.iwae_bound(vae.log_joint, lg_x, mu, logvar, k, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(one, ref, rtol=0, atol=1e-10)
@@ -119,12 +119,12 @@ def digits_model():
 def test_iwae_does_not_decrease_with_k_and_bounds_the_elbo(digits_model):
     """ELBO <= IWAE_1... in expectation IWAE_k increases with k (Burda et al. 2016, theorem 1).
 
-    Averaged over 100 examples the increase from k=1 to 10 to 200 is far larger than the Monte Carlo noise.
+    Averaged over 100 examples the increase from K=1 to 10 to 200 is far larger than the Monte Carlo noise.
     """
     model, x = digits_model
     g = torch.Generator().manual_seed(9)
     elbo = evaluate.test_elbo(model, x, n_samples=10, generator=g).mean()
-    iwae = [evaluate.iwae_log_likelihood(model, x, k=k, chunk_size=64, generator=g).mean() for k in (1, 10, 200)]
+    iwae = [evaluate.iwae_log_likelihood(model, x, K=k, chunk_size=64, generator=g).mean() for k in (1, 10, 200)]
     assert float(elbo) < float(iwae[1]) < float(iwae[2])
     assert float(iwae[0]) < float(iwae[1])
     assert float(iwae[0]) == pytest.approx(float(elbo), abs=1.0)  # IWAE_1 is an ELBO estimate
@@ -172,7 +172,7 @@ def test_bits_per_dim():
         (lambda m, x: evaluate.iwae_log_likelihood(Autoencoder(6, 2), x), TypeError, r"model must be a vaelib.models.VAE, got Autoencoder"),
         (lambda m, x: evaluate.test_elbo(m, x[:, :5]), ValueError, r"x must have shape \(B, 6\)"),
         (lambda m, x: evaluate.iwae_log_likelihood(m, x * float("nan")), ValueError, r"x contains NaN"),
-        (lambda m, x: evaluate.iwae_log_likelihood(m, x, k=0), ValueError, r"k must be >= 1"),
+        (lambda m, x: evaluate.iwae_log_likelihood(m, x, K=0), ValueError, r"K must be >= 1"),
         (lambda m, x: evaluate.iwae_log_likelihood(m, x, chunk_size=0), ValueError, r"chunk_size must be >= 1"),
         (lambda m, x: evaluate.test_elbo(m, x, batch_size=0), ValueError, r"batch_size must be >= 1"),
         (lambda m, x: evaluate.test_elbo(m, x, generator="seed"), TypeError, r"generator must be a torch.Generator"),
@@ -278,7 +278,7 @@ def test_elbo_gaps_vanish_at_the_exact_posterior():
     it back to sqrt(KL) ~ 1e-7 (see above), hence 1e-6. The encoder's ELBO and log_px are round-off exact."""
     lg = linear_gaussian(d=6, k=2, noise_std=0.5, seed=3, orthogonal=True)
     x = lg.sample(8, generator=torch.Generator().manual_seed(0))[0]
-    gaps = evaluate.elbo_gaps(linear_vae(lg), x, k=100, steps=300, eval_samples=100,
+    gaps = evaluate.elbo_gaps(linear_vae(lg), x, K=100, steps=300, eval_samples=100,
                               generator=torch.Generator().manual_seed(1))
     log_px = lg.log_evidence(x)
     torch.testing.assert_close(gaps.elbo_encoder, log_px, rtol=0, atol=1e-10)
@@ -342,7 +342,7 @@ def test_elbo_gaps_of_a_poor_encoder_are_all_amortization():
     lg = linear_gaussian(d=6, k=2, noise_std=0.5, seed=3, orthogonal=True)
     x = lg.sample(8, generator=torch.Generator().manual_seed(0))[0]
     vae = linear_vae(lg, perturb=0.5)
-    gaps = evaluate.elbo_gaps(vae, x, k=1000, steps=300, eval_samples=1000, generator=torch.Generator().manual_seed(1))
+    gaps = evaluate.elbo_gaps(vae, x, K=1000, steps=300, eval_samples=1000, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         mu, logvar = vae.encode(x)
         post_mean, post_cov = lg.posterior(x)
@@ -376,7 +376,7 @@ def test_elbo_gaps_log_px_is_unbiased_for_the_evidence():
     lg = LinearGaussian(W, torch.linspace(-1.0, 1.0, 6, dtype=torch.float64), 0.5)
     x1 = lg.sample(1, generator=torch.Generator().manual_seed(0))[0]  # (1, 6)
     n = 1000
-    gaps = evaluate.elbo_gaps(vae_with_decoder(lg), x1.expand(n, 6).contiguous(), k=4, steps=200, eval_samples=200,
+    gaps = evaluate.elbo_gaps(vae_with_decoder(lg), x1.expand(n, 6).contiguous(), K=4, steps=200, eval_samples=200,
                               generator=torch.Generator().manual_seed(1))
     d = gaps.log_px - lg.log_evidence(x1)  # (n,)
     ratio = torch.exp(d)  # estimate of p(x) / p(x)
@@ -391,7 +391,7 @@ def test_elbo_gaps_of_a_trained_digits_vae_are_nonnegative(digits_model):
     (the spread of one log-weight is ~0.6 nats for this model), so -0.15 nats is 5 standard errors."""
     model, x = digits_model
     x = x[:24]
-    gaps = evaluate.elbo_gaps(model, x, k=400, steps=200, eval_samples=400, generator=torch.Generator().manual_seed(1))
+    gaps = evaluate.elbo_gaps(model, x, K=400, steps=200, eval_samples=400, generator=torch.Generator().manual_seed(1))
     assert bool((gaps.amortization_gap >= -0.15).all()) and bool((gaps.approximation_gap >= -0.15).all())
     assert float(gaps.amortization_gap.mean()) > 0.05 and float(gaps.approximation_gap.mean()) > 0.05
     with torch.no_grad():
@@ -401,7 +401,7 @@ def test_elbo_gaps_of_a_trained_digits_vae_are_nonnegative(digits_model):
     # a few hundredths of log p(x) here (per example ~0.03 nats of Monte Carlo error for log_px, less for the
     # IWAE; observed: mean difference 0.004, largest 0.05 nats).
     with torch.no_grad():
-        iwae = evaluate.iwae_log_likelihood(model, x, k=5000, generator=torch.Generator().manual_seed(2))
+        iwae = evaluate.iwae_log_likelihood(model, x, K=5000, generator=torch.Generator().manual_seed(2))
     assert abs(float((gaps.log_px - iwae).mean())) < 0.03
     assert float((gaps.log_px - iwae).abs().max()) < 0.15
 
@@ -415,7 +415,7 @@ def test_elbo_gaps_of_a_trained_digits_vae_are_nonnegative(digits_model):
         (lambda m, x: evaluate.optimal_gaussian_elbo(m, x, n_samples=0), ValueError, r"n_samples must be >= 1"),
         (lambda m, x: evaluate.optimal_gaussian_elbo(m, x, eval_samples=0), ValueError, r"eval_samples must be >= 1"),
         (lambda m, x: evaluate.optimal_gaussian_elbo(m, x[:, :5]), ValueError, r"x must have shape \(B, 6\)"),
-        (lambda m, x: evaluate.elbo_gaps(m, x, k=0), ValueError, r"k must be >= 1"),
+        (lambda m, x: evaluate.elbo_gaps(m, x, K=0), ValueError, r"K must be >= 1"),
         (lambda m, x: evaluate.elbo_gaps(m, x, generator=1), TypeError, r"generator must be a torch.Generator"),
     ],
     ids=["autoencoder", "steps", "lr", "n-samples", "eval-samples", "shape", "k", "generator"],
@@ -436,8 +436,8 @@ def test_numpy_arrays_give_the_same_numbers_as_tensors(lg, lg_x, dtype):
     g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
     pairs = [
         (evaluate.test_elbo(vae, x_np, n_samples=3, generator=g()), evaluate.test_elbo(vae, x_t, n_samples=3, generator=g())),
-        (evaluate.iwae_log_likelihood(vae, x_np, k=20, generator=g()),
-         evaluate.iwae_log_likelihood(vae, x_t, k=20, generator=g())),
+        (evaluate.iwae_log_likelihood(vae, x_np, K=20, generator=g()),
+         evaluate.iwae_log_likelihood(vae, x_t, K=20, generator=g())),
         (evaluate.active_units(vae, x_np)[1], evaluate.active_units(vae, x_t)[1]),
         (evaluate.kl_per_unit(vae, x_np), evaluate.kl_per_unit(vae, x_t)),
     ]
@@ -507,3 +507,20 @@ def test_bits_per_dim_keeps_the_kind_of_its_input():
     nats = -64 * math.log(2.0)
     assert evaluate.bits_per_dim(np.array([nats, 2 * nats]), 64).tolist() == pytest.approx([1.0, 2.0])
     torch.testing.assert_close(evaluate.bits_per_dim(torch.tensor([nats], dtype=torch.float64), 64), torch.tensor([1.0], dtype=torch.float64))
+
+
+def test_iwae_log_likelihood_and_elbo_gaps_take_K_and_its_former_name_k(lg, lg_x):
+    """K (importance samples) was called k, the letter of the latent size: k= still works, and means K."""
+    vae = linear_vae(lg, perturb=0.5)  # a poor q: the estimate depends on K and on the draws
+
+    def g():
+        return torch.Generator().manual_seed(4)
+
+    new = evaluate.iwae_log_likelihood(vae, lg_x, K=7, chunk_size=3, generator=g())
+    assert torch.equal(evaluate.iwae_log_likelihood(vae, lg_x, k=7, chunk_size=3, generator=g()), new)
+    assert torch.equal(evaluate.iwae_log_likelihood(vae, lg_x, 7, chunk_size=3, generator=g()), new)
+    assert not torch.equal(evaluate.iwae_log_likelihood(vae, lg_x, k=6, chunk_size=3, generator=g()), new)
+    with pytest.raises(TypeError, match=r"K=7 and k=6 given"):
+        evaluate.iwae_log_likelihood(vae, lg_x, K=7, k=6)
+    gaps = evaluate.elbo_gaps(vae, lg_x[:3], K=6, steps=2, eval_samples=4, generator=g())
+    assert torch.equal(evaluate.elbo_gaps(vae, lg_x[:3], k=6, steps=2, eval_samples=4, generator=g()).log_px, gaps.log_px)

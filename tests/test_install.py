@@ -38,7 +38,7 @@ SCRIPT = textwrap.dedent(
     torch.manual_seed(0)
     model = VAE(64, 2, (8,))
     train.fit(model, x[:200], 1, batch_size=50, progress=False, device="cpu")
-    ll = evaluate.iwae_log_likelihood(model, torch.bernoulli(x[:10]), k=4)
+    ll = evaluate.iwae_log_likelihood(model, torch.bernoulli(x[:10]), K=4)
     assert ll.shape == (10,) and bool(torch.isfinite(ll).all())
     fig = plotting.image_grid(model.sample(4))
     written = [plotting.savefig(fig, "01_series_name"), plotting.savefig(fig, "out/mine.png")]

@@ -301,7 +301,7 @@ def test_latent_explorer_follows_the_sliders(quick, latent_model, digits):
         widgets.latent_explorer(VAE(64, 3, hidden_dims=(8,)), x_train, x_test)
 
 
-# -- 5. IWAE_k ---------------------------------------------------------------------------------------------------
+# -- 5. IWAE_K ---------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["linear", "bimodal"])
@@ -324,12 +324,12 @@ def test_iwae_readout_is_sandwiched(name):
 
 def test_iwae_explorer_follows_the_slider(quick):
     box = widgets.iwae_explorer()
-    box.controls["k"].value = 64
+    box.controls["K"].value = 64
     model, x = widgets.kl_identity_models()["linear"]
     mu, logvar = torch.tensor([[0.3]], dtype=torch.float64), torch.tensor([[-1.0]], dtype=torch.float64)
     i = widgets.IWAE_KS.index(64)
     expected = widgets.iwae_readout(model, x, mu, logvar, 64, repeats=200, seed=i)
-    assert box.readout["iwae"] == expected["iwae"] and f"IWAE_k {expected['iwae']:.4f}" in box.children[-1].value
+    assert box.readout["iwae"] == expected["iwae"] and f"IWAE_K {expected['iwae']:.4f}" in box.children[-1].value
 
 
 # -- every explorer: builds, and a slider move is fast -----------------------------------------------------------
@@ -381,3 +381,11 @@ def test_every_explorer_updates_within_bound(quick, sigma_grid, latent_model, di
     # machine can be several times larger); the target is 100 ms, the bound generous.
     for name, (wall, cpu, *_) in medians.items():
         assert cpu < UPDATE_BOUND_S, f"{name}: median update {1e3 * cpu:.0f} ms of CPU time ({1e3 * wall:.0f} ms wall)"
+
+
+def test_iwae_readout_takes_K_and_its_former_name_k():
+    model, x = widgets.kl_identity_models()["linear"]
+    mu, logvar = torch.tensor([[0.3]], dtype=torch.float64), torch.tensor([[-1.0]], dtype=torch.float64)
+    new = widgets.iwae_readout(model, x, mu, logvar, K=8, repeats=50, seed=2)["draws"]
+    assert (widgets.iwae_readout(model, x, mu, logvar, k=8, repeats=50, seed=2)["draws"] == new).all()
+    assert not (widgets.iwae_readout(model, x, mu, logvar, k=2, repeats=50, seed=2)["draws"] == new).all()

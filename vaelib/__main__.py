@@ -6,14 +6,15 @@
         SIGTERM, a NaN): `train --resume runs/digits` continues it to the same weights as one run
     python -m vaelib train --data mine.npz --likelihood gaussian --image-shape 28 20 --out runs/mine
         your own data: x_train (and optionally x_test) in an .npz file; sigma_x is learned by default
-    python -m vaelib evaluate runs/digits/model.pt --k 5000
+    python -m vaelib evaluate runs/digits/model.pt --K 5000
         prints the test ELBO and the importance-weighted log-likelihood (nats per example, bits/dim)
         on the data the model was trained on (recorded in the checkpoint)
     python -m vaelib sample runs/digits/model.pt --n 64 --out samples.png
         writes a grid of decoded samples from the prior (image shape recorded in the checkpoint)
 
-Expected failures (bad arguments, unknown datasets, missing or corrupt checkpoints, missing data files)
-print one line `vaelib: error: ...` on stderr and exit with a non-zero status, never a traceback.
+Expected failures (bad arguments, unknown datasets, missing or corrupt checkpoints, missing data files, a NaN
+in training, running out of memory) print one line `vaelib: error: ...` on stderr and exit with a non-zero
+status, never a traceback. Anything else (a TypeError or RuntimeError from a bug) keeps its traceback.
 Ctrl-C exits with status 130 and SIGTERM with 143, after saving the training state.
 Nothing happens at import time; the heavy modules (torch, data, matplotlib) load inside the commands.
 """
@@ -104,7 +105,7 @@ def build_parser():
                    help="height and width of one example, for image grids of non-square data (default: from "
                    "(N, H, W) data, else square)")
     p.add_argument("--model", choices=("vae", "autoencoder"), default=None, help="model type (default: vae)")
-    p.add_argument("--latent-dim", type=_positive_int, default=None, metavar="K", help="latent dimensions (default: 20)")
+    p.add_argument("--latent-dim", type=_positive_int, default=None, metavar="k", help="latent dimensions k (default: 20)")
     p.add_argument("--hidden", type=_hidden_list, action="append", metavar="H",
                    help="hidden layer width; repeat or give a comma list for several layers (default: 400)")
     p.add_argument("--epochs", type=_nonnegative_int, default=None, metavar="N",
@@ -147,7 +148,8 @@ def build_parser():
     data.add_argument("--dataset", choices=DATASETS, default=None, help="default: the data the model was trained on")
     data.add_argument("--data", metavar="FILE.npz", default=None, help="an .npz file with x_train and/or x_test")
     p.add_argument("--split", choices=("train", "test"), default="test", help="default: test")
-    p.add_argument("--k", type=_positive_int, default=5000, help="importance samples per example (default: 5000)")
+    p.add_argument("--K", "--k", dest="K", type=_positive_int, default=5000, metavar="K",
+                   help="importance samples per example, K (default: 5000; --k is its former name)")
     p.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="evaluate the first N examples only")
     p.add_argument("--batch-size", type=_positive_int, default=100, help="examples per pass (default: 100)")
     p.add_argument("--chunk-size", type=_positive_int, default=500, help="importance samples per pass (default: 500)")
@@ -188,11 +190,33 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("vaelib: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, TypeError, OSError, FloatingPointError, RuntimeError) as e:
+    except EXPECTED_ERRORS as e:
         message = " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
         print(f"vaelib: error: {message}", file=sys.stderr)
         return 1
+    except Exception as e:
+        if _out_of_memory(e):
+            print(f"vaelib: error: out of memory ({type(e).__name__}); lower --batch-size (and --chunk-size for "
+                  "evaluate), or use --device cpu", file=sys.stderr)
+            return 1
+        raise  # a bug: Python prints the traceback and exits with status 1
     return 0
+
+
+# The errors the commands and the library raise on purpose, with a message meant for the user: CLIError (bad
+# arguments, unusable --out or --data), ValueError (the library's checks: broken or corrupt checkpoints, unknown
+# devices, corrupt IDX files), OSError (missing files, failed downloads, a full or read-only disk) and
+# FloatingPointError (a NaN in training). A TypeError or RuntimeError reaching main is a bug: it keeps its traceback.
+EXPECTED_ERRORS = (CLIError, ValueError, OSError, FloatingPointError)
+
+
+def _out_of_memory(e):
+    """True for torch's out-of-memory error (CPU allocations raise a RuntimeError that says so): not a bug."""
+    torch = sys.modules.get("torch")  # not imported here: if the command never loaded torch, this is no torch error
+    if torch is None:
+        return False
+    return isinstance(e, torch.OutOfMemoryError) or (
+        type(e) is RuntimeError and "DefaultCPUAllocator: can't allocate memory" in str(e))
 
 
 def _usage_error(parser, command, message):
@@ -656,9 +680,9 @@ def cmd_evaluate(args):
         print("an autoencoder has no prior: no ELBO or log-likelihood to report")
         return
     report(f"{args.split} ELBO", evaluate.test_elbo(model, x, batch_size=args.batch_size, generator=gen))
-    iwae = evaluate.iwae_log_likelihood(model, x, k=args.k, batch_size=args.batch_size, chunk_size=args.chunk_size,
+    iwae = evaluate.iwae_log_likelihood(model, x, K=args.K, batch_size=args.batch_size, chunk_size=args.chunk_size,
                                         generator=gen, progress=not args.no_progress)
-    report(f"IWAE log-likelihood (k={args.k})", iwae)
+    report(f"IWAE log-likelihood (K={args.K})", iwae)
 
 
 # -- sample -----------------------------------------------------------------------------------------

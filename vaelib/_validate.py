@@ -43,13 +43,34 @@ def broadcast(**named):
         raise ValueError(f"shapes do not broadcast: {desc}; batch dimensions must match or be 1") from None
 
 
-def positive_int(name, n, *, minimum=1):
-    """Check that `n` is an int >= `minimum` (bools are rejected)."""
+def count(name, n, *, minimum=1):
+    """Check that `n` is a number of things (samples, epochs, layers): an int >= `minimum`, 1 unless given.
+
+    Bools are rejected (True is an int to Python, but never a meant count).
+    """
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"{name} must be an int, got {type(n).__name__}")
     if n < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {n}")
     return n
+
+
+def nonnegative_int(name, n):
+    """Check that `n` is an int >= 0 that is not a count, such as a seed (bools are rejected)."""
+    return count(name, n, minimum=0)
+
+
+def renamed(new, new_value, old, old_value, default=None):
+    """The value of a keyword argument renamed from `old` to `new`: the old keyword still works, without a warning.
+
+    new_value is what the caller passed as `new` (or its `default`); old_value what they passed as `old` (None when
+    not given). Giving both with different values is a TypeError.
+    """
+    if old_value is None:
+        return new_value
+    if new_value != default and new_value != old_value:
+        raise TypeError(f"{new}={new_value!r} and {old}={old_value!r} given; {old} is the former name of {new}: pass {new} only")
+    return old_value
 
 
 def positive_scalar(name, s):

@@ -215,7 +215,7 @@ def read_idx(path, max_bytes=MAX_IDX_BYTES):
             the message names the file and the problem.
     """
     path = Path(path)
-    max_bytes = _validate.positive_int("max_bytes", max_bytes)
+    max_bytes = _validate.count("max_bytes", max_bytes)
     return _parse_idx(_read_bytes(path, max_bytes=max_bytes), path)
 
 

@@ -145,7 +145,7 @@ def sample_normal(mu, logvar, n=None, generator=None):
     _validate.broadcast(mu=mu, logvar=logvar)
     _validate.sampleable_logvar("logvar", logvar)
     if n is not None:
-        _validate.positive_int("n", n)
+        _validate.count("n", n)
     _validate.generator("generator", generator)
     return _sample_normal(mu, logvar, n, generator)
 

@@ -56,14 +56,14 @@ def _check_q(x, mu, logvar):
         )
 
 
-def _log_weights(log_joint, x, mu, logvar, k, generator):
-    """log w = log p(x, z) - log q(z | x) for k samples z ~ q.  Returns (k, B)."""
-    z = _sample_normal(mu, logvar, k, generator)  # (k, B, latent)
+def _log_weights(log_joint, x, mu, logvar, K, generator):
+    """log w = log p(x, z) - log q(z | x) for K samples z ~ q.  Returns (K, B)."""
+    z = _sample_normal(mu, logvar, K, generator)  # (K, B, k)
     log_pxz = log_joint(x, z)
     if not isinstance(log_pxz, torch.Tensor) or log_pxz.shape != z.shape[:-1]:
         got = tuple(log_pxz.shape) if isinstance(log_pxz, torch.Tensor) else type(log_pxz).__name__
         raise ValueError(f"log_joint(x, z) must return shape {tuple(z.shape[:-1])} for z {tuple(z.shape)}, got {got}")
-    return log_pxz - _log_normal(z, mu, logvar)  # (k, B)
+    return log_pxz - _log_normal(z, mu, logvar)  # (K, B)
 
 
 def _estimate(log_w):
@@ -93,8 +93,8 @@ def prior_log_evidence(log_likelihood, x, latent_dim, n_samples, generator=None)
     """
     _validate.function("log_likelihood", log_likelihood, "(x (B, d), z (K, B, k)) -> log p(x | z) (K, B)")
     _validate.tensor("x", x, min_dim=1)
-    _validate.positive_int("latent_dim", latent_dim)
-    _validate.positive_int("n_samples", n_samples)
+    _validate.count("latent_dim", latent_dim)
+    _validate.count("n_samples", n_samples)
     _validate.generator("generator", generator)
     zeros = torch.zeros(*x.shape[:-1], latent_dim, dtype=x.dtype, device=x.device)
     z = _sample_normal(zeros, zeros, n_samples, generator)  # (K, B, k)
@@ -116,7 +116,7 @@ def importance_log_evidence(log_joint, x, mu, logvar, n_samples, generator=None)
     """
     _validate.function("log_joint", log_joint, "(x (B, d), z (K, B, k)) -> log p(x, z) (K, B)")
     _check_q(x, mu, logvar)
-    _validate.positive_int("n_samples", n_samples)
+    _validate.count("n_samples", n_samples)
     _validate.generator("generator", generator)
     return _estimate(_log_weights(log_joint, x, mu, logvar, n_samples, generator))
 
@@ -138,30 +138,34 @@ def elbo(log_joint, x, mu, logvar, n_samples=1, generator=None):
     """
     _validate.function("log_joint", log_joint, "(x (B, d), z (K, B, k)) -> log p(x, z) (K, B)")
     _check_q(x, mu, logvar)
-    _validate.positive_int("n_samples", n_samples)
+    _validate.count("n_samples", n_samples)
     _validate.generator("generator", generator)
     return _log_weights(log_joint, x, mu, logvar, n_samples, generator).mean(0)
 
 
-def iwae_bound(log_joint, x, mu, logvar, k, generator=None):
-    """Importance-weighted bound IWAE_k = E[log (1/k) sum_i p(x, z_i) / q(z_i | x)] (Burda et al. 2016, eq. 8).
+def iwae_bound(log_joint, x, mu, logvar, K=None, generator=None, *, k=None):
+    """Importance-weighted bound IWAE_K = E[log (1/K) sum_i p(x, z_i) / q(z_i | x)] (Burda et al. 2016, eq. 8).
 
-    One draw of the k-sample bound: ELBO = IWAE_1 <= IWAE_k <= IWAE_{k+1} <= log p(x) in expectation.
+    One draw of the K-sample bound: ELBO = IWAE_1 <= IWAE_K <= IWAE_{K+1} <= log p(x) in expectation.
 
     Args:
         log_joint: callable (x (B, d), z (K, B, k)) -> log p(x, z) (K, B).
         x: (B, d) observations.
-        mu, logvar: (B, latent) parameters of q(z | x).
-        k: number of importance samples, >= 1.
+        mu, logvar: (B, k) parameters of q(z | x).
+        K: number of importance samples, >= 1 (required).
         generator: optional torch.Generator.
+        k: the former name of K, still accepted (k is the latent size everywhere else in vaelib).
     Returns:
         (B,) the bound per example in nats.
     """
+    K = _validate.renamed("K", K, "k", k)
+    if K is None:
+        raise TypeError("iwae_bound() missing the number of importance samples K")
     _validate.function("log_joint", log_joint, "(x (B, d), z (K, B, k)) -> log p(x, z) (K, B)")
     _check_q(x, mu, logvar)
-    _validate.positive_int("k", k)
+    _validate.count("K", K)
     _validate.generator("generator", generator)
-    return log_mean_exp(_log_weights(log_joint, x, mu, logvar, k, generator), 0)
+    return log_mean_exp(_log_weights(log_joint, x, mu, logvar, K, generator), 0)
 
 
 class GradientEstimate(NamedTuple):
@@ -179,7 +183,7 @@ def _check_grad_args(f, mu, logvar, n_samples, generator, reduce):
     if mu.shape != logvar.shape:
         raise ValueError(f"mu and logvar must have the same shape (..., D), got {tuple(mu.shape)} and {tuple(logvar.shape)}")
     _validate.sampleable_logvar("logvar", logvar)
-    _validate.positive_int("n_samples", n_samples)
+    _validate.count("n_samples", n_samples)
     _validate.generator("generator", generator)
 
 

@@ -42,7 +42,7 @@ def _check(model, x, batch_size, types=(VAE,)):
     x = _as_tensor(x)
     model._check_x(x, match_model=False)  # batches are converted to the model's dtype and device
     _validate.values("x", x, unit_interval=model.likelihood == "bernoulli")  # NaN, inf, range: scanned once, here
-    _validate.positive_int("batch_size", batch_size)
+    _validate.count("batch_size", batch_size)
     return x
 
 
@@ -60,7 +60,7 @@ def bits_per_dim(log_px, data_dim):
     Returns:
         -log_px / (D log 2), of the same kind and shape as log_px.
     """
-    _validate.positive_int("data_dim", data_dim)
+    _validate.count("data_dim", data_dim)
     if isinstance(log_px, torch.Tensor):
         _validate.tensor("log_px", log_px, finite=False)
         if bool(torch.isnan(log_px).any()):
@@ -90,7 +90,7 @@ def test_elbo(model, x, batch_size=1000, n_samples=1, generator=None):
         (N,) ELBO per example in nats.
     """
     x = _check(model, x, batch_size)
-    _validate.positive_int("n_samples", n_samples)
+    _validate.count("n_samples", n_samples)
     _validate.generator("generator", generator)
     device, dtype = _device_of(model)
     out = [model.elbo_terms(xb.to(device, dtype), n_samples, generator).elbo for xb in x.split(batch_size)]
@@ -98,58 +98,60 @@ def test_elbo(model, x, batch_size=1000, n_samples=1, generator=None):
 
 
 @torch.no_grad()
-def iwae_log_likelihood(model, x, k=5000, batch_size=100, chunk_size=500, generator=None, progress=False):
+def iwae_log_likelihood(model, x, K=5000, batch_size=100, chunk_size=500, generator=None, progress=False, *, k=None):
     """Importance-weighted estimate of log p(x) with the encoder as proposal (Burda et al. 2016, eq. 8).
 
-    log p(x) ~= log (1/k) sum_{i=1..k} p(x, z_i) / q(z_i | x),  z_i ~ q(z | x) = N(mu(x), diag exp(logvar(x))).
+    log p(x) ~= log (1/K) sum_{i=1..K} p(x, z_i) / q(z_i | x),  z_i ~ q(z | x) = N(mu(x), diag exp(logvar(x))).
 
-    The k samples are drawn in chunks of `chunk_size` and combined with a running logsumexp, so memory
-    is bounded by one chunk, whatever k is: the peak is about
+    The K samples are drawn in chunks of `chunk_size` and combined with a running logsumexp, so memory
+    is bounded by one chunk, whatever K is: the peak is about
         chunk_size * batch_size * max(4.5 D, 2 D + 2 h) numbers (4 bytes each in float32, 8 in float64),
     h the widest hidden layer: the log-likelihood's temporaries over the decoder output (B, D), or a hidden
     layer's pre- and post-activation. Measured (peak RSS increase, resource.getrusage, D = 784, h = 400,
     batch_size = 100, chunk_size = 500, float32): 612 MB Bernoulli, 650 MB Gaussian; the formula gives
     706 MB, and came within 0.86-1.0x of the measurement for D in {64, 784}, h in {0, 200, 400, 1000}.
-    Lower batch_size or chunk_size to fit. k = 5000 is the usual setting for MNIST-like data;
-    the estimate is biased low by about Var(w / p(x)) / (2k) and converges to log p(x) as k grows.
-    chunk_size changes the random draws, not the estimator: torch fills normal samples in blocks, so k
+    Lower batch_size or chunk_size to fit. K = 5000 is the usual setting for MNIST-like data;
+    the estimate is biased low by about Var(w / p(x)) / (2K) and converges to log p(x) as K grows.
+    chunk_size changes the random draws, not the estimator: torch fills normal samples in blocks, so K
     samples drawn in chunks of another size can be other numbers from the same generator (a different
-    result of the same IWAE_k estimator, differing by Monte Carlo noise).
+    result of the same IWAE_K estimator, differing by Monte Carlo noise).
 
     Args:
         model: a vaelib.models.VAE.
         x: (N, D) data, tensor or numpy array.
-        k: importance samples per example (>= 1).
+        K: importance samples per example (>= 1).
         batch_size: examples per pass.
         chunk_size: samples of z per pass (>= 1); sets the memory (above). For a given sequence of draws
             the result does not depend on it beyond float rounding, but it can change the draws.
         generator: optional torch.Generator on the model's device.
         progress: show a tqdm bar over the batches.
+        k: the former name of K, still accepted (k is the latent size everywhere else in vaelib).
     Returns:
         (N,) estimate of log p(x) per example in nats.
     """
+    K = _validate.renamed("K", K, "k", k, default=5000)
     x = _check(model, x, batch_size)
-    _validate.positive_int("k", k)
-    _validate.positive_int("chunk_size", chunk_size)
+    _validate.count("K", K)
+    _validate.count("chunk_size", chunk_size)
     _validate.generator("generator", generator)
     device, dtype = _device_of(model)
     out = []
-    for xb in tqdm(x.split(batch_size), disable=not progress, unit="batch", desc=f"IWAE k={k}"):
+    for xb in tqdm(x.split(batch_size), disable=not progress, unit="batch", desc=f"IWAE K={K}"):
         xb = xb.to(device, dtype)  # (B, D)
-        mu, logvar = model.encode(xb)  # (B, k_latent) each
-        out.append(_iwae(model, xb, mu, logvar, k, chunk_size, generator))
+        mu, logvar = model.encode(xb)  # (B, k) each
+        out.append(_iwae(model, xb, mu, logvar, K, chunk_size, generator))
     return torch.cat(out).to(x.device)
 
 
-def _iwae(model, xb, mu, logvar, k, chunk_size, generator):
-    """log (1/k) sum_i p(xb, z_i) / q(z_i) with z_i ~ q = N(mu, diag exp(logvar)), in chunks of samples.  (B,)"""
+def _iwae(model, xb, mu, logvar, K, chunk_size, generator):
+    """log (1/K) sum_i p(xb, z_i) / q(z_i) with z_i ~ q = N(mu, diag exp(logvar)), in chunks of samples.  (B,)"""
     acc = torch.full((xb.shape[0],), -math.inf, dtype=mu.dtype, device=mu.device)  # running log sum_i w_i, (B,)
-    for start in range(0, k, chunk_size):
-        m = min(chunk_size, k - start)
-        z = _sample_normal(mu, logvar, m, generator)  # (m, B, k_latent)
+    for start in range(0, K, chunk_size):
+        m = min(chunk_size, K - start)
+        z = _sample_normal(mu, logvar, m, generator)  # (m, B, k)
         log_w = model.log_joint(xb, z) - _log_normal(z, mu, logvar)  # (m, B)
         acc = torch.logaddexp(acc, torch.logsumexp(log_w, 0))
-    return acc - math.log(k)
+    return acc - math.log(K)
 
 
 @torch.no_grad()
@@ -273,11 +275,11 @@ def optimal_gaussian_elbo(model, x, steps=500, lr=0.1, n_samples=16, eval_sample
         OptimalGaussian(elbo (N,), mu (N, k), logvar (N, k), elbo_encoder (N,)), on the device of x.
     """
     x = _check(model, x, batch_size)
-    _validate.positive_int("steps", steps)
+    _validate.count("steps", steps)
     lr = _validate.positive_scalar("lr", lr)
-    _validate.positive_int("n_samples", n_samples)
-    _validate.positive_int("eval_samples", eval_samples)
-    _validate.positive_int("chunk_size", chunk_size)
+    _validate.count("n_samples", n_samples)
+    _validate.count("eval_samples", eval_samples)
+    _validate.count("chunk_size", chunk_size)
     _validate.generator("generator", generator)
     device, dtype = _device_of(model)
     outs = []
@@ -308,42 +310,42 @@ def optimal_gaussian_elbo(model, x, steps=500, lr=0.1, n_samples=16, eval_sample
     return OptimalGaussian(*(torch.cat(parts).to(x.device) for parts in zip(*outs)))
 
 
-def _iwae_mixture(model, xb, qs, k, chunk_size, generator):
-    """log (1/k) sum_i p(xb, z_i) / r(z_i), r = sum_j (k_j / k) q_j, with k_j of the k draws from each q_j.  (B,)
+def _iwae_mixture(model, xb, qs, K, chunk_size, generator):
+    """log (1/K) sum_i p(xb, z_i) / r(z_i), r = sum_j (K_j / K) q_j, with K_j of the K draws from each q_j.  (B,)
 
-    Multiple importance sampling with the balance heuristic (Veach & Guibas 1995): the k draws are split as
+    Multiple importance sampling with the balance heuristic (Veach & Guibas 1995): the K draws are split as
     evenly as possible between the proposals q_j = N(mu_j, diag exp(logvar_j)) in `qs`, and every draw is
     weighted by the mixture density r, whatever component it came from. The average weight is then unbiased
     for p(xb), so its log is a lower bound in expectation (Jensen); each weight is at most
-    p(xb, z) / ((k_j / k) q_j(z)) for every j, so the estimate is never much worse than the better proposal's.
+    p(xb, z) / ((K_j / K) q_j(z)) for every j, so the estimate is never much worse than the better proposal's.
     """
-    counts = [k // len(qs) + (j < k % len(qs)) for j in range(len(qs))]  # k_j, summing to k
-    log_frac = [math.log(c / k) if c > 0 else -math.inf for c in counts]
+    counts = [K // len(qs) + (j < K % len(qs)) for j in range(len(qs))]  # K_j, summing to K
+    log_frac = [math.log(c / K) if c > 0 else -math.inf for c in counts]
     acc = torch.full((xb.shape[0],), -math.inf, dtype=qs[0][0].dtype, device=qs[0][0].device)  # log sum_i w_i, (B,)
     for (mu, logvar), count in zip(qs, counts):
         for start in range(0, count, chunk_size):
             m = min(chunk_size, count - start)
-            z = _sample_normal(mu, logvar, m, generator)  # (m, B, k_latent)
+            z = _sample_normal(mu, logvar, m, generator)  # (m, B, k)
             log_r = torch.logsumexp(torch.stack([f + _log_normal(z, mu_j, logvar_j)
                                                  for f, (mu_j, logvar_j) in zip(log_frac, qs) if f > -math.inf]), 0)  # (m, B)
             acc = torch.logaddexp(acc, torch.logsumexp(model.log_joint(xb, z) - log_r, 0))
-    return acc - math.log(k)
+    return acc - math.log(K)
 
 
-def elbo_gaps(model, x, k=1000, steps=500, lr=0.1, n_samples=16, eval_samples=1000, batch_size=1000,
-              chunk_size=250, generator=None):
+def elbo_gaps(model, x, K=1000, steps=500, lr=0.1, n_samples=16, eval_samples=1000, batch_size=1000,
+              chunk_size=250, generator=None, *, k=None):
     """Split log p(x) - ELBO into the approximation gap and the amortization gap (Cremer et al. 2018, table 1)::
 
         log p(x) - ELBO[q_phi(z|x)] = (log p(x) - ELBO[q*]) + (ELBO[q*] - ELBO[q_phi(z|x)])
                                     =  approximation gap    +  amortization gap,
 
     where q* is the best diagonal Gaussian for each example (`optimal_gaussian_elbo`). log p(x) is estimated
-    by importance sampling with the mixture proposal r = 1/2 (q_phi(z|x) + q*), k/2 draws from each and every
+    by importance sampling with the mixture proposal r = 1/2 (q_phi(z|x) + q*), K/2 draws from each and every
     draw weighted by p(x, z) / r(z) (the balance heuristic, Veach & Guibas 1995)::
 
-        log_px = log (1/k) sum_i p(x, z_i) / r(z_i).
+        log_px = log (1/K) sum_i p(x, z_i) / r(z_i).
 
-    The average weight is unbiased for p(x), so log_px is a lower bound in expectation, like IWAE_k, and the
+    The average weight is unbiased for p(x), so log_px is a lower bound in expectation, like IWAE_K, and the
     mixture covers the posterior wherever either proposal does (q* fits the posterior's main mode more
     closely, the encoder's q is often wider). Taking the larger of two separate IWAE estimates instead would
     be biased upward: the maximum of two noisy estimates is not a bound.
@@ -351,15 +353,17 @@ def elbo_gaps(model, x, k=1000, steps=500, lr=0.1, n_samples=16, eval_samples=10
     Args:
         model: a vaelib.models.VAE.
         x: (N, D) data (binarized for a Bernoulli model).
-        k: importance samples per example for the log p(x) estimate (ceil(k/2) from the encoder's q, the
+        K: importance samples per example for the log p(x) estimate (ceil(K/2) from the encoder's q, the
             rest from q*).
         steps, lr, n_samples, eval_samples, batch_size, chunk_size, generator: as in `optimal_gaussian_elbo`
             (chunk_size also for the importance sampling).
+        k: the former name of K, still accepted (k is the latent size everywhere else in vaelib).
     Returns:
         ELBOGaps(log_px, elbo_encoder, elbo_optimal, approximation_gap, amortization_gap), each (N,), on
         the device of x. Both gaps are >= 0 up to Monte Carlo and optimisation error.
     """
-    _validate.positive_int("k", k)
+    K = _validate.renamed("K", K, "k", k, default=1000)
+    _validate.count("K", K)
     x = _as_tensor(x)
     opt = optimal_gaussian_elbo(model, x, steps=steps, lr=lr, n_samples=n_samples, eval_samples=eval_samples,
                                 batch_size=batch_size, chunk_size=chunk_size, generator=generator)
@@ -368,7 +372,7 @@ def elbo_gaps(model, x, k=1000, steps=500, lr=0.1, n_samples=16, eval_samples=10
     with torch.no_grad():
         for xb, mub, logvarb in zip(x.split(batch_size), opt.mu.split(batch_size), opt.logvar.split(batch_size)):
             xb = xb.to(device, dtype)  # (B, D)
-            qs = [model.encode(xb), (mub.to(device, dtype), logvarb.to(device, dtype))]  # encoder's q, q*: (B, k_latent) each
-            log_px.append(_iwae_mixture(model, xb, qs, k, chunk_size, generator))
+            qs = [model.encode(xb), (mub.to(device, dtype), logvarb.to(device, dtype))]  # encoder's q, q*: (B, k) each
+            log_px.append(_iwae_mixture(model, xb, qs, K, chunk_size, generator))
     log_px = torch.cat(log_px).to(x.device)
     return ELBOGaps(log_px, opt.elbo_encoder, opt.elbo, log_px - opt.elbo, opt.elbo - opt.elbo_encoder)

@@ -75,11 +75,11 @@ def metropolis_hastings(log_prob, z0, n_steps, step_size, generator=None, burn_i
     _validate.tensor("z0", z0, min_dim=1)
     if z0.dim() > 2:
         raise ValueError(f"z0 must have shape (C, k) or (k,), got {tuple(z0.shape)}")
-    _validate.positive_int("n_steps", n_steps)
-    _validate.positive_int("burn_in", burn_in, minimum=0)
+    _validate.count("n_steps", n_steps)
+    _validate.count("burn_in", burn_in, minimum=0)
     if burn_in >= n_steps:
         raise ValueError(f"burn_in must be < n_steps = {n_steps} so that some states are kept, got {burn_in}")
-    _validate.positive_int("thin", thin)
+    _validate.count("thin", thin)
     _validate.generator("generator", generator)
     z = z0.reshape(1, -1) if z0.dim() == 1 else z0  # (C, k)
     C, k = z.shape

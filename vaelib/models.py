@@ -52,15 +52,15 @@ DEFAULT_HIDDEN_DIMS = (400,)
 
 
 def _check_dims(data_dim, latent_dim, hidden_dims):
-    _validate.positive_int("data_dim", data_dim)
-    _validate.positive_int("latent_dim", latent_dim)
+    _validate.count("data_dim", data_dim)
+    _validate.count("latent_dim", latent_dim)
     if hidden_dims is None:
         return DEFAULT_HIDDEN_DIMS
     if isinstance(hidden_dims, (str, bytes)) or not hasattr(hidden_dims, "__iter__"):
         raise TypeError(f"hidden_dims must be a sequence of ints such as (400,), got {type(hidden_dims).__name__}")
     hidden_dims = tuple(hidden_dims)
     for i, h in enumerate(hidden_dims):
-        _validate.positive_int(f"hidden_dims[{i}]", h)
+        _validate.count(f"hidden_dims[{i}]", h)
     return hidden_dims
 
 
@@ -452,7 +452,7 @@ class VAE(_EncoderDecoder):
             ELBOTerms(elbo, log_px_z, kl), each (B,) in nats.
         """
         self._check_x(x)
-        _validate.positive_int("n_samples", n_samples)
+        _validate.count("n_samples", n_samples)
         _validate.generator("generator", generator)
         mu, logvar = self.encode(x)  # (B, k) each
         if n_samples == 1:  # the common case, without a sample dimension (the same draws as K = 1)
@@ -514,7 +514,7 @@ class VAE(_EncoderDecoder):
         Returns:
             (n, D) tensor, no gradient.
         """
-        _validate.positive_int("n", n)
+        _validate.count("n", n)
         _validate.generator("generator", generator)
         if not isinstance(noisy, bool):
             raise TypeError(f"noisy must be a bool, got {type(noisy).__name__}")

@@ -77,7 +77,7 @@ class _GaussianNoiseModel:
 
     def sample(self, n, generator=None):
         """Ancestral sampling: z ~ p(z), then x ~ p(x | z).  Returns (x (n, d), z (n, k))."""
-        _validate.positive_int("n", n)
+        _validate.count("n", n)
         _validate.generator("generator", generator)
         z = torch.randn(n, self.latent_dim, generator=generator, dtype=self.dtype)
         eps = torch.randn(n, self.data_dim, generator=generator, dtype=self.dtype)
@@ -186,7 +186,7 @@ class LinearGaussian(_GaussianNoiseModel):
         _validate.tensor("x", x, min_dim=2)
         if x.dim() != 2 or x.shape[0] < 2:
             raise ValueError(f"x must have shape (N, d) with N >= 2, got {tuple(x.shape)}")
-        _validate.positive_int("latent_dim", latent_dim)
+        _validate.count("latent_dim", latent_dim)
         N, d = x.shape
         if latent_dim >= d:
             raise ValueError(f"latent_dim must be smaller than the data dimension d={d}, got {latent_dim}")
@@ -245,7 +245,7 @@ class NonlinearGaussian(_GaussianNoiseModel):
         self.data_dim, self.latent_dim = W.shape
         if grid_points is None:
             grid_points = 2001 if self.latent_dim == 1 else 301
-        self.grid_points = _validate.positive_int("grid_points", grid_points, minimum=3)
+        self.grid_points = _validate.count("grid_points", grid_points, minimum=3)
 
     def __repr__(self):
         return (
@@ -273,7 +273,7 @@ class NonlinearGaussian(_GaussianNoiseModel):
         import numpy as np
 
         self._check_q(x, mu, logvar)
-        _validate.positive_int("nodes", nodes, minimum=3)
+        _validate.count("nodes", nodes, minimum=3)
         t, w = np.polynomial.hermite.hermgauss(nodes)
         t, log_w = torch.tensor(t, dtype=self.dtype), torch.log(torch.tensor(w / math.sqrt(math.pi), dtype=self.dtype))
         if self.latent_dim == 2:

@@ -156,7 +156,7 @@ def _check_data(model, name, x, binarize):
 
 
 def _check_seed(seed):
-    _validate.positive_int("seed", seed, minimum=0)
+    _validate.nonnegative_int("seed", seed)
     if seed >= _SEED_LIMIT:
         raise ValueError(f"seed must be < 2**64 (torch generators take 64-bit seeds), got {seed}")
     return seed
@@ -518,13 +518,13 @@ def _check_fit_args(model, epochs, batch_size, lr, seed, beta, warmup_epochs, n_
     """Check fit's arguments; return (device, binarize, progress) with their defaults resolved."""
     _check_model(model)
     _check_train_dtype(model)
-    _validate.positive_int("epochs", epochs, minimum=0)
-    _validate.positive_int("batch_size", batch_size)
+    _validate.count("epochs", epochs, minimum=0)
+    _validate.count("batch_size", batch_size)
     _validate.positive_scalar("lr", lr)
     _check_seed(seed)
     _validate.beta(beta)
-    _validate.positive_int("warmup_epochs", warmup_epochs, minimum=0)
-    _validate.positive_int("n_samples", n_samples)
+    _validate.count("warmup_epochs", warmup_epochs, minimum=0)
+    _validate.count("n_samples", n_samples)
     if binarize is None:
         binarize = model.likelihood == "bernoulli"
     if not isinstance(binarize, bool):

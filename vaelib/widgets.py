@@ -1,4 +1,4 @@
-"""Interactive explorers for JupyterLab: move q, sigma_x or beta, the latent code and k, and watch the numbers follow.
+"""Interactive explorers for JupyterLab: move q, sigma_x or beta, the latent code and K, and watch the numbers follow.
 
 Each explorer is a function that returns an `ipywidgets.Widget`: sliders, one matplotlib figure drawn with the Agg
 backend into an `ipywidgets.Image` (the figure is built once; a slider move updates its artists and re-renders the
@@ -9,7 +9,7 @@ from a plain `*_readout` function of the slider values, which the tests call dir
     gradient_readout(mu, sigma, K)                score-function and pathwise gradients of E_q[z^2]      (notebook 06)
     kl_weight_readout(model, x)                   reconstructions, KL per unit, active units of a VAE    (notebooks 07, 10)
     latent_readout(model, z, codes)               decoded image, log p(z), nearest codes at a 2-D z      (notebook 09)
-    iwae_readout(model, x, mu, logvar, k)         ELBO <= IWAE_k <= log p(x) with standard errors       (notebook 10)
+    iwae_readout(model, x, mu, logvar, K)         ELBO <= IWAE_K <= log p(x) with standard errors       (notebook 10)
 
 The returned widget is an `ipywidgets.VBox` with three extra attributes for tests and curious readers:
 `controls` (dict name -> slider), `readout` (the dict behind the text), `timings` (wall-clock seconds taken by each
@@ -395,8 +395,8 @@ def gradient_readout(mu, sigma, K, repeats=2000, seed=0):
     from vaelib.estimators import pathwise_grad, score_function_grad
 
     exact = gradient_exact(mu, sigma)
-    _validate.positive_int("K", K)
-    _validate.positive_int("repeats", repeats, minimum=2)
+    _validate.count("K", K)
+    _validate.count("repeats", repeats, minimum=2)
     mu_t = torch.full((repeats, 1), float(mu), dtype=torch.float64)  # (R, 1)
     logvar_t = torch.full((repeats, 1), 2.0 * math.log(sigma), dtype=torch.float64)
     estimates = {}
@@ -514,7 +514,7 @@ def train_sigma_grid(path, sigmas=None, epochs=None, latent_dim=8, hidden_dims=(
         raise ValueError("sigmas must hold at least one sigma_x")
     for s in sigmas:
         _validate.positive_scalar("sigmas", s)
-    epochs = (2 if quick else 200) if epochs is None else _validate.positive_int("epochs", epochs)
+    epochs = (2 if quick else 200) if epochs is None else _validate.count("epochs", epochs)
     if x_train is None:
         from vaelib.data import load
 
@@ -713,7 +713,7 @@ def interpolation_path(model, x_a, x_b, n=10):
     Returns:
         z (n, k) numpy path, decoded (n, D) numpy means of p(x | z).
     """
-    _validate.positive_int("n", n, minimum=2)
+    _validate.count("n", n, minimum=2)
     ends = model.encode(_to_model(model, torch.stack([x_a, x_b])))[0].double().cpu()  # (2, k)
     t = torch.linspace(0, 1, n, dtype=torch.float64)[:, None]  # (n, 1)
     z = (1 - t) * ends[0] + t * ends[1]  # (n, k)
@@ -807,50 +807,55 @@ def latent_explorer(model, x_train, x_test, labels=None, pair=(0, 1), n_codes=20
     return _explorer(controls, fig, readout_html, update)
 
 
-# -- 5. IWAE_k ----------------------------------------------------------------------------------------------------
+# -- 5. IWAE_K ----------------------------------------------------------------------------------------------------
 
 IWAE_KS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
-def iwae_readout(model, x, mu, logvar, k, repeats=500, seed=0):
-    """ELBO <= E[IWAE_k] <= log p(x) on a toy model whose log p(x) is known, with standard errors.
+def iwae_readout(model, x, mu, logvar, K=None, repeats=500, seed=0, *, k=None):
+    """ELBO <= E[IWAE_K] <= log p(x) on a toy model whose log p(x) is known, with standard errors.
 
-    IWAE_k is drawn `repeats` times with estimators.iwae_bound (a generator seeded with `seed`); its mean and the
+    IWAE_K is drawn `repeats` times with estimators.iwae_bound (a generator seeded with `seed`); its mean and the
     standard error of that mean (sd / sqrt(repeats)) are compared with the exact ELBO (model.exact_elbo) and the exact
     log p(x) (model.log_evidence).
 
     Args:
         model: a vaelib.toy LinearGaussian or NonlinearGaussian; x: (1, d) one observation.
         mu, logvar: (1, k) the proposal q(z | x).
-        k: importance samples (>= 1); repeats: independent draws of the bound (>= 2).
+        K: importance samples (>= 1, required); repeats: independent draws of the bound (>= 2).
+        k: the former name of K, still accepted (k is the latent size everywhere else in vaelib).
     Returns:
         dict of floats: log_px, elbo, iwae (mean of the draws), iwae_se, and draws (repeats,) numpy.
     """
     from vaelib.estimators import iwae_bound
 
-    _validate.positive_int("k", k)
-    _validate.positive_int("repeats", repeats, minimum=2)
+    K = _validate.renamed("K", K, "k", k)
+    if K is None:
+        raise TypeError("iwae_readout() missing the number of importance samples K")
+    _validate.count("K", K)
+    _validate.count("repeats", repeats, minimum=2)
     _validate.tensor("x", x, min_dim=2)
     if x.shape[0] != 1:
         raise ValueError(f"x must be one observation of shape (1, d), got {tuple(x.shape)}")
-    draws = iwae_bound(model.log_joint, x.expand(repeats, -1), mu.expand(repeats, -1), logvar.expand(repeats, -1), k,
+    draws = iwae_bound(model.log_joint, x.expand(repeats, -1), mu.expand(repeats, -1), logvar.expand(repeats, -1), K,
                        generator=torch.Generator().manual_seed(seed))  # (repeats,)
     return {"log_px": model.log_evidence(x).item(), "elbo": model.exact_elbo(x, mu, logvar).item(),
             "iwae": draws.mean().item(), "iwae_se": (draws.std() / math.sqrt(repeats)).item(),
             "draws": draws.double().numpy()}
 
 
-def iwae_explorer(model=None, x=None, mu=None, logvar=None, ks=IWAE_KS, repeats=None):
-    """A k slider: the distribution of IWAE_k, with the exact ELBO and log p(x) it lies between (notebook 10).
+def iwae_explorer(model=None, x=None, mu=None, logvar=None, Ks=IWAE_KS, repeats=None, *, ks=None):
+    """A K slider: the distribution of IWAE_K, with the exact ELBO and log p(x) it lies between (notebook 10).
 
     Default: the linear-Gaussian model of notebooks 03/04 (exact log p(x)) with the proposal q = N(0.3, e^-1), which
     misses the posterior N(0.933, 0.167) by KL = 1.41 nats.
-    All k are computed when the explorer is built (a second or less); the slider only redraws.
+    All K are computed when the explorer is built (a second or less); the slider only redraws.
 
     Args:
         model, x: a toy model and one observation (1, d) (default: kl_identity_models()["linear"]).
-        mu, logvar: (1, k_latent) proposal (default: 0.3 and -1.0).
-        ks: the k values on the slider; repeats: draws of IWAE_k per k (default 500; 200 in quick mode).
+        mu, logvar: (1, k) proposal (default: 0.3 and -1.0).
+        Ks: the numbers of importance samples K on the slider; repeats: draws of IWAE_K per K (default 500; 200 in
+            quick mode). ks: the former name of Ks, still accepted.
     Returns:
         ipywidgets.VBox (see the module docstring).
     """
@@ -862,11 +867,11 @@ def iwae_explorer(model=None, x=None, mu=None, logvar=None, ks=IWAE_KS, repeats=
     mu = torch.full((1, model.latent_dim), 0.3, dtype=model.dtype) if mu is None else mu
     logvar = torch.full((1, model.latent_dim), -1.0, dtype=model.dtype) if logvar is None else logvar
     repeats = (200 if quick_mode() else 500) if repeats is None else repeats
-    ks = tuple(ks)
-    results = {k: iwae_readout(model, x, mu, logvar, k, repeats=repeats, seed=i) for i, k in enumerate(ks)}
-    log_px, elbo = results[ks[0]]["log_px"], results[ks[0]]["elbo"]
+    Ks = tuple(_validate.renamed("Ks", Ks, "ks", ks, default=IWAE_KS))
+    results = {K: iwae_readout(model, x, mu, logvar, K, repeats=repeats, seed=i) for i, K in enumerate(Ks)}
+    log_px, elbo = results[Ks[0]]["log_px"], results[Ks[0]]["elbo"]
 
-    controls = {"k": widgets.SelectionSlider(options=list(ks), value=ks[0], description="importance samples K",
+    controls = {"K": widgets.SelectionSlider(options=list(Ks), value=Ks[0], description="importance samples K",
                                              style={"description_width": "initial"})}
     fig = _FigureImage((10.5, 3.4))
     ax_h, ax_c = fig.fig.subplots(1, 2)
@@ -877,13 +882,13 @@ def iwae_explorer(model=None, x=None, mu=None, logvar=None, ks=IWAE_KS, repeats=
     all_draws = np.concatenate([r["draws"] for r in results.values()])
     lo, hi = np.quantile(all_draws, 0.01), max(all_draws.max(), log_px)
     edges = np.linspace(lo, hi + 0.02 * (hi - lo), 61)
-    densities = {k: np.histogram(results[k]["draws"], bins=edges, density=True)[0] for k in ks}
+    densities = {K: np.histogram(results[K]["draws"], bins=edges, density=True)[0] for K in Ks}
     ax_h.set(xlim=(edges[0], edges[-1]), xlabel="nats", ylabel="density")
     ax_h.legend(loc="upper left", fontsize=7.5)
-    kk = np.array(ks, dtype=float)
-    gaps = np.array([log_px - results[k]["iwae"] for k in ks])
-    ses = np.array([results[k]["iwae_se"] for k in ks])
-    ax_c.errorbar(kk, gaps, yerr=2 * ses, fmt="o-", color="C2", ms=4, capsize=2, label="log p(x) − mean IWAE_K, ± 2 s.e.")
+    KK = np.array(Ks, dtype=float)
+    gaps = np.array([log_px - results[K]["iwae"] for K in Ks])
+    ses = np.array([results[K]["iwae_se"] for K in Ks])
+    ax_c.errorbar(KK, gaps, yerr=2 * ses, fmt="o-", color="C2", ms=4, capsize=2, label="log p(x) − mean IWAE_K, ± 2 s.e.")
     ax_c.axhline(log_px - elbo, color="C0", ls="--", label="log p(x) − ELBO = KL")
     (mark,) = ax_c.plot([], [], "o", ms=12, mfc="none", mec="k", mew=2)
     # symlog: logarithmic above 1e-3 nats, linear through 0 (a mean of draws can overshoot log p(x) by noise)
@@ -896,18 +901,18 @@ def iwae_explorer(model=None, x=None, mu=None, logvar=None, ks=IWAE_KS, repeats=
     readout_html = widgets.HTML()
 
     def update(v):
-        k = v["k"]
-        r = results[k]
-        hist_line.set_data(0.5 * (edges[1:] + edges[:-1]), densities[k])
-        _sticky_lim(ax_h, 0.0, 1.1 * densities[k].max() + 1e-9, margin=0.0, fill=0.3)
+        K = v["K"]
+        r = results[K]
+        hist_line.set_data(0.5 * (edges[1:] + edges[:-1]), densities[K])
+        _sticky_lim(ax_h, 0.0, 1.1 * densities[K].max() + 1e-9, margin=0.0, fill=0.3)
         ax_h.set_ylim(bottom=0)
         mean_line.set_xdata([r["iwae"], r["iwae"]])
-        mark.set_data([k], [log_px - r["iwae"]])
+        mark.set_data([K], [log_px - r["iwae"]])
         holds = r["elbo"] <= r["iwae"] + 3 * r["iwae_se"] and r["iwae"] - 3 * r["iwae_se"] <= r["log_px"]
         readout_html.value = _pre([
-            f"k = {k}:  ELBO {r['elbo']:.4f}  ≤  IWAE_k {r['iwae']:.4f} ± {r['iwae_se']:.4f} (s.e.)  ≤  log p(x) "
+            f"K = {K}:  ELBO {r['elbo']:.4f}  ≤  IWAE_K {r['iwae']:.4f} ± {r['iwae_se']:.4f} (s.e.)  ≤  log p(x) "
             f"{r['log_px']:.4f}   (within 3 s.e.: {holds})",
-            f"gap log p(x) − IWAE_k = {r['log_px'] - r['iwae']:.4f} nats;  log p(x) − ELBO = KL = {r['log_px'] - r['elbo']:.4f}",
+            f"gap log p(x) − IWAE_K = {r['log_px'] - r['iwae']:.4f} nats;  log p(x) − ELBO = KL = {r['log_px'] - r['elbo']:.4f}",
         ])
         return r
 
