@@ -20,7 +20,7 @@ Every --curve-every epochs the test NLL on the first --curve-images test images 
 the curve, and the JSON and a checkpoint are saved, so a stopped run resumes where it was (--resume).
 
     python benchmarks/likelihood.py --seed 0 --out /tmp/lk/seed0                         # the RESULTS.md rows
-    python benchmarks/likelihood.py --seed 0 --epochs 2 --k 50 --test-limit 200 --out /tmp/lk-smoke
+    python benchmarks/likelihood.py --seed 0 --epochs 2 --train-limit 1000 --k 50 --test-limit 200 --out /tmp/lk-smoke
     python benchmarks/likelihood.py --dataset mnist ...    # exits with a message when the files are absent
 """
 
@@ -110,12 +110,15 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k", type=int, default=5000, help="importance samples of the final test NLL")
     p.add_argument("--test-limit", type=int, default=None, help="final evaluation on the first N test images only")
+    p.add_argument("--train-limit", type=int, default=None, help="train on the first N of the 50,000 images only (a smoke test)")
     p.add_argument("--curve-every", type=int, default=20, help="a curve point every this many epochs")
     p.add_argument("--curve-k", type=int, default=500)
     p.add_argument("--curve-images", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     p.add_argument("--out", type=Path, required=True, help="output folder (outside the repository)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--stop-after", type=int, default=None, metavar="E",
+                   help="save and stop after epoch E, to be continued with --resume")
     return p.parse_args(argv)
 
 
@@ -135,7 +138,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     json_path, last_path, best_path = out / "likelihood.json", out / "last.pt", out / "best.pt"
 
-    x_train, x_valid = x_all[:-N_VALID], x_all[-N_VALID:]  # (50000, D), (10000, D)
+    x_train, x_valid = x_all[:-N_VALID][: args.train_limit], x_all[-N_VALID:]  # (50000, D), (10000, D)
     xt_bin = torch.bernoulli(xt, generator=torch.Generator().manual_seed(TEST_BINARIZATION_SEED))  # (10000, D)
     x_test = xt_bin[: args.test_limit] if args.test_limit else xt_bin
     x_curve = xt_bin[: args.curve_images]
@@ -202,8 +205,11 @@ def main(argv=None):
         if r["best"] is None or history["valid_elbo"][-1] > r["best"]["valid_elbo"]:
             r["best"] = {"epoch": epoch, "valid_elbo": history["valid_elbo"][-1]}
             best_state = copy.deepcopy(model.state_dict())
-        if epoch % args.curve_every == 0 or epoch == args.epochs:
+        if epoch % args.curve_every == 0 or epoch == args.epochs or epoch == args.stop_after:
             curve_point(epoch)
+        if epoch == args.stop_after:
+            log(f"stopped after epoch {epoch}; continue with --resume")
+            return 0
 
     # Final evaluation of the model with the best validation ELBO, saved block by block.
     model.load_state_dict(best_state)

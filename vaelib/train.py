@@ -3,8 +3,10 @@
 `fit` trains a `vaelib.models.VAE` (loss = minus the ELBO, optionally with a KL weight beta) or a
 `vaelib.models.Autoencoder` (loss = minus the reconstruction log-likelihood) on a data tensor held in
 memory: each epoch draws a seeded permutation (torch.randperm), a fresh binarization of the whole
-training tensor for Bernoulli likelihoods, then steps through the minibatches. No Dataset, DataLoader
-or image decoding; the hot loop calls the models' unchecked methods, the data are checked once.
+training tensor for Bernoulli likelihoods, then steps through the minibatches (`_train_epoch`). No Dataset,
+DataLoader or image decoding. The data's values (NaN, inf, range) are scanned once, before training; each step
+calls the model's `_loss`, whose checks are cheap (types and shapes). The KL weight of each epoch is
+`kl_weight(epoch, beta, warmup_epochs)`.
 
 Reproducibility: the model's initial weights come from torch's global generator when the model is
 constructed, so call `torch.manual_seed(s)` before constructing it. `fit` draws everything else (the
