@@ -582,8 +582,9 @@ def test_bad_per_pixel_sigma(sigma_x, match):
 
 def test_fixed_unit_sigma_on_unit_interval_data_warns_once():
     model = make_vae("gaussian")  # sigma_x = 1, fixed
-    with pytest.warns(UserWarning, match=r"fixed sigma_x = 1 on data in \[0, 1\].*collapses.*learn_sigma_x=True"):
+    with pytest.warns(UserWarning, match=r"fixed sigma_x = 1 on data in \[0, 1\].*collapses.*learn_sigma_x=True") as rec:
         model.elbo(grey())
+    assert rec[0].filename == __file__  # the warning points at the caller's line, not inside vaelib
     model.elbo(grey())  # once per model: no second warning (filterwarnings = error would fail here)
     make_vae("gaussian").elbo(grey() * 4 - 2)  # standardised data: sigma_x = 1 is a reasonable choice, no warning
     make_vae("gaussian", sigma_x=0.3).elbo(grey())
@@ -596,8 +597,24 @@ def test_fit_warns_about_unit_sigma_on_unit_interval_data():
     from vaelib.train import fit
 
     model = make_vae("gaussian", sigma_x=[1.0] * D)  # a vector of ones is the same trap
-    with pytest.warns(UserWarning, match=r"fixed sigma_x = 1"):
+    with pytest.warns(UserWarning, match=r"fixed sigma_x = 1") as rec:
         fit(model, grey(20), 1, batch_size=10, progress=False, device="cpu")
+    assert rec[0].filename == __file__
+
+
+@pytest.mark.parametrize("sigma_x", [0.1, [0.1, 0.3] * (D // 2)])
+def test_a_fixed_sigma_x_keeps_its_exact_value_through_dtype_changes(sigma_x):
+    """float32 and back must not round sigma_x (1/sigma^2 magnifies a rounded log sigma: 1e-5 nats at D = 12)."""
+    model = make_vae("gaussian", sigma_x=sigma_x)
+    x = grey()
+    before = model.elbo_terms(x, generator=torch.Generator().manual_seed(0)).log_px_z
+    model.float().double()
+    after = model.elbo_terms(x, generator=torch.Generator().manual_seed(0)).log_px_z
+    want = torch.log(torch.as_tensor(sigma_x, dtype=torch.float64))
+    assert model.log_sigma_x.dtype == torch.float64 and torch.equal(model.log_sigma_x, want)
+    assert torch.equal(before, after)
+    assert torch.allclose(torch.as_tensor(model.sigma_x, dtype=torch.float64), torch.as_tensor(sigma_x, dtype=torch.float64),
+                          rtol=1e-15, atol=0)
 
 
 # -- noisy samples ------------------------------------------------------------------------------------

@@ -96,6 +96,31 @@ def test_resume_from_the_history_alone_continues_exactly(digits):
     assert h["valid_elbo"][-1] is None and len(h["valid_elbo"]) == 6
 
 
+def test_a_history_resumed_twice_gives_the_same_run_twice_and_is_not_modified(digits):
+    """fit copies the optimizer state it resumes from: Adam must not update the caller's history in place."""
+    x, _ = digits
+    model = vae()
+    h = train.fit(model, x, 1, **KW)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    saved = {i: {n: t.clone() for n, t in s.items()} for i, s in h.optimizer_state["state"].items()}
+    runs = []
+    for _ in range(2):
+        model.load_state_dict(start)
+        runs.append(train.fit(model, x, 1, history=h, **KW)["elbo"][-1])
+    assert runs[0] == runs[1]
+    assert all(torch.equal(t, saved[i][n]) for i, s in h.optimizer_state["state"].items() for n, t in s.items())
+
+
+def test_the_state_handed_to_on_epoch_end_has_this_run_learning_rate(digits):
+    x, _ = digits
+    model = vae()
+    h = train.fit(model, x, 1, lr=1e-3, **KW)
+    seen = []
+    h = train.fit(model, x, 2, lr=5e-4, history=h, **KW,
+                  on_epoch_end=lambda m, hist: seen.append(hist.optimizer_state["param_groups"][0]["lr"]))
+    assert seen == [5e-4, 5e-4] and h.optimizer_state["param_groups"][0]["lr"] == 5e-4
+
+
 # -- what fit computes ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cls", [VAE, Autoencoder])

@@ -4,7 +4,7 @@ VAE (Kingma & Welling 2013): prior p(z) = N(0, I_k); decoder p(x | z) = Bernoull
 or N(mean(z), sigma_x^2 I_D); encoder q(z | x) = N(mu(x), diag exp(logvar(x))). `logvar` is always
 log sigma^2. Shapes are batch first: x (B, D), z (B, k); extra Monte Carlo samples of z live on a
 leading dimension, z (K, B, k), and broadcast against x. Per-example values are summed over pixels
-and latent dimensions and returned as (B,); the mean over the batch happens only in `loss`. All values
+and latent dimensions and returned as (B,); the mean over the batch happens only in `loss` (and `_loss`). All values
 are in nats with every normalising constant kept (Gaussian: -1/2 log 2 pi sigma_x^2 per pixel).
 
 The methods check their arguments' type, dtype, device and shape (cheap, so `vaelib.train.fit` calls them every
@@ -25,6 +25,8 @@ is never mistaken for the MLP it is not; its weights load into a model you build
 """
 
 import math
+import os
+import sys
 import warnings
 from collections import OrderedDict
 from typing import NamedTuple
@@ -235,14 +237,15 @@ class _EncoderDecoder(nn.Module):
             self.decoder = custom_decoder
         self._width = width
         # log sigma_x of the Gaussian likelihood, shared () or per pixel (D,): a parameter when learned; when
-        # fixed, a float64 buffer (kept out of the state dict: the config holds sigma_x), cast to the data's
-        # dtype where it is used. A Bernoulli model has none.
+        # fixed, a float64 buffer (kept out of the state dict: the config holds sigma_x; `_apply` keeps it float64
+        # through model.float() / .double() / .to()), cast to the data's dtype where it is used. Bernoulli: none.
         vector = isinstance(sigma_x, torch.Tensor)
         log_sigma = torch.log(sigma_x) if vector else torch.tensor(math.log(sigma_x), dtype=torch.float64)
         if likelihood == "gaussian" and learn_sigma_x:
             self.log_sigma_x = nn.Parameter(log_sigma.to(torch.get_default_dtype()))
         elif likelihood == "gaussian":
             self.register_buffer("log_sigma_x", log_sigma, persistent=False)
+            self._log_sigma_x64 = log_sigma  # the exact value, for _apply
         else:
             self.log_sigma_x = None
         # A fixed sigma_x = 1 on data in [0, 1] lets the KL term win (notebook 07): warn once, at the first data.
@@ -261,6 +264,13 @@ class _EncoderDecoder(nn.Module):
         if self.custom_encoder or self.custom_decoder:  # absent for the MLP model: its config rebuilds it
             self._config["encoder"] = "custom" if self.custom_encoder else "mlp"
             self._config["decoder"] = "custom" if self.custom_decoder else "mlp"
+
+    def _apply(self, fn, *args, **kwargs):
+        """What .to() / .float() / .double() / .cuda() call: a fixed sigma_x follows the device, and stays float64."""
+        super()._apply(fn, *args, **kwargs)
+        if hasattr(self, "_log_sigma_x64"):
+            self.log_sigma_x = self._log_sigma_x64.to(self.log_sigma_x.device)
+        return self
 
     @property
     def config(self):
@@ -318,7 +328,7 @@ class _EncoderDecoder(nn.Module):
         return x
 
     def _check_z(self, z, name="z"):
-        _validate.tensor(name, z, min_dim=1)
+        _validate.tensor(name, z, min_dim=1, finite=False)
         self._check_like_model(name, z)
         if z.shape[-1] != self.latent_dim:
             raise ValueError(f"{name} must have shape (..., {self.latent_dim}) = (..., latent_dim), got {tuple(z.shape)}")
@@ -350,7 +360,7 @@ class _EncoderDecoder(nn.Module):
             warnings.warn(
                 f"{type(self).__name__} has a fixed sigma_x = 1 on data in [0, 1], where a Gaussian likelihood barely "
                 "rewards reconstruction and the model collapses to the prior (notebook 07): pass a smaller sigma_x "
-                "(e.g. 0.1) or learn_sigma_x=True.", UserWarning, stacklevel=4)
+                "(e.g. 0.1) or learn_sigma_x=True.", UserWarning, stacklevel=_caller_outside_vaelib())
 
     def _mean_of(self, out):
         return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
@@ -597,3 +607,11 @@ class Autoencoder(_EncoderDecoder):
 
 
 MODELS = {"VAE": VAE, "Autoencoder": Autoencoder}
+
+
+def _caller_outside_vaelib():
+    """The warnings.warn stacklevel of the first caller outside the vaelib package (for the function calling this)."""
+    root, frame, level = os.path.dirname(os.path.abspath(__file__)), sys._getframe(2), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(root + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level

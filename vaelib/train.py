@@ -80,9 +80,9 @@ class Checkpoint(NamedTuple):
     """What `load_checkpoint(path, with_state=True)` returns."""
 
     model: torch.nn.Module  # rebuilt and loaded, on the CPU
-    optimizer_state: dict | None  # Adam state dict, for fit(optimizer_state=...)
-    history: dict | None  # per-epoch lists, for fit(history=...)
-    rng_state: dict | None  # {"device", "state"}, for fit(rng_state=...)
+    optimizer_state: dict | None  # Adam state dict (history carries it too)
+    history: dict | None  # a History with the optimizer and generator state: fit(model, x, n, history=...) resumes
+    rng_state: dict | None  # {"device", "state"} of fit's generator (history carries it too)
     metadata: dict | None  # whatever save_checkpoint(metadata=...) stored (the CLI stores the dataset)
 
 
@@ -242,7 +242,8 @@ def _make_generator(device, seed, rng_state):
     if saved != device.type:
         raise ValueError(
             f"rng_state comes from a {saved} generator but training runs on {device.type}; "
-            "resume on the same kind of device, or pass rng_state=None to reseed with `seed`"
+            "resume on the same kind of device, or pass the history as a plain dict (history=dict(h)) to continue its "
+            "numbering with a fresh Adam and a generator seeded with `seed`"
         )
     try:
         gen.set_state(rng_state["state"].cpu())
@@ -257,35 +258,22 @@ def _batched(fn, x, batch_size):
         return torch.cat([fn(xb) for xb in x.split(batch_size)])
 
 
-def _tensors(obj):
-    """The tensors of a nested structure of dicts/lists/tuples, in a fixed order."""
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, dict):
-        return [t for v in obj.values() for t in _tensors(v)]
-    if isinstance(obj, (list, tuple)):
-        return [t for v in obj for t in _tensors(v)]
-    return []
-
-
 def _clone(obj, into=None):
     """A deep copy of a nested structure of tensors/dicts/lists/tuples (tensors detached, on their device).
 
-    `into`: an earlier copy of a structure with the same tensors (shapes, dtypes, devices), overwritten in one
-    foreach copy instead of allocating new tensors (what fit does at the end of every epoch).
+    `into`: an earlier copy of the same structure, whose tensors of matching shape, dtype and device are overwritten
+    in place instead of allocated again (fit copies the training state at the end of every epoch).
     """
-    if into is not None:
-        mine, theirs = _tensors(into), _tensors(obj)
-        if len(mine) == len(theirs) and all(a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
-                                            for a, b in zip(mine, theirs)):
-            torch._foreach_copy_(mine, theirs)
-            return into
     if isinstance(obj, torch.Tensor):
+        if isinstance(into, torch.Tensor) and (into.shape, into.dtype, into.device) == (obj.shape, obj.dtype, obj.device):
+            return into.copy_(obj)
         return obj.detach().clone()
     if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
+        into = into if isinstance(into, dict) else {}
+        return {k: _clone(v, into.get(k)) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_clone(v) for v in obj)
+        into = into if isinstance(into, (list, tuple)) and len(into) == len(obj) else [None] * len(obj)
+        return type(obj)(_clone(v, i) for v, i in zip(obj, into))
     return obj
 
 
@@ -329,11 +317,13 @@ def kl_weight(epoch, beta, warmup_epochs):
 
 def _make_optimizer(model, lr, optimizer_state):
     """Adam with the multi-tensor ("foreach") update: the same numbers as the per-parameter loop, bit for bit, in
-    fewer operations per step (benchmarks/train_throughput.py; the first Adam of a process imports torch._dynamo)."""
+    fewer operations per step (benchmarks/train_throughput.py; the first Adam of a process imports torch._dynamo).
+    The state is copied in: Adam would otherwise update the caller's tensors (a history resumed twice must
+    give the same run twice)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
     if optimizer_state is not None:
         try:
-            optimizer.load_state_dict(optimizer_state)
+            optimizer.load_state_dict(_clone(optimizer_state))
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise ValueError(f"optimizer_state does not fit this model's parameters ({e})") from None
         for group in optimizer.param_groups:
@@ -365,7 +355,7 @@ def _validation(model, valid_x, binarize, seed, batch_size, device, dtype):
     return validate
 
 
-def _train_epoch(model, optimizer, x, batch_size, binarize, beta_e, n_samples, gen, epoch, bar):
+def _train_epoch(model, optimizer, x, *, batch_size, binarize, beta_e, n_samples, gen, epoch, bar):
     """One epoch: a fresh permutation (and binarization) of x (N, D), then one Adam step per minibatch.
 
     The per-step losses are checked for NaN/inf, with the parameters, every _CHECK_EVERY steps and at the end
@@ -494,13 +484,13 @@ def fit(
                   dynamic_ncols=True) as bar:
             for epoch in range(start + 1, start + epochs + 1):
                 bar.set_description(f"epoch {epoch}/{start + epochs}", refresh=False)
-                values = _train_epoch(model, optimizer, x, batch_size, binarize, kl_weight(epoch, beta, warmup_epochs),
-                                      n_samples, gen, epoch, bar)
+                values = _train_epoch(model, optimizer, x, batch_size=batch_size, binarize=binarize, n_samples=n_samples,
+                                      beta_e=kl_weight(epoch, beta, warmup_epochs), gen=gen, epoch=epoch, bar=bar)
                 values["epoch"] = epoch
                 values[valid_key] = validate() if validate else None  # None: resumed without the earlier validation set
                 for key in history:
                     history[key].append(values[key])
-                bar.set_postfix({k: f"{values[k]:.2f}" for k in ("elbo", valid_key) if values.get(k) is not None},
+                bar.set_postfix({k: f"{values[k]:.2f}" for k in ("elbo", valid_key) if k in history and values[k] is not None},
                                 refresh=False)
                 snapshot.take(model, optimizer, gen, len(history["epoch"]))
                 if on_epoch_end is not None:
