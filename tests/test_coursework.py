@@ -78,7 +78,7 @@ def test_conv_vae_trains_with_fit_and_is_evaluated_by_iwae(images28):
     assert elbo.shape == iwae.shape == (100,)
     # Two epochs take the test ELBO from -518 nats (random weights) to -370 (measured); demand half of that gain.
     assert history["elbo"][-1] > history["elbo"][0] and elbo.mean().item() > before + 75, (before, elbo.mean())
-    # IWAE_k >= ELBO in expectation (Burda et al. 2016, thm. 1); over 100 images the mean gap is positive
+    # IWAE_K >= ELBO in expectation (Burda et al. 2016, thm. 1); over 100 images the mean gap is positive
     # well beyond its Monte Carlo error (measured: gap 7.2 nats on average, per-image spread 6.1 nats).
     gap = iwae - elbo
     assert gap.mean().item() > 3 * gap.std().item() / math.sqrt(100)

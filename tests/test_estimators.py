@@ -124,21 +124,21 @@ def test_elbo_is_differentiable_and_its_gradient_matches_finite_differences():
 
 
 # ---- IWAE ----
-def test_iwae_rises_with_k_towards_log_evidence(gen):
-    # Averaged over 2000 repeats, IWAE_k is non-decreasing in k (Burda et al. 2016, Thm 1) and
+def test_iwae_rises_with_K_towards_log_evidence(gen):
+    # Averaged over 2000 repeats, IWAE_K is non-decreasing in K (Burda et al. 2016, Thm 1) and
     # approaches log p(x). q is deliberately poor (shifted by 0.3, 1.5x too wide; ELBO gap ~2 nats).
     m = linear_gaussian(3, 2)
     x0, _ = m.sample(1, gen)
     x = x0.expand(2000, 3)
     mean, cov = m.posterior(x)
     mu, logvar = mean + 0.3, torch.log(cov.diagonal() * 1.5).expand_as(mean)
-    values = [E.iwae_bound(m.log_joint, x, mu, logvar, k, gen).mean().item() for k in (1, 4, 16, 64, 256)]
+    values = [E.iwae_bound(m.log_joint, x, mu, logvar, K, gen).mean().item() for K in (1, 4, 16, 64, 256)]
     exact = m.log_evidence(x0).item()
     assert all(a < b for a, b in zip(values, values[1:]))
     assert values[-1] < exact + 1e-3 and exact - values[-1] < 0.1 * (exact - values[0])
 
 
-def test_iwae_with_k1_averages_to_the_exact_elbo():
+def test_iwae_with_K1_averages_to_the_exact_elbo():
     # IWAE_1 = log w for one z ~ q, whose expectation is the ELBO; oracle: LinearGaussian.exact_elbo, the
     # ELBO in closed form (no sampling). q is off the posterior (shifted by 0.3, 1.5x too wide: a 2.04-nat
     # gap). One log w has std 2.44 nats here, so 20k repeats give a standard error of 0.017; 4 allowed.
@@ -152,24 +152,24 @@ def test_iwae_with_k1_averages_to_the_exact_elbo():
     se = iwae1.std(0) / math.sqrt(n)
     exact = m.exact_elbo(x, mu, logvar)
     assert bool(((iwae1.mean(0) - exact).abs() < 4 * se).all()), (iwae1.mean(0), exact, se)
-    assert bool((m.log_evidence(x) - exact > 1.0).all())  # IWAE_1 must not close the gap the way IWAE_k does
+    assert bool((m.log_evidence(x) - exact > 1.0).all())  # IWAE_1 must not close the gap the way IWAE_K does
 
 
 def test_iwae_bound_is_log_mean_exp_of_hand_computed_weights():
-    # The same draws (same seed, same (k, B, latent) shape) weighted by hand with torch.distributions:
-    # log w = log N(x; W z + b, s^2 I) + log N(z; 0, I) - log N(z; mu, diag(sigma^2)), then log (1/k) sum exp.
+    # The same draws (same seed, same (K, B, k) shape) weighted by hand with torch.distributions:
+    # log w = log N(x; W z + b, s^2 I) + log N(z; 0, I) - log N(z; mu, diag(sigma^2)), then log (1/K) sum exp.
     from torch.distributions import Normal
 
     m = linear_gaussian(3, 2)
     x, _ = m.sample(4, torch.Generator().manual_seed(0))
     mu = torch.randn(4, 2, generator=torch.Generator().manual_seed(1), dtype=f64)
     logvar = 0.3 * torch.randn(4, 2, generator=torch.Generator().manual_seed(2), dtype=f64)
-    k = 7
-    got = E.iwae_bound(m.log_joint, x, mu, logvar, k, torch.Generator().manual_seed(5))
+    K = 7
+    got = E.iwae_bound(m.log_joint, x, mu, logvar, K, torch.Generator().manual_seed(5))
     sigma = torch.exp(0.5 * logvar)
-    z = mu + sigma * torch.randn(k, 4, 2, generator=torch.Generator().manual_seed(5), dtype=f64)  # (k, B, 2)
+    z = mu + sigma * torch.randn(K, 4, 2, generator=torch.Generator().manual_seed(5), dtype=f64)  # (K, B, 2)
     log_w = (Normal(z @ m.W.T + m.b, m.noise_std).log_prob(x).sum(-1) + Normal(0.0, 1.0).log_prob(z).sum(-1)
-             - Normal(mu, sigma).log_prob(z).sum(-1))  # (k, B)
+             - Normal(mu, sigma).log_prob(z).sum(-1))  # (K, B)
     oracle = torch.tensor(np.log(np.exp(log_w.numpy()).mean(0)), dtype=f64)  # log w in [-311, -2]: within float64 exp
     torch.testing.assert_close(got, oracle, rtol=0, atol=1e-12)
 

@@ -31,57 +31,57 @@ def lg_x(lg):
 
 
 def test_iwae_is_exact_at_the_exact_posterior(lg, lg_x):
-    # q = p(z|x): every weight p(x, z)/q(z|x) equals p(x), so the estimate is log p(x) for any k and draw.
+    # q = p(z|x): every weight p(x, z)/q(z|x) equals p(x), so the estimate is log p(x) for any K and draw.
     vae = linear_vae(lg)
     ll = evaluate.iwae_log_likelihood(vae, lg_x, K=50, chunk_size=7, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(ll, lg.log_evidence(lg_x), rtol=0, atol=1e-10)
 
 
 def test_iwae_converges_to_log_evidence_within_monte_carlo_error(lg, lg_x):
-    """k = 5000 with a deliberately poor q: the estimate is within 4 standard errors plus the O(1/k) bias.
+    """K = 5000 with a deliberately poor q: the estimate is within 4 standard errors plus the O(1/K) bias.
 
     Standard error: the delta-method error of log mean(w) from estimators.importance_log_evidence (an
-    independent draw, same k). Bias of log mean(w): about -Var(w/p(x))/(2k) = -(k se^2)/(2k) = -se^2/2.
+    independent draw, same K). Bias of log mean(w): about -Var(w/p(x))/(2K) = -(K se^2)/(2K) = -se^2/2.
     The ELBO lies below by KL(q || p(z|x)), computed in closed form, which the IWAE must close.
     """
     vae = linear_vae(lg, perturb=0.5)
-    k = 5000
-    ll = evaluate.iwae_log_likelihood(vae, lg_x, K=k, batch_size=3, chunk_size=999,
+    K = 5000
+    ll = evaluate.iwae_log_likelihood(vae, lg_x, K=K, batch_size=3, chunk_size=999,
                                       generator=torch.Generator().manual_seed(2))
     log_px = lg.log_evidence(lg_x)
     with torch.no_grad():
         mu, logvar = vae.encode(lg_x)
-        se = estimators.importance_log_evidence(vae.log_joint, lg_x, mu, logvar, k,
+        se = estimators.importance_log_evidence(vae.log_joint, lg_x, mu, logvar, K,
                                                 generator=torch.Generator().manual_seed(3)).stderr
         post_mean, post_cov = lg.posterior(lg_x)
         gap = kl_mvnormal(mu, torch.diag_embed(torch.exp(logvar)), post_mean, post_cov)  # log p(x) - ELBO
     assert bool((gap > 0.1).all())  # a real gap for the IWAE to close ...
     assert bool(((ll - log_px).abs() <= 4 * se + se**2 / 2).all()), (ll - log_px, se)  # ... and it does
-    assert float(se.max()) < 0.1  # k = 5000 makes the check sharp: ~0.05 nats against a 2.6-nat gap
+    assert float(se.max()) < 0.1  # K = 5000 makes the check sharp: ~0.05 nats against a 2.6-nat gap
 
 
 def test_chunked_running_logsumexp_equals_one_piece_with_the_same_samples(lg, lg_x):
     vae = linear_vae(lg, perturb=0.3)
-    k, chunk = 23, 5
-    ll = evaluate.iwae_log_likelihood(vae, lg_x, K=k, batch_size=100, chunk_size=chunk,
+    K, chunk = 23, 5
+    ll = evaluate.iwae_log_likelihood(vae, lg_x, K=K, batch_size=100, chunk_size=chunk,
                                       generator=torch.Generator().manual_seed(4))
     # Oracle: draw the same chunks from the same seed, compute every log-weight with torch.distributions,
-    # concatenate all k, and take log-mean-exp once.
+    # concatenate all K, and take log-mean-exp once.
     g = torch.Generator().manual_seed(4)
     with torch.no_grad():
         mu, logvar = vae.encode(lg_x)
         std = torch.exp(0.5 * logvar)
-        eps = torch.cat([torch.randn(min(chunk, k - s), *mu.shape, generator=g, dtype=torch.float64)
-                         for s in range(0, k, chunk)])  # (k, B, 2)
+        eps = torch.cat([torch.randn(min(chunk, K - s), *mu.shape, generator=g, dtype=torch.float64)
+                         for s in range(0, K, chunk)])  # (K, B, 2)
         z = mu + std * eps
         log_w = (Normal(vae.decode(z), 0.5).log_prob(lg_x).sum(-1) + Normal(0.0, 1.0).log_prob(z).sum(-1)
-                 - Normal(mu, std).log_prob(z).sum(-1))  # (k, B)
-        oracle = torch.logsumexp(log_w, 0) - math.log(k)
+                 - Normal(mu, std).log_prob(z).sum(-1))  # (K, B)
+        oracle = torch.logsumexp(log_w, 0) - math.log(K)
     torch.testing.assert_close(ll, oracle, rtol=0, atol=1e-10)
-    # One chunk holding all k samples draws exactly what estimators.iwae_bound draws.
-    one = evaluate.iwae_log_likelihood(vae, lg_x, K=k, chunk_size=k, generator=torch.Generator().manual_seed(5))
+    # One chunk holding all K samples draws exactly what estimators.iwae_bound draws.
+    one = evaluate.iwae_log_likelihood(vae, lg_x, K=K, chunk_size=K, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        ref = estimators.iwae_bound(vae.log_joint, lg_x, mu, logvar, k, generator=torch.Generator().manual_seed(5))
+        ref = estimators.iwae_bound(vae.log_joint, lg_x, mu, logvar, K, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(one, ref, rtol=0, atol=1e-10)
 
 
@@ -116,15 +116,15 @@ def digits_model():
     return model, torch.bernoulli(xt[:100], generator=torch.Generator().manual_seed(0))
 
 
-def test_iwae_does_not_decrease_with_k_and_bounds_the_elbo(digits_model):
-    """ELBO <= IWAE_1... in expectation IWAE_k increases with k (Burda et al. 2016, theorem 1).
+def test_iwae_does_not_decrease_with_K_and_bounds_the_elbo(digits_model):
+    """ELBO <= IWAE_1... in expectation IWAE_K increases with K (Burda et al. 2016, theorem 1).
 
     Averaged over 100 examples the increase from K=1 to 10 to 200 is far larger than the Monte Carlo noise.
     """
     model, x = digits_model
     g = torch.Generator().manual_seed(9)
     elbo = evaluate.test_elbo(model, x, n_samples=10, generator=g).mean()
-    iwae = [evaluate.iwae_log_likelihood(model, x, K=k, chunk_size=64, generator=g).mean() for k in (1, 10, 200)]
+    iwae = [evaluate.iwae_log_likelihood(model, x, K=K, chunk_size=64, generator=g).mean() for K in (1, 10, 200)]
     assert float(elbo) < float(iwae[1]) < float(iwae[2])
     assert float(iwae[0]) < float(iwae[1])
     assert float(iwae[0]) == pytest.approx(float(elbo), abs=1.0)  # IWAE_1 is an ELBO estimate
@@ -179,7 +179,7 @@ def test_bits_per_dim():
         (lambda m, x: evaluate.active_units(m, x, threshold=-1.0), ValueError, r"threshold must be a finite positive"),
         (lambda m, x: evaluate.active_units(m, x[:1]), ValueError, r"at least 2 examples"),
     ],
-    ids=["not-a-model", "autoencoder-iwae", "shape", "nan", "k", "chunk", "batch", "generator", "threshold", "one-example"],
+    ids=["not-a-model", "autoencoder-iwae", "shape", "nan", "K", "chunk", "batch", "generator", "threshold", "one-example"],
 )
 def test_bad_input(lg, lg_x, call, error, match):
     with pytest.raises(error, match=match):
@@ -288,11 +288,11 @@ def test_elbo_gaps_vanish_at_the_exact_posterior():
     assert float(gaps.amortization_gap.abs().max()) < 1e-6
 
 
-def mixture_log_evidence_stderr(vae, x, qs, k, seed):
-    """Delta-method standard error of log (1/k) sum_i w_i for elbo_gaps' mixture proposal r = mean_j q_j.  (B,)
+def mixture_log_evidence_stderr(vae, x, qs, K, seed):
+    """Delta-method standard error of log (1/K) sum_i w_i for elbo_gaps' mixture proposal r = mean_j q_j.  (B,)
 
-    Recomputed independently with torch.distributions from 2000 draws per component (k/2 of the estimator's
-    draws come from each q_j): se = sd(w) / (sqrt(k) mean(w)), w = p(x, z) / r(z). The pooled sd over both
+    Recomputed independently with torch.distributions from 2000 draws per component (K/2 of the estimator's
+    draws come from each q_j): se = sd(w) / (sqrt(K) mean(w)), w = p(x, z) / r(z). The pooled sd over both
     components is at least the stratified estimator's within-component sd, so the error is not understated.
     """
     g = torch.Generator().manual_seed(seed)
@@ -301,31 +301,31 @@ def mixture_log_evidence_stderr(vae, x, qs, k, seed):
     with torch.no_grad():  # z: (4000, B, k)
         log_r = torch.logsumexp(torch.stack([q.log_prob(z).sum(-1) for q in qs]), 0) - math.log(len(qs))
         w = torch.exp(vae.log_joint(x, z) - log_r)  # (4000, B)
-    return w.std(0) / (math.sqrt(k) * w.mean(0))
+    return w.std(0) / (math.sqrt(K) * w.mean(0))
 
 
 def test_mixture_importance_sampling_equals_the_balance_heuristic_with_the_same_draws(lg, lg_x):
     """elbo_gaps' log p(x) estimate, recomputed in one piece with torch.distributions from the same draws.
 
-    k = 23 (odd) split 12 / 11 between the two proposals, drawn in chunks of 5 in that order; every draw is
+    K = 23 (odd) split 12 / 11 between the two proposals, drawn in chunks of 5 in that order; every draw is
     weighted by the mixture r = (12/23) q_1 + (11/23) q_2 whatever proposal it came from.
     """
     vae = linear_vae(lg, perturb=0.3)
-    k, chunk = 23, 5
+    K, chunk = 23, 5
     with torch.no_grad():
         mu1, logvar1 = vae.encode(lg_x)
         mu2, logvar2 = mu1 - 0.4, logvar1 - 0.5
-        out = evaluate._iwae_mixture(vae, lg_x, [(mu1, logvar1), (mu2, logvar2)], k, chunk,
+        out = evaluate._iwae_mixture(vae, lg_x, [(mu1, logvar1), (mu2, logvar2)], K, chunk,
                                      torch.Generator().manual_seed(4))
         g = torch.Generator().manual_seed(4)
         z = torch.cat([mu + torch.exp(0.5 * logvar) * torch.randn(min(chunk, n - s), *mu.shape, generator=g,
                                                                    dtype=torch.float64)
                        for (mu, logvar), n in (((mu1, logvar1), 12), ((mu2, logvar2), 11)) for s in range(0, n, chunk)])
         q1, q2 = Normal(mu1, torch.exp(0.5 * logvar1)), Normal(mu2, torch.exp(0.5 * logvar2))
-        r = 12 / 23 * q1.log_prob(z).sum(-1).exp() + 11 / 23 * q2.log_prob(z).sum(-1).exp()  # (k, B)
+        r = 12 / 23 * q1.log_prob(z).sum(-1).exp() + 11 / 23 * q2.log_prob(z).sum(-1).exp()  # (K, B)
         log_w = (Normal(vae.decode(z), 0.5).log_prob(lg_x).sum(-1) + Normal(0.0, 1.0).log_prob(z).sum(-1)
                  - torch.log(r))
-        oracle = torch.logsumexp(log_w, 0) - math.log(k)
+        oracle = torch.logsumexp(log_w, 0) - math.log(K)
     torch.testing.assert_close(out, oracle, rtol=0, atol=1e-10)
 
 
@@ -362,8 +362,8 @@ def test_elbo_gaps_log_px_is_unbiased_for_the_evidence():
     """The estimate of p(x) behind log_px is unbiased, so log_px is a lower bound in expectation.
 
     One x of a correlated linear-Gaussian posterior (neither the random encoder's q nor q* is exact), copied
-    into 1000 rows, so each row is an independent repeat (its own q* optimisation and its own k = 4 draws;
-    small k makes the estimates noisy enough for a bias to show). Oracle: the exact log p(x). The mean of
+    into 1000 rows, so each row is an independent repeat (its own q* optimisation and its own K = 4 draws;
+    small K makes the estimates noisy enough for a bias to show). Oracle: the exact log p(x). The mean of
     exp(log_px - log p(x)) must be 1 within 4 standard errors over the repeats, and the mean of
     log_px - log p(x) at most 3 standard errors above 0 (it is below 0 by Jensen's inequality).
     Taking the larger of two IWAE estimates per row (the earlier elbo_gaps) fails both: with these seeds its
@@ -418,7 +418,7 @@ def test_elbo_gaps_of_a_trained_digits_vae_are_nonnegative(digits_model):
         (lambda m, x: evaluate.elbo_gaps(m, x, K=0), ValueError, r"K must be >= 1"),
         (lambda m, x: evaluate.elbo_gaps(m, x, generator=1), TypeError, r"generator must be a torch.Generator"),
     ],
-    ids=["autoencoder", "steps", "lr", "n-samples", "eval-samples", "shape", "k", "generator"],
+    ids=["autoencoder", "steps", "lr", "n-samples", "eval-samples", "shape", "K", "generator"],
 )
 def test_gap_functions_reject_bad_input(lg, lg_x, call, error, match):
     with pytest.raises(error, match=match):

@@ -499,7 +499,7 @@ def test_iwae_and_elbo_with_a_custom_decoder_have_one_value_per_example():
     model, x = custom_vae(), torch.bernoulli(grey(4), generator=torch.Generator().manual_seed(0))
     ll = evaluate.iwae_log_likelihood(model, x, K=7, chunk_size=3, generator=torch.Generator().manual_seed(1))
     assert ll.shape == (4,)
-    # k = 1 IWAE is a one-sample ELBO with a Monte Carlo KL: its mean over many draws matches the ELBO's.
+    # K = 1 IWAE is a one-sample ELBO with a Monte Carlo KL: its mean over many draws matches the ELBO's.
     xr = x.repeat(2000, 1)
     a = evaluate.iwae_log_likelihood(model, xr, K=1, batch_size=8000, generator=torch.Generator().manual_seed(2))
     b = model.elbo(xr, generator=torch.Generator().manual_seed(3)).detach()

@@ -146,11 +146,11 @@ def _lg_log_joint(x, z):
 @given(
     estimator=st.sampled_from([E.elbo, E.iwae_bound, E.importance_log_evidence]),
     log_joint=st.sampled_from([_lg_log_joint, None, "f", 3]),
-    x=anything(), mu=anything(), logvar=anything(), k=ints(),
+    x=anything(), mu=anything(), logvar=anything(), K=ints(),
 )
-def test_bounds_fuzz(estimator, log_joint, x, mu, logvar, k):
+def test_bounds_fuzz(estimator, log_joint, x, mu, logvar, K):
     # the log_joint's own checks name "x" and "z" (z comes from mu and logvar)
-    call_ok(estimator, log_joint, x, mu, logvar, k, names=names_of(estimator) + ["z"])
+    call_ok(estimator, log_joint, x, mu, logvar, K, names=names_of(estimator) + ["z"])
 
 
 @FUZZ

@@ -310,12 +310,12 @@ def test_iwae_readout_is_sandwiched(name):
     mu, logvar = torch.tensor([[0.3]], dtype=torch.float64), torch.tensor([[-1.0]], dtype=torch.float64)
     log_px, elbo, _ = scipy_identity_terms(model, x, 0.3, -1.0)
     means = []
-    for k in (1, 4, 64, 1024):
-        r = widgets.iwae_readout(model, x, mu, logvar, k, repeats=400, seed=k)
+    for K in (1, 4, 64, 1024):
+        r = widgets.iwae_readout(model, x, mu, logvar, K, repeats=400, seed=K)
         assert r["log_px"] == pytest.approx(log_px, abs=1e-9) and r["elbo"] == pytest.approx(elbo, abs=1e-8)
         assert r["draws"].shape == (400,)
         assert r["iwae_se"] == pytest.approx(r["draws"].std(ddof=1) / math.sqrt(400))
-        # ELBO <= E[IWAE_k] <= log p(x): the mean of 400 draws may overshoot either bound by sampling error only
+        # ELBO <= E[IWAE_K] <= log p(x): the mean of 400 draws may overshoot either bound by sampling error only
         assert r["elbo"] - 4 * r["iwae_se"] <= r["iwae"] <= r["log_px"] + 4 * r["iwae_se"]
         means.append(r["iwae"])
     assert means[0] == pytest.approx(elbo, abs=4 * widgets.iwae_readout(model, x, mu, logvar, 1, repeats=400, seed=1)["iwae_se"])
