@@ -7,7 +7,7 @@ Protocol (Burda et al. 2016, sec. 5; the Exemplar VAE code, github.com/sajadn/Ex
   - the first 50,000 training images train, the last 10,000 are the validation set (binarized once);
   - training images are binarized afresh every epoch (what `vaelib.train.fit` does for a Bernoulli model);
   - the model kept is the epoch with the best validation ELBO (model selection on held-out data);
-  - test NLL = -log p(x), estimated with k = 5000 importance samples from the encoder
+  - test NLL = -log p(x), estimated with K = 5000 importance samples from the encoder
     (`vaelib.evaluate.iwae_log_likelihood`) on all 10,000 test images, binarized once with a fixed seed.
 Nats per image; lower is better.
 
@@ -16,7 +16,7 @@ to --lr-final over --epochs epochs (set before each epoch), linear KL warm-up ov
 The "gated" model is the reference's: 784-300-300-40 with gated dense layers, h = (W x + b) * sigmoid(V x + c),
 and the encoder's log-variance bounded to [-6, 2] by a hardtanh; "mlp" is vaelib's ReLU MLP.
 
-Every --curve-every epochs the test NLL on the first --curve-images test images (k = --curve-k) is added to
+Every --curve-every epochs the test NLL on the first --curve-images test images (K = --curve-k) is added to
 the curve, and the JSON and a checkpoint are saved, so a stopped run resumes where it was (--resume).
 
     python benchmarks/likelihood.py --seed 0 --out /tmp/lk/seed0                         # the RESULTS.md rows
@@ -153,8 +153,7 @@ def main(argv=None):
         if r["status"] == "done":
             raise SystemExit(f"the run in {out} is finished; nothing to resume")
         ck = train.load_checkpoint(last_path, model=model, with_state=True)
-        history = train.History(ck.history)
-        history.optimizer_state, history.rng_state = ck.optimizer_state, ck.rng_state
+        history = ck.history  # carries the optimizer and generator state
         best_state = copy.deepcopy(train.load_checkpoint(best_path, model=build_model(args.model, D, hidden,
                                                                                        args.latent_dim)).state_dict())
         log(f"resumed at epoch {history['epoch'][-1]}")
@@ -174,7 +173,7 @@ def main(argv=None):
         g = torch.Generator().manual_seed(args.seed)
         nll = -evaluate.iwae_log_likelihood(model, x_curve, K=args.curve_k, generator=g).mean().item()
         r["curve"].append({"epoch": epoch, "nll": nll, "valid_elbo": history["valid_elbo"][-1]})
-        log(f"epoch {epoch}: test NLL {nll:.2f} (k={args.curve_k}, {x_curve.shape[0]} images), "
+        log(f"epoch {epoch}: test NLL {nll:.2f} (K={args.curve_k}, {x_curve.shape[0]} images), "
             f"valid ELBO {history['valid_elbo'][-1]:.2f}, best {r['best']['valid_elbo']:.2f} at {r['best']['epoch']}")
         train.save_checkpoint(last_path, model, history=history)
         best = build_model(args.model, D, hidden, args.latent_dim)
@@ -188,9 +187,7 @@ def main(argv=None):
         t0, c0 = time.perf_counter(), time.process_time()
         try:
             history = train.fit(model, x_train, 1, batch_size=args.batch_size, lr=lr_e, seed=args.seed,
-                                valid_x=x_valid, progress=False, warmup_epochs=args.warmup_epochs, history=history,
-                                optimizer_state=history and history.optimizer_state,
-                                rng_state=history and history.rng_state)
+                                valid_x=x_valid, progress=False, warmup_epochs=args.warmup_epochs, history=history)
         except FloatingPointError as e:  # fit rolled the model back to the last complete epoch
             lr_scale *= 0.5
             r["events"].append({"epoch": epoch + 1, "error": str(e), "action": f"retried with lr x{lr_scale:g}"})
@@ -231,7 +228,7 @@ def main(argv=None):
     r["status"] = "done"
     write_json(json_path, r)
     log(f"done: best epoch {r['best']['epoch']}, test ELBO {elbo:.2f}, test NLL {r['final']['nll']:.2f} "
-        f"(k={args.k}, {x_test.shape[0]} images); {out}")
+        f"(K={args.k}, {x_test.shape[0]} images); {out}")
     return 0
 
 

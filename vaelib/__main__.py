@@ -339,7 +339,7 @@ def _settings(args):
     saved = (ck.metadata or {}).get("train_args")
     if not isinstance(saved, dict) or set(saved) != set(TRAIN_DEFAULTS):
         raise CLIError(f"{path} does not record the settings of a 'python -m vaelib train' run, so --resume cannot "
-                       "continue it; resume it in Python with vaelib.train.fit(..., optimizer_state=, history=, rng_state=)")
+                       "continue it; resume it in Python with vaelib.train.fit(model, x, epochs, history=checkpoint.history)")
     for key, value in explicit.items():
         if key not in RESUME_MAY_CHANGE and value != saved[key]:
             raise CLIError(f"{_option(key)} {value} differs from the run's {saved[key]}: --resume continues a run "
@@ -388,7 +388,7 @@ def _train(args):
         model = ck.model
         out = _out_dir(str(out), "--resume")
         done = len((ck.history or {}).get("epoch", []))
-        state = dict(optimizer_state=ck.optimizer_state, history=ck.history, rng_state=ck.rng_state)
+        state = dict(history=ck.history)  # carries the optimizer and generator state
     epochs = max(0, settings["epochs"] - done)
     metadata = {"dataset": settings["dataset"], "data": settings["data"], "data_sha256": data_sha256,
                 "image_shape": image_shape, "seed": settings["seed"], "valid_size": settings["valid_size"],
