@@ -15,7 +15,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from vaelib import _atomic
+from _results import replace_section
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
@@ -180,14 +180,7 @@ def main(argv=None):
     print(text)
     if args.write:
         plot(groups, CURVE)
-        old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-        start = old.find(SECTION)
-        if start < 0:
-            new = old.rstrip("\n") + "\n\n" + text
-        else:
-            end = old.find("\n## ", start + len(SECTION))
-            new = old[:start] + text + (old[end + 1:] if end >= 0 else "")
-        _atomic.atomic_write(RESULTS, lambda f: f.write(new), mode="w")
+        replace_section(RESULTS, SECTION, text)
         print(f"updated {RESULTS} and {CURVE}", file=sys.stderr)
     return 0
 

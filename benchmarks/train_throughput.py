@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vaelib import _atomic, data, train
+from _results import replace_section
+from vaelib import data, train
 from vaelib.models import VAE
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -167,14 +168,7 @@ def write_results(rows, variant_rows, args):
                     "loop in the same alternating rounds; bit-identical = the same trained weights as the plain loop):\n\n"
                     "| variant | speed / plain (wall) | speed / plain (CPU) | bit-identical |\n|---|---|---|---|\n"
                     + "".join(variant_rows))
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("\n" + text[end + 1:] if end >= 0 else "")
-    _atomic.atomic_write(RESULTS, lambda f: f.write(text), mode="w")
+    replace_section(RESULTS, SECTION, section)
     print(f"updated {RESULTS}")
 
 

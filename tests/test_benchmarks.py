@@ -27,7 +27,8 @@ def fashion_available():
 needs_fashion = pytest.mark.skipif(not fashion_available(), reason="needs Fashion-MNIST (Debian dataset-fashion-mnist)")
 
 
-def script(name):
+def script(name, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as when run as a script: its folder comes first
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -66,7 +67,7 @@ def test_likelihood_run_resume_and_report(tmp_path, monkeypatch):
     assert r2["final"] == {**r["final"], **{k: r2["final"][k] for k in r2["final"] if "minutes" in k}}
     assert [e["valid_elbo"] for e in r2["epochs"]] == [e["valid_elbo"] for e in r["epochs"]]
 
-    report = script("likelihood_report")
+    report = script("likelihood_report", monkeypatch)
     monkeypatch.setattr(report, "RESULTS", tmp_path / "RESULTS.md")
     monkeypatch.setattr(report, "CURVE", tmp_path / "curve.png")
     (tmp_path / "RESULTS.md").write_text("# Benchmark results\n\n## other\n\nkept\n")
