@@ -138,16 +138,17 @@ def plot(groups, path):
         for r in sorted(runs, key=lambda r: r["config"]["seed"]):
             ax.plot([p["epoch"] for p in r["curve"]], [p["nll"] for p in r["curve"]], "o-", ms=2.5, lw=1,
                     label=f"seed {r['config']['seed']}: K={c['curve_k']}, {c['curve_images']} test images")
-            ax.plot([r["final"]["epoch"]], [r["final"]["nll"]], "s", ms=6, color=ax.lines[-1].get_color())
+            ax.plot([r["final"]["epoch"]], [r["final"]["nll"]], "s", ms=6, color=ax.lines[-1].get_color(),
+                    label=f"seed {r['config']['seed']} final: K=5000, all 10,000 test images")
         ref = REFERENCES[c["dataset"]]["nll"]
         ax.axhline(ref, ls="--", color="0.5", label=f"published {ref:.2f}")
         ax.axhspan(ref, ref + 2, color="0.9", label="target: within 2 nats")
         lows = [p["nll"] for r in runs for p in r["curve"]]
         ax.set_ylim(min(lows + [ref]) - 1.5, min(lows) + 12)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("test NLL (nats); squares: final, K=5000, all 10,000 images")
-    ax.set_title(f"{c['dataset']}: {c['model']} VAE {c['hidden'].replace(',', '-')}-{c['latent_dim']}, Bernoulli")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("test NLL (nats)")
+    ax.set_title(f"{c['dataset']}: {c['model']} VAE {runs[0]['architecture']}, Bernoulli")
+    ax.legend(fontsize=7, loc="upper right")
     savefig(fig, path)
     plt.close(fig)
 
