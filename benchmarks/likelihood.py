@@ -1,25 +1,32 @@
-"""Train one VAE under the density-estimation protocol and write its test NLL to a JSON file.
+"""Train one VAE under a density-estimation protocol and write its test NLL to a JSON file.
 
-The run only; `benchmarks/likelihood_report.py` turns the JSON files of several seeds into the table and
+The run only; `benchmarks/likelihood_report.py` turns the JSON files of several seeds into the tables and
 the curve in RESULTS.md.
 
-Protocol (Burda et al. 2016, sec. 5; the Exemplar VAE code, github.com/sajadn/Exemplar-VAE):
-  - the first 50,000 training images train, the last 10,000 are the validation set (binarized once);
-  - training images are binarized afresh every epoch (what `vaelib.train.fit` does for a Bernoulli model);
-  - the model kept is the epoch with the best validation ELBO (model selection on held-out data);
-  - test NLL = -log p(x), estimated with K = 5000 importance samples from the encoder
-    (`vaelib.evaluate.iwae_log_likelihood`) on all 10,000 test images, binarized once with a fixed seed.
-Nats per image; lower is better.
+Two protocols (--protocol), the same data split and the same evaluation:
+  - "ours" (default): Adam with a cosine learning rate from --lr to --lr-final over --epochs epochs (set before
+    each epoch, never from the wall-clock), linear KL warm-up from 0 over --warmup-epochs, PyTorch's default
+    initialisation, exact Bernoulli log-likelihood from logits; the epoch with the best validation ELBO is kept.
+  - "reference": the training choices of the published number's code (github.com/sajadn/Exemplar-VAE,
+    density_estimation.py), as a control: AdamNormGrad (each parameter tensor's gradient divided by its L2 norm
+    + 1e-7, then Adam) at a constant 5e-4, He-normal initial weights N(0, 2 / fan_in), KL weight min(1, epoch / 100),
+    early stopping with patience 50 (not counted during the warm-up) up to 2000 epochs, Bernoulli probabilities
+    clamped to [1e-5, 1 - 1e-5], validation set binarized by their numpy seed-777 draw.
+Both: the first 50,000 training images train (binarized afresh for every minibatch or epoch), the last 10,000
+validate. Architecture "gated" (the reference's): 784-300-300-40 gated dense layers, h = (W x + b) * sigmoid(V x + c),
+encoder log-variance bounded to [-6, 2] by a hardtanh; "mlp" is vaelib's ReLU MLP.
 
-The schedule depends on epochs only, never on the wall-clock: Adam with a cosine learning rate from --lr
-to --lr-final over --epochs epochs (set before each epoch), linear KL warm-up over --warmup-epochs.
-The "gated" model is the reference's: 784-300-300-40 with gated dense layers, h = (W x + b) * sigmoid(V x + c),
-and the encoder's log-variance bounded to [-6, 2] by a hardtanh; "mlp" is vaelib's ReLU MLP.
+Evaluation of the kept model: test NLL = -log p(x) with K = --k importance samples from the encoder
+(`vaelib.evaluate.iwae_log_likelihood`) on all 10,000 test images, on each of several binarizations of the test
+set (--binarizations): "reference777" is the reference's own draw (numpy RandomState(777), the validation set
+drawn first, then the test set, as their loader does), "torch12345" the draw of our earlier runs, "numpyS" a fresh
+numpy RandomState(S) draw. Saved block by block (1000 images), so a stopped evaluation resumes. Nats per image.
 
-Every --curve-every epochs the test NLL on the first --curve-images test images (K = --curve-k) is added to
-the curve, and the JSON and a checkpoint are saved, so a stopped run resumes where it was (--resume).
+Every --curve-every epochs the test NLL on the first --curve-images test images (K = --curve-k, draw torch12345)
+is added to the curve, and the JSON and a checkpoint are saved, so a stopped run resumes where it was (--resume).
 
     python benchmarks/likelihood.py --seed 0 --out /tmp/lk/seed0                         # the RESULTS.md rows
+    python benchmarks/likelihood.py --protocol reference --seed 0 --out /tmp/lk/ref0      # the control run
     python benchmarks/likelihood.py --seed 0 --epochs 2 --train-limit 1000 --k 50 --test-limit 200 --out /tmp/lk-smoke
     python benchmarks/likelihood.py --dataset mnist ...    # exits with a message when the files are absent
 """
@@ -27,6 +34,7 @@ the curve, and the JSON and a checkpoint are saved, so a stopped run resumes whe
 import argparse
 import copy
 import datetime
+import hashlib
 import json
 import math
 import platform
@@ -34,14 +42,19 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from vaelib import data, evaluate, train
 from vaelib.models import VAE
 
-TEST_BINARIZATION_SEED = 12345  # one fixed draw of the binarized test set, the same for every run
+CURVE_BINARIZATION = "torch12345"  # the draw of the curve points (and of the runs before the multi-draw evaluation)
+BINARIZATIONS = ("reference777", "torch12345", "numpy1", "numpy2", "numpy3")
 N_VALID = 10000
+BLOCK = 1000  # test images per saved evaluation block
+PROB_CLAMP = 1e-5  # the reference clamps Bernoulli probabilities to [1e-5, 1 - 1e-5]
+REFERENCE = {"lr": 5e-4, "warmup_epochs": 100, "patience": 50, "max_epochs": 2000, "save_every": 10}
 
 
 class GatedDense(nn.Module):
@@ -71,20 +84,104 @@ class GatedEncoder(nn.Module):
         return self.mu(h), nn.functional.hardtanh(self.logvar(h), -6.0, 2.0)
 
 
-def build_model(kind, data_dim, hidden, latent_dim):
-    """The VAE of configuration `kind` ("gated" or "mlp"), Bernoulli decoder; seed torch before calling."""
+class ClampLogits(nn.Module):
+    """Logits clamped to +-logit(1 - eps): the same as clamping the probabilities to [eps, 1 - eps]."""
+
+    def __init__(self, eps):
+        super().__init__()
+        self.bound = math.log((1 - eps) / eps)
+
+    def forward(self, logits):
+        return logits.clamp(-self.bound, self.bound)
+
+
+def build_model(kind, data_dim, hidden, latent_dim, protocol="ours"):
+    """The VAE of configuration `kind` ("gated" or "mlp"), Bernoulli decoder; seed torch before calling.
+
+    protocol "reference": every Linear weight drawn He-normal, N(0, 2 / fan_in) (biases keep PyTorch's default),
+    and the decoder's probabilities clamped to [1e-5, 1 - 1e-5]."""
     if kind == "mlp":
-        return VAE(data_dim, latent_dim, hidden, likelihood="bernoulli")
-    sizes = (latent_dim, *hidden)
-    decoder = nn.Sequential(*[GatedDense(a, b) for a, b in zip(sizes[:-1], sizes[1:])], nn.Linear(sizes[-1], data_dim))
-    return VAE(data_dim, latent_dim, likelihood="bernoulli", encoder=GatedEncoder(data_dim, hidden, latent_dim),
-               decoder=decoder)
+        model = VAE(data_dim, latent_dim, hidden, likelihood="bernoulli")
+    else:
+        sizes = (latent_dim, *hidden)
+        layers = [GatedDense(a, b) for a, b in zip(sizes[:-1], sizes[1:])] + [nn.Linear(sizes[-1], data_dim)]
+        if protocol == "reference":
+            layers.append(ClampLogits(PROB_CLAMP))
+        model = VAE(data_dim, latent_dim, likelihood="bernoulli", encoder=GatedEncoder(data_dim, hidden, latent_dim),
+                    decoder=nn.Sequential(*layers))
+    if protocol == "reference":
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, nn.Linear):
+                    m.weight.normal_(0.0, math.sqrt(2.0 / m.in_features))
+    return model
+
+
+class AdamNormGrad(torch.optim.Optimizer):
+    """Adam on normalised gradients: g <- g / (||g||_2 + 1e-7) for each parameter tensor, then the Adam update
+    with bias correction (Kingma & Ba 2015, alg. 1). The reference's optimizer, as its code describes it."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad / (torch.linalg.vector_norm(p.grad) + 1e-7)
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float64)
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                t = state["step"].item()
+                state["exp_avg"].mul_(beta1).add_(g, alpha=1 - beta1)
+                state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                step_size = group["lr"] * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+                p.addcdiv_(state["exp_avg"], state["exp_avg_sq"].sqrt().add_(group["eps"]), value=-step_size)
 
 
 def cosine_lr(epoch, epochs, lr, lr_final):
     """Learning rate of epoch `epoch` (1-based) of `epochs`: lr at the first, lr_final at the last."""
     fraction = (epoch - 1) / max(epochs - 1, 1)
     return lr_final + 0.5 * (lr - lr_final) * (1.0 + math.cos(math.pi * fraction))
+
+
+def _unit_float64(x):
+    """(N, D) float32 k/255 -> float64 k/255, the values the reference's numpy loader binarizes."""
+    return np.rint(x.double().numpy() * 255.0) / 255.0
+
+
+def _draw_seed(name):
+    """"torchS" / "numpyS" -> ("torch" / "numpy", S); "reference777" -> ("reference", 777)."""
+    for kind in ("torch", "numpy", "reference"):
+        if name.startswith(kind) and name[len(kind):].isdigit() and (kind != "reference" or name == "reference777"):
+            return kind, int(name[len(kind):])
+    raise SystemExit(f"unknown binarization {name!r}; expected reference777, torchS or numpyS (S a number)")
+
+
+def binarize(name, x_test, x_valid):
+    """(N, D) float32 binarized test set of draw `name` (see the module docstring); x_valid (10000, D) in [0, 1]."""
+    kind, seed = _draw_seed(name)
+    if kind == "torch":
+        return torch.bernoulli(x_test, generator=torch.Generator().manual_seed(seed))
+    rs = np.random.RandomState(seed)
+    if kind == "reference":
+        rs.binomial(1, _unit_float64(x_valid))  # their loader draws the validation set first from the same stream
+    return torch.from_numpy(rs.binomial(1, _unit_float64(x_test)).astype(np.float32))
+
+
+def reference_valid(x_valid):
+    """The reference's validation set: numpy RandomState(777) draw of the last 10,000 training images."""
+    return torch.from_numpy(np.random.RandomState(777).binomial(1, _unit_float64(x_valid)).astype(np.float32))
+
+
+def _block_seed(seed, name, start):
+    return int.from_bytes(hashlib.sha256(f"{seed}/{name}/{start}".encode()).digest()[:7], "big")
 
 
 def log(msg):
@@ -99,16 +196,20 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[1:]))
     p.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "mnist"))
+    p.add_argument("--protocol", default="ours", choices=("ours", "reference"))
     p.add_argument("--model", default="gated", choices=("gated", "mlp"))
     p.add_argument("--hidden", default="300,300", help="hidden widths (default 300,300)")
     p.add_argument("--latent-dim", type=int, default=40)
-    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs (default 300); protocol reference: the most epochs (default 2000)")
     p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=None, help="(first) learning rate (default 1e-3; reference 5e-4)")
     p.add_argument("--lr-final", type=float, default=1e-5)
     p.add_argument("--warmup-epochs", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k", type=int, default=5000, help="importance samples of the final test NLL")
+    p.add_argument("--binarizations", default=",".join(BINARIZATIONS),
+                   help="test-set draws to evaluate on, in order (default: %(default)s)")
     p.add_argument("--test-limit", type=int, default=None, help="final evaluation on the first N test images only")
     p.add_argument("--train-limit", type=int, default=None, help="train on the first N of the 50,000 images only (a smoke test)")
     p.add_argument("--curve-every", type=int, default=20, help="a curve point every this many epochs")
@@ -119,64 +220,36 @@ def parse_args(argv):
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--stop-after", type=int, default=None, metavar="E",
                    help="save and stop after epoch E, to be continued with --resume")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.binarizations = [b for b in args.binarizations.split(",") if b]
+    for name in args.binarizations:
+        _draw_seed(name)  # an unknown name fails before any training
+    reference = args.protocol == "reference"
+    if args.epochs is None:
+        args.epochs = REFERENCE["max_epochs"] if reference else 300
+    if args.lr is None:
+        args.lr = REFERENCE["lr"] if reference else 1e-3
+    return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    try:
-        x_all = data.load(args.dataset, "train", download=False)[0]
-        xt = data.load(args.dataset, "test", download=False)[0]
-    except (OSError, ValueError) as e:
-        print(f"{args.dataset} is not available here, nothing run: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
-    out = args.out.resolve()
-    repo = Path(__file__).resolve().parent.parent
-    if out == repo or repo in out.parents:
-        raise SystemExit(f"--out {out} is inside the repository; choose a folder outside it")
-    out.mkdir(parents=True, exist_ok=True)
+def train_ours(args, r, out, model, x_train, x_valid, x_curve, build):
+    """The cosine-schedule run (protocol "ours"); returns the state dict of the best-validation epoch, or None
+    when stopped by --stop-after."""
     json_path, last_path, best_path = out / "likelihood.json", out / "last.pt", out / "best.pt"
-
-    x_train, x_valid = x_all[:-N_VALID][: args.train_limit], x_all[-N_VALID:]  # (50000, D), (10000, D)
-    xt_bin = torch.bernoulli(xt, generator=torch.Generator().manual_seed(TEST_BINARIZATION_SEED))  # (10000, D)
-    x_test = xt_bin[: args.test_limit] if args.test_limit else xt_bin
-    x_curve = xt_bin[: args.curve_images]
-    hidden = tuple(int(h) for h in args.hidden.split(","))
-    D = x_train.shape[1]
-
-    torch.manual_seed(args.seed)
-    model = build_model(args.model, D, hidden, args.latent_dim)
     history, best_state = None, None
     if args.resume:
-        r = json.loads(json_path.read_text())
-        if r["status"] == "done":
-            raise SystemExit(f"the run in {out} is finished; nothing to resume")
         ck = train.load_checkpoint(last_path, model=model, with_state=True)
         history = ck.history  # carries the optimizer and generator state
-        best_state = copy.deepcopy(train.load_checkpoint(best_path, model=build_model(args.model, D, hidden,
-                                                                                       args.latent_dim)).state_dict())
+        best_state = copy.deepcopy(train.load_checkpoint(best_path, model=build()).state_dict())
         log(f"resumed at epoch {history['epoch'][-1]}")
-    else:
-        r = {"started": datetime.datetime.now().isoformat(timespec="seconds"), "status": "training",
-             "command": "python benchmarks/likelihood.py " + " ".join(sys.argv[1:] if argv is None else argv),
-             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "resume"},
-             "architecture": "-".join(str(v) for v in (D, *hidden, args.latent_dim)),
-             "n_train": int(x_train.shape[0]), "n_valid": int(x_valid.shape[0]), "n_test": int(x_test.shape[0]),
-             "test_binarization_seed": TEST_BINARIZATION_SEED, "device": "CPU", "cpu": platform.machine(),
-             "threads": torch.get_num_threads(), "torch": torch.__version__,
-             "epochs": [], "curve": [], "events": [], "best": None, "final": None}
     lr_scale = 0.5 ** len(r["events"])
 
     def curve_point(epoch):
-        model.eval()
-        g = torch.Generator().manual_seed(args.seed)
-        nll = -evaluate.iwae_log_likelihood(model, x_curve, K=args.curve_k, generator=g).mean().item()
-        r["curve"].append({"epoch": epoch, "nll": nll, "valid_elbo": history["valid_elbo"][-1]})
-        log(f"epoch {epoch}: test NLL {nll:.2f} (K={args.curve_k}, {x_curve.shape[0]} images), "
+        r["curve"].append({"epoch": epoch, "nll": curve_nll(args, model, x_curve), "valid_elbo": history["valid_elbo"][-1]})
+        log(f"epoch {epoch}: test NLL {r['curve'][-1]['nll']:.2f} (K={args.curve_k}, {x_curve.shape[0]} images), "
             f"valid ELBO {history['valid_elbo'][-1]:.2f}, best {r['best']['valid_elbo']:.2f} at {r['best']['epoch']}")
         train.save_checkpoint(last_path, model, history=history)
-        best = build_model(args.model, D, hidden, args.latent_dim)
+        best = build()
         best.load_state_dict(best_state)
         train.save_checkpoint(best_path, best)
         write_json(json_path, r)
@@ -206,29 +279,180 @@ def main(argv=None):
             curve_point(epoch)
         if epoch == args.stop_after:
             log(f"stopped after epoch {epoch}; continue with --resume")
-            return 0
+            return None
+    if best_state is None:  # resumed after the last epoch: the best model is on disk
+        best_state = train.load_checkpoint(best_path, model=build()).state_dict()
+    return best_state
 
-    # Final evaluation of the model with the best validation ELBO, saved block by block.
-    model.load_state_dict(best_state)
+
+def train_reference(args, r, out, model, x_train, x_valid, x_curve, build):
+    """The control run (protocol "reference", see the module docstring): a plain loop with AdamNormGrad, the
+    reference's warm-up and early stopping. State saved every 10 epochs and at stops (state.pt); returns the
+    best state dict, or None when stopped by --stop-after."""
+    json_path, state_path = out / "likelihood.json", out / "state.pt"
+    opt = AdamNormGrad(model.parameters(), lr=args.lr)
+    gen = torch.Generator().manual_seed(args.seed)
+    valid_gen_seed = args.seed + 3
+    best_state, patience_count, epoch = None, 0, 0
+    if args.resume:
+        st = torch.load(state_path, weights_only=True)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        gen.set_state(st["generator"])
+        best_state, patience_count, epoch = st["best"], st["patience_count"], st["epoch"]
+        log(f"resumed at epoch {epoch}")
+
+    def save(epoch):
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                 "best": best_state, "patience_count": patience_count, "epoch": epoch}
+        train.atomic_write(state_path, lambda f: torch.save(state, f))
+        write_json(json_path, r)
+
+    N = x_train.shape[0]
+    while epoch < args.epochs and r.get("stopped") is None:
+        epoch += 1
+        beta_e = min(1.0, epoch / REFERENCE["warmup_epochs"])
+        t0, c0 = time.perf_counter(), time.process_time()
+        model.train()
+        losses = []
+        for idx in torch.randperm(N, generator=gen).split(args.batch_size):
+            xb = torch.bernoulli(x_train[idx], generator=gen)  # (B, D) a fresh draw of each minibatch
+            opt.zero_grad(set_to_none=True)
+            loss = model.loss(xb, beta=beta_e, generator=gen)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        model.eval()
+        valid_elbo = evaluate.test_elbo(model, x_valid, generator=torch.Generator().manual_seed(valid_gen_seed)).mean().item()
+        r["epochs"].append({"epoch": epoch, "lr": args.lr, "beta": beta_e, "loss": sum(losses) / len(losses),
+                            "valid_elbo": valid_elbo, "wall_seconds": time.perf_counter() - t0,
+                            "cpu_seconds": time.process_time() - c0})
+        if not math.isfinite(valid_elbo):
+            r["stopped"] = {"epoch": epoch, "why": "validation ELBO not finite"}
+        elif r["best"] is None or valid_elbo > r["best"]["valid_elbo"]:
+            r["best"] = {"epoch": epoch, "valid_elbo": valid_elbo}
+            best_state = copy.deepcopy(model.state_dict())
+            patience_count = 0
+        else:
+            patience_count = 0 if epoch < REFERENCE["warmup_epochs"] else patience_count + 1
+            if patience_count > REFERENCE["patience"]:
+                r["stopped"] = {"epoch": epoch, "why": f"no better validation ELBO in {REFERENCE['patience']} epochs"}
+        if epoch % args.curve_every == 0:
+            r["curve"].append({"epoch": epoch, "nll": curve_nll(args, model, x_curve), "valid_elbo": valid_elbo})
+            log(f"epoch {epoch}: test NLL {r['curve'][-1]['nll']:.2f}, valid ELBO {valid_elbo:.2f}, best "
+                f"{r['best']['valid_elbo']:.2f} at {r['best']['epoch']}, patience {patience_count}")
+        if epoch % REFERENCE["save_every"] == 0 or r.get("stopped") or epoch == args.stop_after:
+            save(epoch)
+        if epoch == args.stop_after and r.get("stopped") is None and epoch < args.epochs:
+            log(f"stopped after epoch {epoch}; continue with --resume")
+            return None
+    save(epoch)
+    return best_state
+
+
+def curve_nll(args, model, x_curve):
     model.eval()
-    t0, c0 = time.perf_counter(), time.process_time()
-    elbo = evaluate.test_elbo(model, x_test, generator=torch.Generator().manual_seed(args.seed + 1)).mean().item()
-    gen = torch.Generator().manual_seed(args.seed + 2)
-    log_px = []
-    for start in range(0, x_test.shape[0], 1000):
-        log_px.append(evaluate.iwae_log_likelihood(model, x_test[start:start + 1000], K=args.k, generator=gen))
-        log(f"final: {start + log_px[-1].shape[0]}/{x_test.shape[0]} images, running NLL "
-            f"{-torch.cat(log_px).mean().item():.2f}")
-    log_px = torch.cat(log_px).double()
-    r["final"] = {"epoch": r["best"]["epoch"], "elbo": elbo, "k": args.k, "n_test": int(x_test.shape[0]),
-                  "nll": -log_px.mean().item(), "nll_se": log_px.std().item() / math.sqrt(log_px.shape[0]),
-                  "train_cpu_minutes": sum(e["cpu_seconds"] for e in r["epochs"]) / 60,
-                  "train_wall_minutes": sum(e["wall_seconds"] for e in r["epochs"]) / 60,
-                  "eval_cpu_minutes": (time.process_time() - c0) / 60, "eval_wall_minutes": (time.perf_counter() - t0) / 60}
+    g = torch.Generator().manual_seed(args.seed)
+    return -evaluate.iwae_log_likelihood(model, x_curve, K=args.curve_k, generator=g).mean().item()
+
+
+def evaluate_draws(args, r, json_path, model, x_test_gray, x_valid_gray):
+    """Test ELBO and IWAE NLL of `model` on each binarization, 1000 images a block, saved after each block."""
+    final = r["final"]
+    for name in args.binarizations:
+        xb = binarize(name, x_test_gray, x_valid_gray)
+        xb = xb[: args.test_limit] if args.test_limit else xb
+        res = final["binarizations"].setdefault(name, {"blocks": {}})
+        for start in range(0, xb.shape[0], BLOCK):
+            if str(start) in res["blocks"]:
+                continue
+            x = xb[start:start + BLOCK]
+            t0, c0 = time.perf_counter(), time.process_time()
+            g = torch.Generator().manual_seed(_block_seed(args.seed, name, start))
+            elbo = evaluate.test_elbo(model, x, generator=g).double()
+            log_px = evaluate.iwae_log_likelihood(model, x, K=args.k, generator=g).double()
+            res["blocks"][str(start)] = {"n": int(x.shape[0]), "log_px_sum": log_px.sum().item(),
+                                         "log_px_sumsq": (log_px ** 2).sum().item(), "elbo_sum": elbo.sum().item(),
+                                         "cpu_seconds": time.process_time() - c0,
+                                         "wall_seconds": time.perf_counter() - t0}
+            n = sum(b["n"] for b in res["blocks"].values())
+            s = sum(b["log_px_sum"] for b in res["blocks"].values())
+            log(f"{name}: {n}/{xb.shape[0]} images, running NLL {-s / n:.3f}")
+            write_json(json_path, r)
+        blocks = res["blocks"].values()
+        n = sum(b["n"] for b in blocks)
+        mean = sum(b["log_px_sum"] for b in blocks) / n
+        var = (sum(b["log_px_sumsq"] for b in blocks) - n * mean ** 2) / (n - 1)
+        res.update({"n_test": n, "k": args.k, "nll": -mean, "nll_se": math.sqrt(max(var, 0.0) / n),
+                    "elbo": sum(b["elbo_sum"] for b in blocks) / n,
+                    "eval_cpu_minutes": sum(b["cpu_seconds"] for b in blocks) / 60})
+        write_json(json_path, r)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        x_all = data.load(args.dataset, "train", download=False)[0]
+        xt = data.load(args.dataset, "test", download=False)[0]
+    except (OSError, ValueError) as e:
+        print(f"{args.dataset} is not available here, nothing run: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    out = args.out.resolve()
+    repo = Path(__file__).resolve().parent.parent
+    if out == repo or repo in out.parents:
+        raise SystemExit(f"--out {out} is inside the repository; choose a folder outside it")
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "likelihood.json"
+
+    x_train, x_valid_gray = x_all[:-N_VALID][: args.train_limit], x_all[-N_VALID:]  # (50000, D), (10000, D)
+    x_valid = reference_valid(x_valid_gray) if args.protocol == "reference" else x_valid_gray
+    x_curve = binarize(CURVE_BINARIZATION, xt, x_valid_gray)[: args.curve_images]
+    hidden = tuple(int(h) for h in args.hidden.split(","))
+    D = x_train.shape[1]
+
+    def build():
+        return build_model(args.model, D, hidden, args.latent_dim, args.protocol)
+
+    torch.manual_seed(args.seed)
+    model = build()
+    if args.resume:
+        r = json.loads(json_path.read_text())
+        if r["status"] == "done":
+            raise SystemExit(f"the run in {out} is finished; nothing to resume")
+    else:
+        r = {"started": datetime.datetime.now().isoformat(timespec="seconds"), "status": "training",
+             "command": "python benchmarks/likelihood.py " + " ".join(sys.argv[1:] if argv is None else argv),
+             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                        if k not in ("resume", "binarizations", "stop_after")},
+             "architecture": "-".join(str(v) for v in (D, *hidden, args.latent_dim)),
+             "n_train": int(x_train.shape[0]), "n_valid": int(x_valid.shape[0]), "device": "CPU",
+             "cpu": platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+             "epochs": [], "curve": [], "events": [], "best": None, "final": None}
+    r["config"].setdefault("protocol", "ours")  # runs written before the reference protocol existed
+
+    if r["status"] == "training":
+        run = train_reference if args.protocol == "reference" else train_ours
+        best_state = run(args, r, out, model, x_train, x_valid, x_curve, build)
+        if best_state is None:
+            return 0
+        model.load_state_dict(best_state)
+        train.save_checkpoint(out / "best.pt", model)
+        r["status"] = "evaluating"
+        r["final"] = {"epoch": r["best"]["epoch"], "binarizations": {},
+                      "train_cpu_minutes": sum(e["cpu_seconds"] for e in r["epochs"]) / 60,
+                      "train_wall_minutes": sum(e["wall_seconds"] for e in r["epochs"]) / 60}
+        write_json(json_path, r)
+    else:  # evaluating: the kept model is best.pt
+        train.load_checkpoint(out / "best.pt", model=model)
+    r["final"].pop("nll", None)  # a run finished before the multi-draw evaluation is evaluated again, draw by draw
+    r["final"].setdefault("binarizations", {})
+    model.eval()
+    evaluate_draws(args, r, json_path, model, xt, x_valid_gray)
     r["status"] = "done"
     write_json(json_path, r)
-    log(f"done: best epoch {r['best']['epoch']}, test ELBO {elbo:.2f}, test NLL {r['final']['nll']:.2f} "
-        f"(K={args.k}, {x_test.shape[0]} images); {out}")
+    summary = ", ".join(f"{n} {b['nll']:.2f}" for n, b in r["final"]["binarizations"].items())
+    log(f"done: best epoch {r['best']['epoch']}; test NLL (K={args.k}) {summary}; {out}")
     return 0
 
 
