@@ -184,6 +184,17 @@ def _block_seed(seed, name, start):
     return int.from_bytes(hashlib.sha256(f"{seed}/{name}/{start}".encode()).digest()[:7], "big")
 
 
+def cpu_model():
+    """The processor's model name (BLAS kernels, hence the last bits of every result, differ between models)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def log(msg):
     print(f"[{datetime.datetime.now():%H:%M:%S}] {msg}", flush=True)
 
@@ -427,7 +438,7 @@ def main(argv=None):
                         if k not in ("resume", "binarizations", "stop_after")},
              "architecture": "-".join(str(v) for v in (D, *hidden, args.latent_dim)),
              "n_train": int(x_train.shape[0]), "n_valid": int(x_valid.shape[0]), "device": "CPU",
-             "cpu": platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+             "cpu": platform.machine(), "cpu_model": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
              "epochs": [], "curve": [], "events": [], "best": None, "final": None}
     r["config"].setdefault("protocol", "ours")  # runs written before the reference protocol existed
 
