@@ -267,7 +267,7 @@ def stl_elbo(log_joint, x, mu, logvar, n_samples=1, generator=None):
     Value: (1/K) sum_k [log p(x, z_k) - log q(z_k | x)] with z_k = mu + exp(logvar / 2) eps_k, the same number
     `elbo` returns for the same generator state. Gradient: q's parameters are detached inside log q, so autograd
     drops the score term -d/dphi log q_phi(z) |_(z fixed), whose expectation is 0, and keeps only the path through z:
-    d/dphi = [d/dz (log p(x, z) - log q(z | x))] dz/dphi (Roeder, Wu & Duvenaud 2017, eq. 5-8). That gradient is
+    d/dphi = [d/dz (log p(x, z) - log q(z | x))] dz/dphi (Roeder, Wu & Duvenaud 2017, "Sticking the Landing"). It is
     unbiased for the ELBO's gradient and is exactly 0 for every draw when q = p(z | x), where the usual
     reparameterized gradient still has variance (from the score term). Gradients with respect to parameters inside
     `log_joint` are the usual ones.
