@@ -259,3 +259,35 @@ def pathwise_grad(f, mu, logvar, n_samples, generator=None, reduce=True):
     if reduce:
         return GradientEstimate(g_mu.mean(0), g_logvar.mean(0))
     return GradientEstimate(g_mu, g_logvar)
+
+
+def stl_elbo(log_joint, x, mu, logvar, n_samples=1, generator=None):
+    """Monte Carlo ELBO whose gradient in (mu, logvar) is the path derivative ("sticking the landing").
+
+    Value: (1/K) sum_k [log p(x, z_k) - log q(z_k | x)] with z_k = mu + exp(logvar / 2) eps_k, the same number
+    `elbo` returns for the same generator state. Gradient: q's parameters are detached inside log q, so autograd
+    drops the score term -d/dphi log q_phi(z) |_(z fixed), whose expectation is 0, and keeps only the path through z:
+    d/dphi = [d/dz (log p(x, z) - log q(z | x))] dz/dphi (Roeder, Wu & Duvenaud 2017, "Sticking the Landing"). It is
+    unbiased for the ELBO's gradient and is exactly 0 for every draw when q = p(z | x), where the usual
+    reparameterized gradient still has variance (from the score term). Gradients with respect to parameters inside
+    `log_joint` are the usual ones.
+
+    Args:
+        log_joint: callable (x (B, d), z (K, B, k)) -> log p(x, z) (K, B).
+        x: (B, d) observations.
+        mu, logvar: (B, k) parameters of q(z | x).
+        n_samples: K >= 1 samples per example.
+        generator: optional torch.Generator.
+    Returns:
+        (B,) the ELBO estimate per example in nats, differentiable in mu and logvar with the path-derivative gradient.
+    """
+    _validate.function("log_joint", log_joint, "(x (B, d), z (K, B, k)) -> log p(x, z) (K, B)")
+    _check_q(x, mu, logvar)
+    _validate.count("n_samples", n_samples)
+    _validate.generator("generator", generator)
+    z = _sample_normal(mu, logvar, n_samples, generator)  # (K, B, k), reparameterized: gradients reach mu, logvar
+    log_pxz = log_joint(x, z)
+    if not isinstance(log_pxz, torch.Tensor) or log_pxz.shape != z.shape[:-1]:
+        got = tuple(log_pxz.shape) if isinstance(log_pxz, torch.Tensor) else type(log_pxz).__name__
+        raise ValueError(f"log_joint(x, z) must return shape {tuple(z.shape[:-1])} for z {tuple(z.shape)}, got {got}")
+    return (log_pxz - _log_normal(z, mu.detach(), logvar.detach())).mean(0)  # (B,)
