@@ -24,7 +24,7 @@ import torch
 
 from vaelib import _validate
 from vaelib.distributions import _log_normal, _sample_normal
-from vaelib.estimators import _estimate, log_mean_exp
+from vaelib.estimators import _estimate
 from vaelib.mcmc import metropolis_hastings
 
 TRANSITIONS = ("hmc", "metropolis")
@@ -150,16 +150,16 @@ def _metropolis(log_joint, z, beta, mu, logvar, step, generator):
     return z_new, _log_parts(log_joint, z_new, mu, logvar)[0], accept
 
 
-def _step(step_size, mu):
-    """step_size (a positive number or a (B,) tensor) as a (B,) tensor like mu."""
-    B = mu.shape[0]
+def _step(step_size, mu, rows=None):
+    """step_size (a positive number, a (B,) tensor, or with rows a (rows, B) tensor) as (B,), or (rows, B), like mu."""
+    shape = (mu.shape[0],) if rows is None else (rows, mu.shape[0])
     if isinstance(step_size, torch.Tensor) and step_size.dim() > 0:
         _validate.tensor("step_size", step_size)
-        if tuple(step_size.shape) != (B,) or not bool((step_size > 0).all()):
-            raise ValueError(f"step_size must be a positive number or a positive (B,) = ({B},) tensor, "
-                             f"got shape {tuple(step_size.shape)}")
-        return step_size.to(mu.dtype)
-    return torch.full((B,), _validate.positive_scalar("step_size", step_size), dtype=mu.dtype, device=mu.device)
+        if tuple(step_size.shape) not in (shape, shape[-1:]) or not bool((step_size > 0).all()):
+            raise ValueError(f"step_size must be a positive number or a positive tensor of shape {shape} or "
+                             f"{shape[-1:]}, got shape {tuple(step_size.shape)}")
+        return step_size.to(mu.dtype).expand(shape)
+    return torch.full(shape, _validate.positive_scalar("step_size", step_size), dtype=mu.dtype, device=mu.device)
 
 
 def _anneal(log_joint, z, betas, mu, logvar, steps, transition, n_leapfrog, generator, n_weighted, target_accept):
@@ -193,9 +193,8 @@ def _anneal(log_joint, z, betas, mu, logvar, steps, transition, n_leapfrog, gene
         rates.append(accept[:n_weighted].mean(0))
         if target_accept is not None and z.shape[0] > n_weighted:
             step = step * torch.exp(accept[n_weighted:].mean(0) - target_accept)
-    B = z.shape[1]
-    stack = lambda xs: torch.stack(xs) if xs else z.new_empty((0, B))  # noqa: E731
-    return log_w[:n_weighted], stack(rates), stack(used), z[:n_weighted]
+    rates, used = (torch.stack(xs) if xs else z.new_empty((0, z.shape[1])) for xs in (rates, used))  # (T - 1, B)
+    return log_w[:n_weighted], rates, used, z[:n_weighted]
 
 
 @torch.no_grad()
@@ -229,6 +228,8 @@ def ais(log_joint, mu, logvar, n_chains, betas, *, transition="hmc", n_leapfrog=
     if not 0.0 < target_accept < 1.0:
         raise ValueError(f"target_accept must lie in (0, 1), got {target_accept!r}")
     z = _sample_normal(mu, logvar, n_chains, generator)  # (S, B, k), drawn first: T = 1 is importance sampling
+    # The step adapts from A extra chains whose weights are dropped: adapting from the weighted chains' own
+    # acceptances would make each kernel depend on their states and bias the weights (see _anneal).
     if adapt_chains and len(betas) > 2:
         z = torch.cat([z, _sample_normal(mu, logvar, adapt_chains, generator)])  # (S + A, B, k)
     log_w, rates, steps, z = _anneal(log_joint, z, betas, mu, logvar, step, transition, n_leapfrog, generator,
@@ -274,14 +275,7 @@ def reverse_ais(log_joint, z_exact, mu, logvar, betas, *, n_chains=None, transit
     else:
         raise ValueError(f"z_exact must have shape (B, k) = ({B}, {k}) or (S, B, k) with S = n_chains = {n_chains}, "
                          f"got {tuple(z_exact.shape)}")
-    T = len(betas) - 1
-    if isinstance(step_size, torch.Tensor) and step_size.dim() == 2:
-        _validate.tensor("step_size", step_size)
-        if tuple(step_size.shape) != (T - 1, B) or not bool((step_size > 0).all()):
-            raise ValueError(f"step_size must be positive with shape (T - 1, B) = ({T - 1}, {B}), got {tuple(step_size.shape)}")
-        steps = step_size.to(mu.dtype)
-    else:
-        steps = _step(step_size, mu).expand(max(T - 1, 0), B)
+    steps = _step(step_size, mu, rows=len(betas) - 2)  # (T - 1, B)
     # Reversed path: betas 1 -> 0, and the intermediate temperature T - 1 - i uses step T - 1 - i, so row i of
     # the reversed steps; _anneal's increments (beta_t - beta_{t-1}) then come out as the reverse weights.
     log_w, rates, _, z = _anneal(log_joint, z, betas.flip(0), mu, logvar, steps.flip(0), transition, n_leapfrog,
