@@ -102,15 +102,16 @@ def brackets(linear):
 
 def test_forward_bias_shrinks_with_temperatures(brackets):
     """E[log p_hat] - log p(x) < 0 (Jensen) and -> 0 as T grows: clearly negative at T = 3, growing with T,
-    within 4 standard errors of 0 at T = 100 (measured: -1.6, -0.3, -0.05 nats with standard errors 0.8, 0.1, 0.04)."""
+    within 4 standard errors of 0 at T = 100 (measured: -2.95 +- 0.74, -1.01 +- 0.23, -0.12 +- 0.06 nats)."""
     (m3, s3), (m10, s10), (m100, s100) = (brackets[T][2] for T in (3, 10, 100))
-    assert m3 < -4 * s3 / 2 and m10 < -4 * s10, (m3, s3, m10, s10)  # T = 3: heavy-tailed errors, 2 SE
+    assert m3 < -2 * s3 and m10 < -4 * s10, (m3, s3, m10, s10)  # T = 3: heavy-tailed errors, 2 SE
     assert m3 < m10 < m100, (m3, m10, m100)
     assert abs(m100) < 4 * s100, (m100, s100)
 
 
 def test_reverse_upper_bound_converges(brackets):
-    """Reverse AIS from the exact (generating) latent: E[log p_hat_up] >= log p(x), -> log p(x) as T grows."""
+    """Reverse AIS from the exact (generating) latent: E[log p_hat_up] >= log p(x), -> log p(x) as T grows
+    (measured: +2.80 +- 0.21, +1.42 +- 0.17, +0.21 +- 0.08 nats for T = 3, 10, 100)."""
     (m3, s3), (m10, s10), (m100, s100) = (brackets[T][3] for T in (3, 10, 100))
     assert m3 > 4 * s3 and m10 > 4 * s10, (m3, s3, m10, s10)
     assert m3 > m10 > m100, (m3, m10, m100)
@@ -119,7 +120,7 @@ def test_reverse_upper_bound_converges(brackets):
 
 def test_bidirectional_bracket_holds_on_average(brackets):
     """forward <= log p(x) <= reverse, per example on average: the bracket's width is positive (more than 4
-    standard errors for T <= 10; measured 5.0, 1.6, 0.33 +- 0.10 nats for T = 3, 10, 100) and narrows as T grows."""
+    standard errors for T <= 10; measured 5.75 +- 0.84, 2.43 +- 0.30, 0.33 +- 0.10 nats for T = 3, 10, 100) and narrows as T grows."""
     widths = []
     for T, (fwd, rev, _, _) in brackets.items():
         gap = rev.log_px - fwd.log_px  # (B,) width of the bracket

@@ -333,7 +333,7 @@ def gpd_fit(y, prior=True):
         raise ValueError(f"y must hold n >= 5 nonnegative exceedances, not all 0, on dim 0; got shape {tuple(y.shape)}")
     y = torch.sort(y, 0).values  # (n, ...)
     m = 30 + math.isqrt(n)
-    j = torch.arange(1, m + 1, dtype=y.dtype).reshape(m, *([1] * (y.dim() - 1)))  # (m, 1..)
+    j = torch.arange(1, m + 1, dtype=y.dtype, device=y.device).reshape(m, *([1] * (y.dim() - 1)))  # (m, 1..)
     y_star = y[int(n / 4 + 0.5) - 1]  # first quartile
     y_star = torch.where(y_star > 0, y_star, torch.where(y > 0, y, math.inf).amin(0))  # ties at 0: smallest positive
     theta = 1 / y[-1] + (1 - torch.sqrt(m / (j - 0.5))) / (3 * y_star)  # (m, ...), all < 1 / max(y)
@@ -367,7 +367,7 @@ def pareto_khat(log_w):
     top = torch.topk(log_w - log_w.amax(0), M + 1, dim=0).values  # (M + 1, ...) descending, largest 0
     y = torch.exp(top[:M]) - torch.exp(top[M])  # (M, ...) exceedances over the cutoff
     flat = y.reshape(M, -1)  # (M, N) every example
-    k = torch.full((flat.shape[1],), -math.inf, dtype=y.dtype)
+    k = torch.full((flat.shape[1],), -math.inf, dtype=y.dtype, device=y.device)
     has_tail = flat.amax(0) > 0
     if bool(has_tail.any()):
         k[has_tail] = gpd_fit(flat[:, has_tail])[0]
