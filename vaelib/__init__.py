@@ -5,6 +5,7 @@ Modules (import what you need; nothing runs at import time):
     toy            latent-variable models with exact evidence and posterior
     estimators     log_mean_exp, evidence estimators, ELBO, IWAE bound, gradient estimators
     mcmc           random-walk Metropolis-Hastings, effective sample size
+    ais            annealed importance sampling, reverse AIS (upper bound), importance-weight ESS, Pareto k_hat
     data           digits (embedded), MNIST and Fashion-MNIST (IDX files, checksums, download)
     plotting       one figure style and savefig(fig, name)
 
