@@ -209,14 +209,20 @@ class NonlinearGaussian(_GaussianNoiseModel):
     log p(x) and p(z | x) are computed by quadrature on a uniform grid over [-grid_limit, grid_limit]^k.
     The integrand is smooth and decays like the prior, so the rectangle rule converges faster than any
     power of the spacing, but only for the posterior mass that lies inside the box: the accuracy holds
-    for a range of x, not for every x. Measured for k=1, W=1, b=0 with the default grid (2001 points on
-    [-7, 7]) against scipy.integrate.quad: |error of log p(x)| < 1e-10 nats for x in [-3, 35] with
-    curvature 1 and any noise_std in [0.1, 1] (at x = 40: 1e-5 nats for noise_std = 1; at x = 45 the
-    root z = -7.2 of z + z^2 = x falls outside the box and the error is 1e-3 nats). With curvature 0
-    (linear) the range is |x| <= 5; at x = 7 the error is 0.02 nats, at x = 10 it is 30 nats. In
-    general: keep the posterior inside |z| < grid_limit - 1, or widen grid_limit (and grid_points with
-    it). Tests check the range above against scipy, the k=2 grid (301 points per axis) against a finer
-    one, and curvature 0 against LinearGaussian.
+    for a range of x, not for every x, and that range depends on noise_std (sigma). Measured for k=1,
+    W=1, b=0 with the default grid (2001 points on [-7, 7]), |error of log p(x)| in nats against
+    scipy.integrate.quad (curvature 1) or the closed form (curvature 0):
+
+        curvature 1:  x in [-3, 35]: < 1e-10 for sigma = 0.1, 0.3 and 1.
+                      x = 40 (root z = -6.85 of z + z^2 = x): < 1e-10 (sigma 0.1, 0.3), 9e-6 (1).
+                      x = 45 (root z = -7.2, outside the box): 1.2e-3 for each of the three.
+        curvature 0:  |x| <= 5: < 1e-10 for sigma = 0.1, 0.3 and 1.
+                      x = 7:  0.26 (sigma 0.1), 0.022 (0.3), 4e-7 (1).
+                      x = 10: 430 (sigma 0.1), 31 (0.3), 2e-3 (1).
+
+    In general: keep the posterior inside |z| < grid_limit - 1, or widen grid_limit (and grid_points
+    with it). tests/test_toy.py checks every figure above, the k=2 grid (301 points per axis) against a
+    finer one, and curvature 0 against LinearGaussian.
 
     Args:
         W: (d, k) loading matrix, k in {1, 2}.
