@@ -187,6 +187,20 @@ def _check_grad_args(f, mu, logvar, n_samples, generator, reduce):
     _validate.generator("generator", generator)
 
 
+def _check_score_logvar(logvar):
+    # The score (z - mu) / exp(logvar) divides by the variance: below -log(max float) (-88.7 in float32, -709.8 in
+    # float64) exp(-logvar) overflows, and 0 * inf gave a silent NaN. No finite answer is right there: the estimate's
+    # variance grows like exp(-logvar) (f(mu)^2 / sigma^2 per sample), so it is not representable either.
+    limit = math.log(torch.finfo(logvar.dtype).max)
+    low = float(logvar.detach().min()) if logvar.numel() else 0.0
+    if not low > -limit:
+        raise ValueError(
+            f"logvar must be above {-limit:.1f} for {logvar.dtype} in score_function_grad: the score divides by "
+            f"exp(logvar) and the estimate's variance grows like exp(-logvar), both overflow below that; got a "
+            f"minimum of {low:.4g} (shape {tuple(logvar.shape)}). pathwise_grad has no lower limit"
+        )
+
+
 def _f_values(f, z):
     fz = f(z)
     if not isinstance(fz, torch.Tensor) or fz.shape != z.shape[:-1]:
@@ -210,7 +224,8 @@ def score_function_grad(f, mu, logvar, n_samples, generator=None, reduce=True):
 
     Args:
         f: callable (K, ..., D) -> (K, ...); need not be differentiable.
-        mu, logvar: (..., D) parameters of q.
+        mu, logvar: (..., D) parameters of q; logvar above -log(max float) (-88.7 in float32, -709.8 in float64),
+            so that 1 / sigma^2 is finite.
         n_samples: K >= 1.
         generator: optional torch.Generator.
         reduce: True averages over the K samples; False returns the K single-sample estimates (a bool).
@@ -218,13 +233,22 @@ def score_function_grad(f, mu, logvar, n_samples, generator=None, reduce=True):
         GradientEstimate with grad_mu, grad_logvar of shape (..., D), or (K, ..., D) when reduce=False.
     """
     _check_grad_args(f, mu, logvar, n_samples, generator, reduce)
+    _check_score_logvar(logvar)
     with torch.no_grad():
         mu, logvar = mu.detach(), logvar.detach()
         z = _sample_normal(mu, logvar, n_samples, generator)  # (K, ..., D)
         fz = _f_values(f, z).unsqueeze(-1)  # (K, ..., 1)
-        inv_var = torch.exp(-logvar)
-        g_mu = fz * (z - mu) * inv_var
-        g_logvar = fz * 0.5 * ((z - mu) ** 2 * inv_var - 1.0)
+        # The score through the standardised draw (z - mu) / sigma, then f times it: (z - mu)^2 and f (z - mu)
+        # overflow for a wide q (and (z - mu)^2 / sigma^2 was inf * 0 = NaN) where the score itself does not.
+        inv_sd = torch.exp(-0.5 * logvar)
+        eps = (z - mu) * inv_sd
+        g_mu = fz * (eps * inv_sd)
+        g_logvar = fz * (0.5 * (eps**2 - 1.0))
+        if not bool(torch.isfinite(g_mu).all() and torch.isfinite(g_logvar).all()):
+            raise ValueError(
+                f"f(z) times the score overflows {g_mu.dtype}: |f(z)| reaches {float(fz.abs().max()):.4g}; "
+                "the estimate (and the mean of +inf and -inf terms, NaN) would be meaningless"
+            )
     if reduce:
         return GradientEstimate(g_mu.mean(0), g_logvar.mean(0))
     return GradientEstimate(g_mu, g_logvar)
