@@ -259,7 +259,9 @@ def with_epochs(n):
     return [*RUN[:i + 1], n, *RUN[i + 2:]]
 
 
-def wait_for(condition, proc, what, timeout=120):
+def wait_for(condition, proc, what, timeout=600):
+    # generous: importing torch, scikit-learn and matplotlib in three subprocesses at once took over 120 s on a
+    # loaded 2-core machine; a run that ends early is caught at once by the poll below
     start = time.monotonic()
     while not condition():
         assert proc.poll() is None, f"the run ended before {what}: {proc.communicate()}"
