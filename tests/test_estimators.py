@@ -304,6 +304,32 @@ def test_score_function_grad_refuses_terms_that_overflow():
         E.score_function_grad(lambda z: torch.full(z.shape[:-1], 1e300, dtype=f64), mu, logvar, 8)
 
 
+@pytest.mark.parametrize("estimator", [E.score_function_grad, E.pathwise_grad], ids=["score", "pathwise"])
+def test_gradient_estimators_refuse_samples_that_overflow(estimator):
+    # Found by a grid over extreme (mu, logvar): float32 logvar = 177 has a finite sigma = e^88.5 = 2.9e38,
+    # but sigma eps overflows for |eps| > 1.2; f = exp(-z^2) is 0 there, finite, and the score or the pathwise
+    # term then multiplied 0 by inf: NaN. The same logvar in float64 is fine.
+    def bump(z):
+        return torch.exp(-(z**2).sum(-1))
+
+    mu, logvar = torch.zeros(2, 3), torch.full((2, 3), 177.0)
+    with pytest.raises(ValueError, match=r"the samples z = mu \+ exp\(logvar / 2\) eps overflow torch.float32 in \d+ of 24"):
+        estimator(bump, mu, logvar, 4, torch.Generator().manual_seed(0))
+    assert all(torch.isfinite(g).all() for g in estimator(bump, mu.double(), logvar.double(), 4))
+
+
+def test_pathwise_grad_needs_f_differentiable_in_z():
+    mu = torch.zeros(3, dtype=f64)
+    # f that ignores z (or leaves autograd) was torch's "element 0 of tensors does not require grad"
+    with pytest.raises(ValueError, match=r"f\(z\) does not depend on z through torch autograd: pathwise_grad differentiates f"):
+        E.pathwise_grad(lambda z: torch.zeros(z.shape[:-1], dtype=f64), mu, mu, 4)
+    assert torch.equal(E.score_function_grad(lambda z: torch.zeros(z.shape[:-1], dtype=f64), mu, mu, 4).grad_mu,
+                       torch.zeros(3, dtype=f64))  # the score-function estimate needs only values: 0 for f = 0
+    # an infinite derivative where q puts its samples (sqrt |z| at z = mu = 0, sigma = 0) was a silent NaN
+    with pytest.raises(ValueError, match=r"the gradient of f\(z\) \(or it times z - mu\) is not finite in torch.float64"):
+        E.pathwise_grad(lambda z: z.abs().sqrt().sum(-1), mu, torch.full((3,), -1e30, dtype=f64), 4)
+
+
 # ---- bad input ----
 def test_bad_inputs():
     m = linear_gaussian(3, 2)

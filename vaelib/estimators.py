@@ -201,6 +201,17 @@ def _check_score_logvar(logvar):
         )
 
 
+def _check_samples(z):
+    # exp(logvar / 2) is finite (checked), but mu + sigma eps can still overflow: f(+-inf) may be finite (exp(-z^2)),
+    # and the score or the pathwise term then multiplies 0 by inf.
+    if not bool(torch.isfinite(z).all()):
+        raise ValueError(
+            f"the samples z = mu + exp(logvar / 2) eps overflow {z.dtype} in {int((~torch.isfinite(z)).sum())} of "
+            f"{z.numel()} entries: mu or logvar is too large for that precision (use float64 or a smaller logvar)"
+        )
+    return z
+
+
 def _f_values(f, z):
     fz = f(z)
     if not isinstance(fz, torch.Tensor) or fz.shape != z.shape[:-1]:
@@ -236,7 +247,7 @@ def score_function_grad(f, mu, logvar, n_samples, generator=None, reduce=True):
     _check_score_logvar(logvar)
     with torch.no_grad():
         mu, logvar = mu.detach(), logvar.detach()
-        z = _sample_normal(mu, logvar, n_samples, generator)  # (K, ..., D)
+        z = _check_samples(_sample_normal(mu, logvar, n_samples, generator))  # (K, ..., D)
         fz = _f_values(f, z).unsqueeze(-1)  # (K, ..., 1)
         # The score through the standardised draw (z - mu) / sigma, then f times it: (z - mu)^2 and f (z - mu)
         # overflow for a wide q (and (z - mu)^2 / sigma^2 was inf * 0 = NaN) where the score itself does not.
@@ -272,14 +283,24 @@ def pathwise_grad(f, mu, logvar, n_samples, generator=None, reduce=True):
     _check_grad_args(f, mu, logvar, n_samples, generator, reduce)
     mu, logvar = mu.detach(), logvar.detach()
     with torch.no_grad():
-        z = _sample_normal(mu, logvar, n_samples, generator)  # (K, ..., D)
+        z = _check_samples(_sample_normal(mu, logvar, n_samples, generator))  # (K, ..., D)
     with torch.enable_grad():
         z = z.requires_grad_(True)
         fz = _f_values(f, z)
+        if not fz.requires_grad:  # torch's own error here was "element 0 of tensors does not require grad"
+            raise ValueError(
+                "f(z) does not depend on z through torch autograd: pathwise_grad differentiates f; "
+                "score_function_grad needs only its values"
+            )
         # The samples are independent, so the gradient of the sum is each sample's own gradient.
         (df_dz,) = torch.autograd.grad(fz.sum(), z)
     g_mu = df_dz
     g_logvar = df_dz * (z.detach() - mu) * 0.5
+    if not bool(torch.isfinite(g_mu).all() and torch.isfinite(g_logvar).all()):
+        raise ValueError(
+            f"the gradient of f(z) (or it times z - mu) is not finite in {g_mu.dtype} at some samples: "
+            "f must be differentiable with a finite derivative wherever q puts its samples"
+        )
     if reduce:
         return GradientEstimate(g_mu.mean(0), g_logvar.mean(0))
     return GradientEstimate(g_mu, g_logvar)
