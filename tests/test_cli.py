@@ -253,7 +253,15 @@ RUN = ["--latent-dim", 2, "--hidden", 16, "--batch-size", 128, "--valid-size", 1
        "--no-progress"]
 
 
-def wait_for(condition, proc, what, timeout=120):
+def with_epochs(n):
+    """RUN with --epochs n."""
+    i = RUN.index("--epochs")
+    return [*RUN[:i + 1], n, *RUN[i + 2:]]
+
+
+def wait_for(condition, proc, what, timeout=600):
+    # generous: importing torch, scikit-learn and matplotlib in three subprocesses at once took over 120 s on a
+    # loaded 2-core machine; a run that ends early is caught at once by the poll below
     start = time.monotonic()
     while not condition():
         assert proc.poll() is None, f"the run ended before {what}: {proc.communicate()}"
@@ -267,14 +275,19 @@ def final_state(out):
 
 
 def test_runs_stopped_by_sigint_sigterm_or_sigkill_resume_to_the_same_weights(tmp_path, capsys):
-    """Three CLI runs of 200 epochs, stopped mid-run: SIGINT (saves the last complete epoch on the way out, between
-    the checkpoints of --checkpoint-every 4), SIGTERM (the same with no periodic checkpoint; exit status 143) and
-    SIGKILL (nothing runs: the last checkpoint of --checkpoint-every 1 is what is left). `train --resume DIR` then finishes each, and each ends with exactly the weights and
-    history of one uninterrupted run (bit for bit: same seeds, same generator state, same Adam moments)."""
+    """Three CLI runs, stopped mid-run: SIGINT (saves the last complete epoch on the way out, between the checkpoints
+    of --checkpoint-every 4), SIGTERM (the same with no periodic checkpoint; exit status 143) and SIGKILL (nothing
+    runs: the last checkpoint of --checkpoint-every 1 is what is left). `train --resume DIR --epochs N` then finishes
+    each, N = 2 epochs past the latest stop, and each ends with exactly the weights and history of one uninterrupted
+    run of N epochs (bit for bit: same seeds, same generator state, same Adam moments).
+
+    The runs ask for 100,000 epochs, so they are mid-run when stopped however fast the machine is, and the work is
+    what they did before the signal plus 2 N epochs (it was 200 epochs per run and 200 more straight: 19 minutes
+    on a loaded machine)."""
     runs = {"sigint": (signal.SIGINT, 4), "sigterm": (signal.SIGTERM, 0), "sigkill": (signal.SIGKILL, 1)}
     procs = {}
     for name, (_, every) in runs.items():  # started together: the imports overlap
-        cmd, kw = cli("train", *RUN, "--checkpoint-every", every, "--out", tmp_path / name, cwd=tmp_path)
+        cmd, kw = cli("train", *with_epochs(100_000), "--checkpoint-every", every, "--out", tmp_path / name, cwd=tmp_path)
         kw = {k: v for k, v in kw.items() if k not in ("capture_output", "timeout")}
         procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
     for name, (sig, every) in runs.items():
@@ -298,26 +311,26 @@ def test_runs_stopped_by_sigint_sigterm_or_sigkill_resume_to_the_same_weights(tm
     assert re.search(r"^vaelib: terminated \(SIGTERM\); saved the state after epoch \d+", err, re.M), err
     assert results["sigkill"][0] == -signal.SIGKILL
 
-    stopped_at = {}
+    stopped_at = {name: len(train.load_checkpoint(tmp_path / name / "model.pt", with_state=True).history["epoch"])
+                  for name in runs}
+    total = max(stopped_at.values()) + 2  # every run resumes for at least 2 epochs
     for name in runs:
         out = tmp_path / name
-        stopped_at[name] = len(train.load_checkpoint(out / "model.pt", with_state=True).history["epoch"])
-        assert stopped_at[name] < EPOCHS, name  # really stopped mid-run
         if name != "sigkill":  # SIGKILL can land inside a save and leave its .tmp: the next run must clean it (below)
             assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
-        result = in_process(["train", "--resume", out, "--no-progress"], capsys)
+        result = in_process(["train", "--resume", out, "--epochs", total, "--no-progress"], capsys)
         assert result.returncode == 0, result.stderr
         assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")], name
         assert f"resuming VAE 64-16-2 (bernoulli) at epoch {stopped_at[name]}" in result.stdout
 
-    assert main(["train", *map(str, RUN), "--out", str(tmp_path / "straight")]) == 0
+    assert main(["train", *map(str, with_epochs(total)), "--out", str(tmp_path / "straight")]) == 0
     straight, straight_history = final_state(tmp_path / "straight")
     for name in runs:
         model, history = final_state(tmp_path / name)
         sa, sb = model.state_dict(), straight.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sb), f"{name} (stopped after epoch {stopped_at[name]})"
         assert history == straight_history, name
-        assert json.loads((tmp_path / name / "history.json").read_text())["epoch"] == list(range(1, EPOCHS + 1))
+        assert json.loads((tmp_path / name / "history.json").read_text())["epoch"] == list(range(1, total + 1))
 
 
 def test_nan_in_training_saves_the_last_finite_state(tmp_path, capsys):

@@ -130,6 +130,23 @@ def test_sample_normal_is_reproducible_and_n_none_keeps_shape():
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("mu_dtype, logvar_dtype", [(torch.float32, torch.float64), (torch.float64, torch.float32)],
+                         ids=["mu32-logvar64", "mu64-logvar32"])
+def test_sample_normal_of_mixed_precision_draws_its_noise_in_the_promoted_dtype(mu_dtype, logvar_dtype):
+    # Two routes to the same draws: mixed-precision arguments, or both promoted to float64 first. Same seed, same
+    # float64 noise, so the same samples: bit for bit when logvar is float64; to float32 rounding of
+    # sigma = exp(logvar / 2) (computed in logvar's dtype, 6e-8 relative, |sigma eps| < 15 here) when it is float32.
+    # Noise drawn in mu's dtype (float32) would be other numbers, each one a float32 value: 24 bits instead of 53.
+    mu, logvar = rand((4, 3), torch.float64, 0), rand((4, 3), torch.float64, 1).clamp(-2, 2)
+    mu, logvar = mu.to(mu_dtype), logvar.to(logvar_dtype)
+    mixed = D.sample_normal(mu, logvar, 1000, torch.Generator().manual_seed(5))
+    promoted = D.sample_normal(mu.double(), logvar.double(), 1000, torch.Generator().manual_seed(5))
+    assert mixed.dtype == torch.float64
+    torch.testing.assert_close(mixed, promoted, rtol=0, atol=0 if logvar_dtype == torch.float64 else 1e-6)
+    eps = (mixed - mu.double()) * torch.exp(-0.5 * logvar.double())  # the noise, up to float64 rounding
+    assert (eps.float().double() != eps).float().mean() > 0.99  # not float32 numbers
+
+
 def spd(d, seed):
     A = rand((d, d), torch.float64, seed)
     return A @ A.T + 0.5 * torch.eye(d, dtype=torch.float64)

@@ -1,6 +1,7 @@
 """estimators: Monte Carlo estimates against exact toy-model values, closed forms and finite differences."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -62,6 +63,17 @@ def test_importance_estimate_with_exact_posterior_is_exact():
     est = E.importance_log_evidence(m.log_joint, x, mean, torch.log(cov.diagonal()).expand_as(mean), 10)
     torch.testing.assert_close(est.log_px, m.log_evidence(x), rtol=0, atol=1e-10)
     assert bool((est.stderr < 1e-10).all())
+
+
+@pytest.mark.parametrize("weights", [[1.0, 3.0], [1.0, 1.0, 1.0, 5.0]], ids=["K=2", "K=4"])
+def test_stderr_is_the_delta_method_formula_on_hand_computed_weights(weights):
+    # se(log mean w) = sd(w) / (mean(w) sqrt(K)) with the sample sd (K - 1 in its denominator). By hand:
+    # w = (1, 3): mean 2, sd sqrt(2), se = sqrt(2) / (2 sqrt 2) = 1/2;  w = (1, 1, 1, 5): mean 2, sd 2, se = 2 / (2 * 2) = 1/2.
+    # (Dividing by sqrt(K - 1) instead gives 0.707 and 0.577; the spread test above cannot see that at K = 2000.)
+    log_w = torch.log(torch.tensor(weights, dtype=f64))[:, None].expand(-1, 3)  # (K, B = 3)
+    est = E.prior_log_evidence(lambda x, z: log_w, torch.zeros(3, 2, dtype=f64), 1, len(weights))
+    torch.testing.assert_close(est.log_px, torch.full((3,), math.log(2.0), dtype=f64), rtol=0, atol=1e-15)
+    torch.testing.assert_close(est.stderr, torch.full((3,), 0.5, dtype=f64), rtol=0, atol=1e-15)
 
 
 def test_stderr_matches_the_spread_of_repeated_estimates(gen):
@@ -226,6 +238,96 @@ def test_pathwise_single_sample_matches_finite_differences():
         fd_lv = (g(mu, logvar + e) - g(mu, logvar - e)) / (2 * h)
         assert abs(est.grad_mu[0, 0, j].item() - fd_mu) < 1e-8
         assert abs(est.grad_logvar[0, 0, j].item() - fd_lv) < 1e-8
+
+
+# ---- issue 21: extreme variances in the gradient estimators (found by test_gradient_estimators_fuzz) ----
+def plus_one(z):
+    return 1.0 + z.sum(-1)  # f near 1 wherever q is narrow: the score-function terms are about eps / sigma
+
+
+def naive_score_terms(f, z, mu, logvar):
+    """f(z) grad log q(z) by the textbook formula, in float64 from the same draws (finite wherever it is used here)."""
+    z, mu, logvar = z.double(), mu.double(), logvar.double()
+    fz = f(z).unsqueeze(-1)
+    return fz * (z - mu) / torch.exp(logvar), fz * 0.5 * ((z - mu) ** 2 / torch.exp(logvar) - 1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_score_function_grad_refuses_a_variance_whose_inverse_overflows(dtype):
+    # logvar = -1e30 gave 0 * inf = NaN without an error. Below -log(max float) the score (z - mu) / sigma^2 and the
+    # estimate's variance (f(mu)^2 / sigma^2 per sample) both overflow: no finite answer is right, so it is an error.
+    limit = math.log(torch.finfo(dtype).max)  # 88.72 for float32, 709.78 for float64
+    mu = torch.zeros(2, 3, dtype=dtype)
+    for low in (-1e30, -limit - 0.01):
+        logvar = torch.zeros(2, 3, dtype=dtype)
+        logvar[1, 2] = low
+        with pytest.raises(ValueError, match=rf"logvar must be above {-limit:.1f} for {dtype} in score_function_grad"
+                                             rf".* got a minimum of {re.escape(f'{low:.4g}')} \(shape \(2, 3\)\)"):
+            E.score_function_grad(plus_one, mu, logvar, 4)
+    # Just above the limit it works, and each term is the textbook f(z) grad log q(z) of the same draws.
+    logvar = torch.full((2, 3), -limit + 0.5, dtype=dtype)
+    got = E.score_function_grad(plus_one, mu, logvar, 4, torch.Generator().manual_seed(0), reduce=False)
+    z = D.sample_normal(mu, logvar, 4, torch.Generator().manual_seed(0))
+    for g, want in zip(got, naive_score_terms(plus_one, z, mu, logvar)):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g.double(), want, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=0)
+
+
+def test_pathwise_grad_of_a_point_mass_is_the_derivative_at_mu():
+    # pathwise_grad needs no such limit: sigma = exp(-1e30 / 2) = 0 puts every z at mu, so the estimate is the exact
+    # limit sigma -> 0 of the gradient, (f'(mu), 0); for f = sum sin, (cos mu, -sin(mu) sigma^2 / 2 e^{-sigma^2/2}) -> (cos mu, 0).
+    mu = torch.tensor([[0.3, -1.2, 2.0]], dtype=f64)
+    for dtype in (torch.float32, f64):
+        g = E.pathwise_grad(sine, mu.to(dtype), torch.full((1, 3), -1e30, dtype=dtype), 5, reduce=False)  # (5, 1, 3)
+        assert torch.equal(g.grad_mu, torch.cos(mu.to(dtype)).expand(5, 1, 3))
+        assert torch.equal(g.grad_logvar, torch.zeros(5, 1, 3, dtype=dtype))
+
+
+@pytest.mark.parametrize("f, logvar", [(quadratic, 69.0), (sine, 170.0)], ids=["quadratic-69", "sine-170"])
+def test_score_function_grad_of_a_wide_q_is_finite_in_float32(f, logvar):
+    # float32 overflowed in the middle of the product: f(z) (z - mu) ~ sigma^3 = 1e45 for quadratic at logvar 69, and
+    # (z - mu)^2 = inf times exp(-170) = 0 for sine at 170 (NaN), while every term itself is finite. Checked against
+    # the textbook formula in float64 on the same draws; float32 rounding is about 1e-7 relative per operation.
+    mu = torch.zeros(1, 3)
+    lv = torch.full((1, 3), logvar)
+    got = E.score_function_grad(f, mu, lv, 6, torch.Generator().manual_seed(2), reduce=False)
+    z = D.sample_normal(mu, lv, 6, torch.Generator().manual_seed(2))
+    for g, want in zip(got, naive_score_terms(f, z, mu, lv)):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g.double(), want, rtol=1e-5, atol=0)
+
+
+def test_score_function_grad_refuses_terms_that_overflow():
+    # f(z) = 1e300 times a score near e^300 overflows float64: the mean of +inf and -inf terms would be NaN.
+    mu, logvar = torch.zeros(3, dtype=f64), torch.full((3,), -600.0, dtype=f64)
+    with pytest.raises(ValueError, match=r"f\(z\) times the score overflows torch.float64: \|f\(z\)\| reaches 1e\+300"):
+        E.score_function_grad(lambda z: torch.full(z.shape[:-1], 1e300, dtype=f64), mu, logvar, 8)
+
+
+@pytest.mark.parametrize("estimator", [E.score_function_grad, E.pathwise_grad], ids=["score", "pathwise"])
+def test_gradient_estimators_refuse_samples_that_overflow(estimator):
+    # Found by a grid over extreme (mu, logvar): float32 logvar = 177 has a finite sigma = e^88.5 = 2.9e38,
+    # but sigma eps overflows for |eps| > 1.2; f = exp(-z^2) is 0 there, finite, and the score or the pathwise
+    # term then multiplied 0 by inf: NaN. The same logvar in float64 is fine.
+    def bump(z):
+        return torch.exp(-(z**2).sum(-1))
+
+    mu, logvar = torch.zeros(2, 3), torch.full((2, 3), 177.0)
+    with pytest.raises(ValueError, match=r"the samples z = mu \+ exp\(logvar / 2\) eps overflow torch.float32 in \d+ of 24"):
+        estimator(bump, mu, logvar, 4, torch.Generator().manual_seed(0))
+    assert all(torch.isfinite(g).all() for g in estimator(bump, mu.double(), logvar.double(), 4))
+
+
+def test_pathwise_grad_needs_f_differentiable_in_z():
+    mu = torch.zeros(3, dtype=f64)
+    # f that ignores z (or leaves autograd) was torch's "element 0 of tensors does not require grad"
+    with pytest.raises(ValueError, match=r"f\(z\) does not depend on z through torch autograd: pathwise_grad differentiates f"):
+        E.pathwise_grad(lambda z: torch.zeros(z.shape[:-1], dtype=f64), mu, mu, 4)
+    assert torch.equal(E.score_function_grad(lambda z: torch.zeros(z.shape[:-1], dtype=f64), mu, mu, 4).grad_mu,
+                       torch.zeros(3, dtype=f64))  # the score-function estimate needs only values: 0 for f = 0
+    # an infinite derivative where q puts its samples (sqrt |z| at z = mu = 0, sigma = 0) was a silent NaN
+    with pytest.raises(ValueError, match=r"the gradient of f\(z\) \(or it times z - mu\) is not finite in torch.float64"):
+        E.pathwise_grad(lambda z: z.abs().sqrt().sum(-1), mu, torch.full((3,), -1e30, dtype=f64), 4)
 
 
 # ---- bad input ----

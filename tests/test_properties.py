@@ -6,8 +6,9 @@ evaluate.bits_per_dim:
   tensor at all): the call returns, with no NaN in the result, or raises ValueError/TypeError whose
   message names one of the function's arguments. Any other exception, or a NaN, fails.
 - valid in (float32/float64, consistent shapes, moderate finite values): the result is finite.
-Examples are capped (max_examples) so the file runs in a few seconds; hypothesis is seeded by
-conftest/pytest as usual, and its database replays any failure it found.
+Examples are capped (max_examples) so the file runs in a few seconds. conftest.py makes hypothesis
+deterministic (the same examples on every run); to search afresh, draw at random with many examples:
+  VAELIB_PROPERTY_EXAMPLES=2000 pytest tests/test_properties.py --hypothesis-profile=fuzz --hypothesis-seed=N
 """
 
 import inspect
@@ -91,6 +92,23 @@ def call_ok(fn, *args, names, **kwargs):
 
 def names_of(fn):
     return list(inspect.signature(fn).parameters)
+
+
+def test_hypothesis_draws_the_same_examples_on_every_run(request):
+    # conftest.py loads a derandomized profile, so `make test` is reproducible; the fuzz profile is random on purpose.
+    if request.config.getoption("hypothesis_profile", None) not in (None, "deterministic"):
+        pytest.skip("a random hypothesis profile was asked for")
+    seen = []
+
+    @settings(max_examples=20)
+    @given(st.integers())
+    def draw(n):
+        seen.append(n)
+
+    draw()
+    first, seen[:] = list(seen), []
+    draw()
+    assert seen == first and len(set(first)) > 5
 
 
 # ---------------------------------------------------------------- garbage in: clear error or a result

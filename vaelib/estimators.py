@@ -187,6 +187,31 @@ def _check_grad_args(f, mu, logvar, n_samples, generator, reduce):
     _validate.generator("generator", generator)
 
 
+def _check_score_logvar(logvar):
+    # The score (z - mu) / exp(logvar) divides by the variance: below -log(max float) (-88.7 in float32, -709.8 in
+    # float64) exp(-logvar) overflows, and 0 * inf gave a silent NaN. No finite answer is right there: the estimate's
+    # variance grows like exp(-logvar) (f(mu)^2 / sigma^2 per sample), so it is not representable either.
+    limit = math.log(torch.finfo(logvar.dtype).max)
+    low = float(logvar.detach().min()) if logvar.numel() else 0.0
+    if not low > -limit:
+        raise ValueError(
+            f"logvar must be above {-limit:.1f} for {logvar.dtype} in score_function_grad: the score divides by "
+            f"exp(logvar) and the estimate's variance grows like exp(-logvar), both overflow below that; got a "
+            f"minimum of {low:.4g} (shape {tuple(logvar.shape)}). pathwise_grad has no lower limit"
+        )
+
+
+def _check_samples(z):
+    # exp(logvar / 2) is finite (checked), but mu + sigma eps can still overflow: f(+-inf) may be finite (exp(-z^2)),
+    # and the score or the pathwise term then multiplies 0 by inf.
+    if not bool(torch.isfinite(z).all()):
+        raise ValueError(
+            f"the samples z = mu + exp(logvar / 2) eps overflow {z.dtype} in {int((~torch.isfinite(z)).sum())} of "
+            f"{z.numel()} entries: mu or logvar is too large for that precision (use float64 or a smaller logvar)"
+        )
+    return z
+
+
 def _f_values(f, z):
     fz = f(z)
     if not isinstance(fz, torch.Tensor) or fz.shape != z.shape[:-1]:
@@ -210,7 +235,8 @@ def score_function_grad(f, mu, logvar, n_samples, generator=None, reduce=True):
 
     Args:
         f: callable (K, ..., D) -> (K, ...); need not be differentiable.
-        mu, logvar: (..., D) parameters of q.
+        mu, logvar: (..., D) parameters of q; logvar above -log(max float) (-88.7 in float32, -709.8 in float64),
+            so that 1 / sigma^2 is finite.
         n_samples: K >= 1.
         generator: optional torch.Generator.
         reduce: True averages over the K samples; False returns the K single-sample estimates (a bool).
@@ -218,13 +244,22 @@ def score_function_grad(f, mu, logvar, n_samples, generator=None, reduce=True):
         GradientEstimate with grad_mu, grad_logvar of shape (..., D), or (K, ..., D) when reduce=False.
     """
     _check_grad_args(f, mu, logvar, n_samples, generator, reduce)
+    _check_score_logvar(logvar)
     with torch.no_grad():
         mu, logvar = mu.detach(), logvar.detach()
-        z = _sample_normal(mu, logvar, n_samples, generator)  # (K, ..., D)
+        z = _check_samples(_sample_normal(mu, logvar, n_samples, generator))  # (K, ..., D)
         fz = _f_values(f, z).unsqueeze(-1)  # (K, ..., 1)
-        inv_var = torch.exp(-logvar)
-        g_mu = fz * (z - mu) * inv_var
-        g_logvar = fz * 0.5 * ((z - mu) ** 2 * inv_var - 1.0)
+        # The score through the standardised draw (z - mu) / sigma, then f times it: (z - mu)^2 and f (z - mu)
+        # overflow for a wide q (and (z - mu)^2 / sigma^2 was inf * 0 = NaN) where the score itself does not.
+        inv_sd = torch.exp(-0.5 * logvar)
+        eps = (z - mu) * inv_sd
+        g_mu = fz * (eps * inv_sd)
+        g_logvar = fz * (0.5 * (eps**2 - 1.0))
+        if not bool(torch.isfinite(g_mu).all() and torch.isfinite(g_logvar).all()):
+            raise ValueError(
+                f"f(z) times the score overflows {g_mu.dtype}: |f(z)| reaches {float(fz.abs().max()):.4g}; "
+                "the estimate (and the mean of +inf and -inf terms, NaN) would be meaningless"
+            )
     if reduce:
         return GradientEstimate(g_mu.mean(0), g_logvar.mean(0))
     return GradientEstimate(g_mu, g_logvar)
@@ -248,14 +283,24 @@ def pathwise_grad(f, mu, logvar, n_samples, generator=None, reduce=True):
     _check_grad_args(f, mu, logvar, n_samples, generator, reduce)
     mu, logvar = mu.detach(), logvar.detach()
     with torch.no_grad():
-        z = _sample_normal(mu, logvar, n_samples, generator)  # (K, ..., D)
+        z = _check_samples(_sample_normal(mu, logvar, n_samples, generator))  # (K, ..., D)
     with torch.enable_grad():
         z = z.requires_grad_(True)
         fz = _f_values(f, z)
+        if not fz.requires_grad:  # torch's own error here was "element 0 of tensors does not require grad"
+            raise ValueError(
+                "f(z) does not depend on z through torch autograd: pathwise_grad differentiates f; "
+                "score_function_grad needs only its values"
+            )
         # The samples are independent, so the gradient of the sum is each sample's own gradient.
         (df_dz,) = torch.autograd.grad(fz.sum(), z)
     g_mu = df_dz
     g_logvar = df_dz * (z.detach() - mu) * 0.5
+    if not bool(torch.isfinite(g_mu).all() and torch.isfinite(g_logvar).all()):
+        raise ValueError(
+            f"the gradient of f(z) (or it times z - mu) is not finite in {g_mu.dtype} at some samples: "
+            "f must be differentiable with a finite derivative wherever q puts its samples"
+        )
     if reduce:
         return GradientEstimate(g_mu.mean(0), g_logvar.mean(0))
     return GradientEstimate(g_mu, g_logvar)
