@@ -41,7 +41,8 @@ class Surgery(NamedTuple):
 
 
 class SurgeryEstimate(NamedTuple):
-    """Monte Carlo estimates with standard errors (nats). average_kl is exact; the estimates' bias is not in *_se."""
+    """Monte Carlo estimates with standard errors (nats). average_kl is exact; the estimates' bias is not in the
+    ``_se`` fields."""
 
     average_kl: float  # (1/N) sum_n KL(q(z|x_n) || p(z)), closed form over all N
     mutual_info: float
@@ -219,6 +220,7 @@ def surgery_minibatch(mu, logvar, batch_size, n_batches, generator=None, weighti
 
     A batch is M indices drawn without replacement, z_i ~ q(z | x_i) for each, and
     q(z_i) ~= w_own q(z_i | x_i) + w_other sum_{j != i} q(z_i | x_j):
+
     - weighting="importance": w_own = 1/N, w_other = (N - 1) / (N (M - 1)). The estimate of q(z_i) is unbiased
       (the M - 1 others are a uniform sample of the N - 1 other components), so by Jensen E[log q-hat] <= log q:
       I_q is biased up and KL(q(z) || p(z)) down, both by the same amount, shrinking as M grows (exact at M = N);
@@ -226,6 +228,7 @@ def surgery_minibatch(mu, logvar, batch_size, n_batches, generator=None, weighti
       (appendix C), whose weights assume a stratified batch; these weights are for a uniformly random batch.
     - weighting="uniform": w_own = w_other = 1/M, the plain minibatch mixture. It over-weights each point's own
       component N/M times, so I_q-hat <= log M for every draw: with separated codes it reports log M, not log N.
+
     Standard errors: the spread of the n_batches batch means (MC noise only; the bias above is not in them).
 
     Args:
