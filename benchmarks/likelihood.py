@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vaelib import data, evaluate, train
+from vaelib import _atomic, checkpoints, data, evaluate, train
 from vaelib.models import VAE
 
 TEST_BINARIZATION_SEED = 12345  # one fixed draw of the binarized test set, the same for every run
@@ -92,7 +92,7 @@ def log(msg):
 
 
 def write_json(path, obj):
-    train.atomic_write(path, lambda f: json.dump(obj, f, indent=1), mode="w")
+    _atomic.atomic_write(path, lambda f: json.dump(obj, f, indent=1), mode="w")
 
 
 def parse_args(argv):
@@ -152,9 +152,9 @@ def main(argv=None):
         r = json.loads(json_path.read_text())
         if r["status"] == "done":
             raise SystemExit(f"the run in {out} is finished; nothing to resume")
-        ck = train.load_checkpoint(last_path, model=model, with_state=True)
+        ck = checkpoints.load_checkpoint(last_path, model=model, with_state=True)
         history = ck.history  # carries the optimizer and generator state
-        best_state = copy.deepcopy(train.load_checkpoint(best_path, model=build_model(args.model, D, hidden,
+        best_state = copy.deepcopy(checkpoints.load_checkpoint(best_path, model=build_model(args.model, D, hidden,
                                                                                        args.latent_dim)).state_dict())
         log(f"resumed at epoch {history['epoch'][-1]}")
     else:
@@ -175,10 +175,10 @@ def main(argv=None):
         r["curve"].append({"epoch": epoch, "nll": nll, "valid_elbo": history["valid_elbo"][-1]})
         log(f"epoch {epoch}: test NLL {nll:.2f} (K={args.curve_k}, {x_curve.shape[0]} images), "
             f"valid ELBO {history['valid_elbo'][-1]:.2f}, best {r['best']['valid_elbo']:.2f} at {r['best']['epoch']}")
-        train.save_checkpoint(last_path, model, history=history)
+        checkpoints.save_checkpoint(last_path, model, history=history)
         best = build_model(args.model, D, hidden, args.latent_dim)
         best.load_state_dict(best_state)
-        train.save_checkpoint(best_path, best)
+        checkpoints.save_checkpoint(best_path, best)
         write_json(json_path, r)
 
     epoch = history["epoch"][-1] if history else 0
