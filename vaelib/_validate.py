@@ -88,7 +88,7 @@ def renamed(new, new_value, old, old_value, default=None):
     if old_value is None:
         return new_value
     if new_value != default and new_value != old_value:
-        raise TypeError(f"{new}={new_value!r} and {old}={old_value!r} given; {old} is an alias of {new}: pass {new} only")
+        raise TypeError(f"{new}={new_value!r} and {old}={old_value!r} given; {old} is the former name of {new}: pass {new} only")
     return old_value
 
 

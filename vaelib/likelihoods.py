@@ -1,16 +1,20 @@
 """The decoder's likelihoods p(x | z): one object each, registered by name in `vaelib.registry.LIKELIHOODS`.
 
-A likelihood turns the decoder output `out` (..., D) (logits or a mean, as the likelihood says) into
+A likelihood turns the decoder output `out` (..., D) (logits or a mean, as the likelihood says) into::
+
     log_prob(x, out, log_scale)   log p(x | z) summed over the D pixels, (...,) in nats, every constant kept
     mean(out)                     E[x | z], (..., D): what a sample shown as an image is
     sample(out, log_scale, noise) a draw x ~ p(x | z), (..., D); noise(fn) returns fn-distributed noise shaped like out
-and says what the rest of vaelib needs to know about it:
+
+and says what the rest of vaelib needs to know about it::
+
     name, help      its registry name and one line for the command line's help
     scale           the name of its scale parameter ("sigma_x", held by the model as log_sigma_x, shared () or per
                     pixel (D,), fixed or learned), or None when it has none; `log_scale` is None then
     output          the name of the MLP decoder's last layer ("to_logits", "to_mean"), a key of the state dict
     unit_interval   data must lie in [0, 1] (checked where data enter)
     binarize        fit's default: a fresh Bernoulli draw of the data each epoch (dynamic binarization)
+
 A new likelihood is one file: subclass `Likelihood`, then `LIKELIHOODS.register(MyLikelihood())`; the model, `fit`,
 `vaelib.evaluate`, the checkpoints and the command line (`--likelihood`) find it by name.
 """

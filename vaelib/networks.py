@@ -2,7 +2,8 @@
 
 Your own networks (`VAE(D, k, encoder=module, decoder=module)`) are checked once, at construction, on a dummy
 batch, in eval mode, without gradients and with a private generator (the global RNG and the module's state are
-left as they were):
+left as they were)::
+
     encoder: x (B, D) -> (B, 2k) [mu, logvar side by side] or a pair (mu, logvar), (B, k) each; an
              Autoencoder's encoder returns the code (B, k);
     decoder: z (..., k) -> (..., D), keeping any leading sample dimensions: z (K, B, k) -> (K, B, D).

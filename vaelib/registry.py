@@ -8,8 +8,7 @@ parameter (None when it has none).
 Built-in entries are declared below with those facts and the place of their object ("module:attribute"), which is
 imported on first use; `tests/test_likelihoods.py` checks that the declared facts equal the object's. A new entry
 is one file: define the object (with `name`, `help` and `scale` attributes) and call `LIKELIHOODS.register(obj)`.
-
-    LIKELIHOODS   p(x | z) given the decoder output: `vaelib.likelihoods.Likelihood`
+`LIKELIHOODS` holds p(x | z) given the decoder output (`vaelib.likelihoods.Likelihood`).
 Priors and training objectives (notebooks 12 and 13) get their own `Registry` the same way when they arrive.
 """
 
