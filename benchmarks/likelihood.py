@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vaelib import data, evaluate, train
+from vaelib import _atomic, checkpoints, data, evaluate, train
 from vaelib.models import VAE
 
 CURVE_BINARIZATION = "torch12345"  # the draw of the curve points (and of the runs before the multi-draw evaluation)
@@ -200,7 +200,7 @@ def log(msg):
 
 
 def write_json(path, obj):
-    train.atomic_write(path, lambda f: json.dump(obj, f, indent=1), mode="w")
+    _atomic.atomic_write(path, lambda f: json.dump(obj, f, indent=1), mode="w")
 
 
 def parse_args(argv):
@@ -249,9 +249,9 @@ def train_ours(args, r, out, model, x_train, x_valid, x_curve, build):
     json_path, last_path, best_path = out / "likelihood.json", out / "last.pt", out / "best.pt"
     history, best_state = None, None
     if args.resume:
-        ck = train.load_checkpoint(last_path, model=model, with_state=True)
+        ck = checkpoints.load_checkpoint(last_path, model=model, with_state=True)
         history = ck.history  # carries the optimizer and generator state
-        best_state = copy.deepcopy(train.load_checkpoint(best_path, model=build()).state_dict())
+        best_state = copy.deepcopy(checkpoints.load_checkpoint(best_path, model=build()).state_dict())
         log(f"resumed at epoch {history['epoch'][-1]}")
     lr_scale = 0.5 ** len(r["events"])
 
@@ -259,10 +259,10 @@ def train_ours(args, r, out, model, x_train, x_valid, x_curve, build):
         r["curve"].append({"epoch": epoch, "nll": curve_nll(args, model, x_curve), "valid_elbo": history["valid_elbo"][-1]})
         log(f"epoch {epoch}: test NLL {r['curve'][-1]['nll']:.2f} (K={args.curve_k}, {x_curve.shape[0]} images), "
             f"valid ELBO {history['valid_elbo'][-1]:.2f}, best {r['best']['valid_elbo']:.2f} at {r['best']['epoch']}")
-        train.save_checkpoint(last_path, model, history=history)
+        checkpoints.save_checkpoint(last_path, model, history=history)
         best = build()
         best.load_state_dict(best_state)
-        train.save_checkpoint(best_path, best)
+        checkpoints.save_checkpoint(best_path, best)
         write_json(json_path, r)
 
     epoch = history["epoch"][-1] if history else 0
@@ -292,7 +292,7 @@ def train_ours(args, r, out, model, x_train, x_valid, x_curve, build):
             log(f"stopped after epoch {epoch}; continue with --resume")
             return None
     if best_state is None:  # resumed after the last epoch: the best model is on disk
-        best_state = train.load_checkpoint(best_path, model=build()).state_dict()
+        best_state = checkpoints.load_checkpoint(best_path, model=build()).state_dict()
     return best_state
 
 
@@ -316,7 +316,7 @@ def train_reference(args, r, out, model, x_train, x_valid, x_curve, build):
     def save(epoch):
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
                  "best": best_state, "patience_count": patience_count, "epoch": epoch}
-        train.atomic_write(state_path, lambda f: torch.save(state, f))
+        _atomic.atomic_write(state_path, lambda f: torch.save(state, f))
         write_json(json_path, r)
 
     N = x_train.shape[0]
@@ -448,14 +448,14 @@ def main(argv=None):
         if best_state is None:
             return 0
         model.load_state_dict(best_state)
-        train.save_checkpoint(out / "best.pt", model)
+        checkpoints.save_checkpoint(out / "best.pt", model)
         r["status"] = "evaluating"
         r["final"] = {"epoch": r["best"]["epoch"], "binarizations": {},
                       "train_cpu_minutes": sum(e["cpu_seconds"] for e in r["epochs"]) / 60,
                       "train_wall_minutes": sum(e["wall_seconds"] for e in r["epochs"]) / 60}
         write_json(json_path, r)
     else:  # evaluating: the kept model is best.pt
-        train.load_checkpoint(out / "best.pt", model=model)
+        checkpoints.load_checkpoint(out / "best.pt", model=model)
     r["final"].pop("nll", None)  # a run finished before the multi-draw evaluation is evaluated again, draw by draw
     r["final"].setdefault("binarizations", {})
     model.eval()

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from _results import replace_section
 from vaelib import data, train
+from vaelib.distributions import kl_normal
 from vaelib.models import VAE
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -59,7 +60,7 @@ def plain_loss(model, xb, eps):
     z = mu + torch.exp(0.5 * logvar) * eps
     logits = model.decoder(z)  # (B, D)
     log_px_z = -F.binary_cross_entropy_with_logits(logits, xb, reduction="none").sum(-1)
-    kl = 0.5 * (torch.exp(logvar) + mu**2 - 1.0 - logvar).sum(-1)
+    kl = kl_normal(mu, logvar)  # (B,) KL(q || N(0, I))
     return -(log_px_z - kl).mean()
 
 

@@ -22,7 +22,7 @@ import torch
 
 import numpy as np
 
-from vaelib import data, evaluate, train
+from vaelib import checkpoints, data, evaluate, train
 from vaelib.__main__ import main
 from vaelib.models import VAE, Autoencoder
 
@@ -81,7 +81,7 @@ def trained(tmp_path_factory):
 
 def test_train_writes_checkpoint_history_and_curve(trained):
     _, out, result = trained
-    ck = train.load_checkpoint(out / "model.pt", with_state=True)
+    ck = checkpoints.load_checkpoint(out / "model.pt", with_state=True)
     assert isinstance(ck.model, VAE)
     assert ck.model.config == {"data_dim": 64, "latent_dim": 2, "hidden_dims": [16, 8], "likelihood": "bernoulli",
                                "sigma_x": 1.0, "learn_sigma_x": False}
@@ -112,7 +112,7 @@ def test_evaluate_prints_what_the_library_computes(trained, capsys):
         assert float(m.group(2)) == pytest.approx(evaluate.bits_per_dim(float(m.group(1)), 64), abs=1e-4)
     assert "digits test split, 60 examples, binarized once with seed 0" in result.stdout
     # The same computation in-process: one fixed binarization, then ELBO and IWAE from one seeded generator.
-    model = train.load_checkpoint(out / "model.pt")
+    model = checkpoints.load_checkpoint(out / "model.pt")
     x, _ = data.load("digits", "test")
     x = torch.bernoulli(x[:60], generator=torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(0)
@@ -132,7 +132,7 @@ def test_sample_writes_a_grid_image(trained, capsys):
     assert image.shape[:2] == (28 * 7, 37 * 7)
     assert (image[..., 0] == image[..., 1]).all()  # grey-scale
     # the first tile is the decoder mean of the first prior draw with seed 3
-    model = train.load_checkpoint(out / "model.pt")
+    model = checkpoints.load_checkpoint(out / "model.pt")
     first = model.sample(10, generator=torch.Generator().manual_seed(3))[0].reshape(8, 8).numpy()
     tile = image[7:7 + 8 * 7:7, 7:7 + 8 * 7:7, 0]  # one pixel per scaled block
     # 8-bit PNG through a 256-entry grey colormap: the value's bin (1/256) plus 8-bit rounding (1/255)
@@ -181,7 +181,7 @@ def test_errors_after_parsing_are_one_line(tmp_path, capsys, trained):
     assert_one_line_error(in_process(["sample", out / "model.pt", "--out", tmp_path / "no" / "s.png"], capsys), "does not exist")
     assert_one_line_error(in_process(["train", "--valid-size", 5000, "--out", tmp_path / "r"], capsys), "--valid-size 5000")
     ae = tmp_path / "ae.pt"
-    train.save_checkpoint(ae, Autoencoder(64, 2, (4,)))  # no dataset recorded, no prior to sample
+    checkpoints.save_checkpoint(ae, Autoencoder(64, 2, (4,)))  # no dataset recorded, no prior to sample
     assert_one_line_error(in_process(["sample", ae, "--out", tmp_path / "s.png"], capsys), "Autoencoder", "no prior")
     assert_one_line_error(in_process(["evaluate", ae], capsys), "does not record its dataset", "--dataset")
     if not torch.cuda.is_available():
@@ -200,7 +200,7 @@ def _raise(error):
 def test_a_bug_keeps_its_traceback(error, tmp_path, capsys, monkeypatch):
     """A TypeError or RuntimeError from inside a command is a bug, not a user error: main does not turn it into
     `vaelib: error: ...` (which would hide where it happened) but lets it propagate."""
-    monkeypatch.setattr(train, "load_checkpoint", _raise(error))
+    monkeypatch.setattr(checkpoints, "load_checkpoint", _raise(error))
     with pytest.raises(type(error), match=re.escape(str(error))):
         main(["sample", str(tmp_path / "m.pt"), "--out", str(tmp_path / "s.png")])
     assert "vaelib: error" not in capsys.readouterr().err
@@ -212,7 +212,7 @@ def test_a_bug_in_a_subprocess_prints_the_traceback(tmp_path):
     plant = ("import runpy, sys, vaelib.train\n"
              "def load_checkpoint(*args, **kwargs):\n"
              "    raise RuntimeError('planted bug')\n"
-             "vaelib.train.load_checkpoint = load_checkpoint\n"
+             "vaelib.checkpoints.load_checkpoint = load_checkpoint\n"
              "sys.argv = ['vaelib', 'sample', 'm.pt', '--out', 's.png']\n"
              "runpy.run_module('vaelib', run_name='__main__')\n")
     result = subprocess.run([sys.executable, "-c", plant], cwd=tmp_path, env=env(), capture_output=True, text=True,
@@ -225,7 +225,7 @@ def test_a_bug_in_a_subprocess_prints_the_traceback(tmp_path):
 
 def test_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
     """Running out of memory is not a bug: one line that says what to lower."""
-    monkeypatch.setattr(train, "load_checkpoint", _raise(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate")))
+    monkeypatch.setattr(checkpoints, "load_checkpoint", _raise(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate")))
     assert_one_line_error(in_process(["sample", tmp_path / "m.pt", "--out", tmp_path / "s.png"], capsys),
                           "out of memory", "--batch-size")
 
@@ -270,7 +270,7 @@ def wait_for(condition, proc, what, timeout=600):
 
 
 def final_state(out):
-    ck = train.load_checkpoint(out / "model.pt", with_state=True)
+    ck = checkpoints.load_checkpoint(out / "model.pt", with_state=True)
     return ck.model, {k: v for k, v in ck.history.items() if k != "seconds"}
 
 
@@ -311,7 +311,7 @@ def test_runs_stopped_by_sigint_sigterm_or_sigkill_resume_to_the_same_weights(tm
     assert re.search(r"^vaelib: terminated \(SIGTERM\); saved the state after epoch \d+", err, re.M), err
     assert results["sigkill"][0] == -signal.SIGKILL
 
-    stopped_at = {name: len(train.load_checkpoint(tmp_path / name / "model.pt", with_state=True).history["epoch"])
+    stopped_at = {name: len(checkpoints.load_checkpoint(tmp_path / name / "model.pt", with_state=True).history["epoch"])
                   for name in runs}
     total = max(stopped_at.values()) + 2  # every run resumes for at least 2 epochs
     for name in runs:
@@ -339,7 +339,7 @@ def test_nan_in_training_saves_the_last_finite_state(tmp_path, capsys):
                          "--out", out], capsys)
     assert_one_line_error(result, "the training loss is nan at epoch 1", "saved the last finite state (after epoch 0)",
                           "--resume", "--lr 1e+29")
-    ck = train.load_checkpoint(out / "model.pt", with_state=True)
+    ck = checkpoints.load_checkpoint(out / "model.pt", with_state=True)
     assert all(torch.isfinite(p).all() for p in ck.model.parameters()) and ck.history["epoch"] == []
 
 
@@ -362,11 +362,12 @@ def test_resume_continues_only_a_cli_run_with_its_own_settings(tmp_path, capsys,
     assert_one_line_error(in_process(["train", *RUN, "--out", out], capsys), "model.pt exists", "--resume", "--overwrite")
     assert_one_line_error(in_process(["train", "--resume", out, "--latent-dim", 3], capsys),
                           "--latent-dim 3 differs from the run's 2")
+    assert_one_line_error(in_process(["train", "--resume", out, "--seed", 1], capsys), "--seed 1 differs from the run's 0")
     assert_one_line_error(in_process(["train", "--resume", tmp_path], capsys), "no model.pt there to continue")
     assert_one_line_error(in_process(["train", "--resume", out, "--out", tmp_path], capsys), "leave out --out")
     lib = tmp_path / "lib"
     lib.mkdir()
-    train.save_checkpoint(lib / "model.pt", VAE(64, 2, (4,)))
+    checkpoints.save_checkpoint(lib / "model.pt", VAE(64, 2, (4,)))
     assert_one_line_error(in_process(["train", "--resume", lib], capsys), "does not record the settings")
     done = in_process(["train", "--resume", out, "--no-progress"], capsys)  # already at its 2 epochs
     assert done.returncode == 0 and "resuming VAE 64-16-8-2 (bernoulli) at epoch 2 on digits: 1400 examples, 0 epochs" in done.stdout
@@ -385,7 +386,7 @@ def test_default_gaussian_run_learns_sigma_x_and_uses_its_latent_code(tmp_path, 
     assert result.returncode == 0, result.stderr
     spread = x.double().var(0, correction=0).mean().sqrt().item()  # sqrt(mean_d Var(x_d)) = 0.2705
     assert f"(gaussian, sigma_x learned from {spread:.4g})" in result.stdout
-    model = train.load_checkpoint(tmp_path / "learned" / "model.pt")
+    model = checkpoints.load_checkpoint(tmp_path / "learned" / "model.pt")
     assert model.config["learn_sigma_x"] is True and model.config["sigma_x"] == float(f"{spread:.4g}")
     assert model.sigma_x != model.config["sigma_x"]  # it moved: learned
     active, _ = evaluate.active_units(model, x_test)
@@ -395,7 +396,7 @@ def test_default_gaussian_run_learns_sigma_x_and_uses_its_latent_code(tmp_path, 
         result = in_process(["train", "--likelihood", "gaussian", "--sigma-x", 1, "--no-learn-sigma-x", "--no-progress",
                              "--out", tmp_path / "fixed"], capsys)
     assert result.returncode == 0, result.stderr
-    fixed = train.load_checkpoint(tmp_path / "fixed" / "model.pt")
+    fixed = checkpoints.load_checkpoint(tmp_path / "fixed" / "model.pt")
     assert fixed.sigma_x == 1.0 and evaluate.active_units(fixed, x_test)[0] == 0
     result = in_process(["train", "--sigma-x", "0.3", "--out", tmp_path / "b"], capsys)
     assert_one_line_error(result, "--sigma-x and --learn-sigma-x need --likelihood gaussian")
@@ -420,7 +421,7 @@ def test_train_evaluate_and_sample_on_an_npz_file(npz_file, tmp_path, capsys):
                          "--out", out], capsys)
     assert result.returncode == 0, result.stderr
     assert "on mine.npz: 1500 examples" in result.stdout
-    ck = train.load_checkpoint(out / "model.pt", with_state=True)
+    ck = checkpoints.load_checkpoint(out / "model.pt", with_state=True)
     assert ck.metadata["data"] == str(npz_file.resolve()) and ck.metadata["image_shape"] == [4, 16]
     # evaluate reads the data (x_test) from the checkpoint
     result = in_process(["evaluate", out / "model.pt", "--K", 5, "--limit", 30, "--no-progress"], capsys)
@@ -485,9 +486,9 @@ def test_bad_npz_files_are_one_line_errors(tmp_path, capsys):
 
 
 def test_checkpoint_with_string_metadata_is_one_line(tmp_path, capsys):
-    path = train.save_checkpoint(tmp_path / "m.pt", VAE(64, 2, (4,)))
+    path = checkpoints.save_checkpoint(tmp_path / "m.pt", VAE(64, 2, (4,)))
     payload = torch.load(path, weights_only=True)
     payload["metadata"] = "digits"
-    payload["digest"] = train._digest({k: v for k, v in payload.items() if k != "digest"})
+    payload["digest"] = checkpoints._digest({k: v for k, v in payload.items() if k != "digest"})
     torch.save(payload, path)
     assert_one_line_error(in_process(["evaluate", path], capsys), "m.pt: broken checkpoint: metadata is a str")

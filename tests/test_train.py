@@ -11,7 +11,8 @@ import os
 import pytest
 import torch
 
-from vaelib import data, evaluate, train
+from vaelib import checkpoints, data, evaluate, train
+from vaelib.history import History
 from vaelib.models import VAE, Autoencoder
 
 KW = dict(batch_size=128, progress=False)
@@ -62,8 +63,8 @@ def test_resume_from_checkpoint_equals_uninterrupted_training(digits, tmp_path):
 
     first = vae()
     h2 = train.fit(first, x, 2, seed=1, valid_x=xv, **KW)
-    path = train.save_checkpoint(tmp_path / "model.pt", first, history=h2)
-    ck = train.load_checkpoint(path, with_state=True)
+    path = checkpoints.save_checkpoint(tmp_path / "model.pt", first, history=h2)
+    ck = checkpoints.load_checkpoint(path, with_state=True)
     assert same_weights(ck.model, first)  # the weights load exactly
     h = train.fit(ck.model, x, 1, seed=1, valid_x=xv, optimizer_state=ck.optimizer_state,
                   history=ck.history, rng_state=ck.rng_state, **KW)
@@ -76,7 +77,8 @@ def test_resume_from_checkpoint_equals_uninterrupted_training(digits, tmp_path):
 def test_resume_from_the_history_alone_continues_exactly(digits):
     """fit(..., history=h) resumes from the optimizer and generator state h carries: 2 epochs, then 1 more from
     the history alone, give the weights and numbers of 3 epochs in one go, bit for bit. A plain dict of lists
-    (no state) continues the numbering only, with a fresh Adam and generator: a different run."""
+    (no state) continues the numbering only, with a fresh Adam and generator: a different run, and a warning that
+    says so (History(d) is the same without the warning)."""
     x, xv = digits
     straight = vae()
     h3 = train.fit(straight, x, 3, **KW)
@@ -87,8 +89,11 @@ def test_resume_from_the_history_alone_continues_exactly(digits):
     assert {k: v for k, v in h.items() if k != "seconds"} == {k: v for k, v in h3.items() if k != "seconds"}
     fresh = vae()
     h = train.fit(fresh, x, 2, **KW)
-    h = train.fit(fresh, x, 1, history={k: list(v) for k, v in h.items()}, **KW)
+    plain = {k: list(v) for k, v in h.items()}
+    with pytest.warns(UserWarning, match=r"history is a plain dict without the optimizer and generator state"):
+        h = train.fit(fresh, x, 1, history=plain, **KW)
     assert h["epoch"] == [1, 2, 3] and h["elbo"][2] != h3["elbo"][2]
+    assert train.fit(vae(), x, 1, history=History(plain), **KW)["epoch"] == [1, 2, 3]  # no warning: History(d)
     h = train.fit(model, x, 2, valid_x=xv, history=h, **KW)
     assert h["epoch"] == [1, 2, 3, 4, 5]
     assert h["valid_elbo"][:3] == [None] * 3 and all(isinstance(v, float) for v in h["valid_elbo"][3:])
@@ -157,13 +162,13 @@ def test_validation_elbo_is_the_elbo_of_the_validation_set(digits):
 
 def spy_on_batches(model, record):
     """Record every minibatch (and beta) that fit passes to the model's training loss."""
-    inner = model._loss
+    inner = model.loss_terms
 
     def spy(xb, *args):
         record.append((xb.detach().clone(), args[0] if args else None))
         return inner(xb, *args)
 
-    model._loss = spy
+    model.loss_terms = spy
 
 
 def test_each_epoch_visits_every_example_once_in_a_new_order(digits):
@@ -219,14 +224,14 @@ def test_training_improves_the_elbo(digits):
 def test_nan_loss_raises_naming_epoch_and_step(digits):
     x, _ = digits
     model = vae()
-    inner, calls = model._loss, [0]
+    inner, calls = model.loss_terms, [0]
 
     def poisoned(xb, *args):
         calls[0] += 1
         loss, log_px_z, kl = inner(xb, *args)
         return (loss * float("nan"), log_px_z, kl) if calls[0] == 12 + 3 else (loss, log_px_z, kl)  # epoch 2, step 3
 
-    model._loss = poisoned
+    model.loss_terms = poisoned
     with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 2, step 3 of 12"):
         train.fit(model, x, 3, **KW)
 
@@ -285,8 +290,8 @@ def test_training_on_a_device_records_the_right_numbers_and_resumes(digits, tmp_
     h3 = train.fit(straight, x, 3, seed=1, valid_x=xv, device=device, **KW)
     first = vae()
     h2 = train.fit(first, x, 2, seed=1, valid_x=xv, device=device, **KW)
-    path = train.save_checkpoint(tmp_path / "model.pt", first, history=h2)
-    ck = train.load_checkpoint(path, with_state=True)
+    path = checkpoints.save_checkpoint(tmp_path / "model.pt", first, history=h2)
+    ck = checkpoints.load_checkpoint(path, with_state=True)
     saved = {k: v.cpu() for k, v in first.state_dict().items()}
     assert all(torch.equal(v, saved[k]) for k, v in ck.model.state_dict().items())  # the weights load exactly
     h = train.fit(ck.model, x, 1, seed=1, valid_x=xv, device=device, optimizer_state=ck.optimizer_state,
@@ -351,12 +356,12 @@ def test_checkpoint_round_trip_rebuilds_the_model_from_the_file_alone(make, tmp_
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01)  # not the initial weights of a fresh model
-    path = train.save_checkpoint(tmp_path / "m.pt", model, metadata={"dataset": "digits"})
-    loaded = train.load_checkpoint(path)
+    path = checkpoints.save_checkpoint(tmp_path / "m.pt", model, metadata={"dataset": "digits"})
+    loaded = checkpoints.load_checkpoint(path)
     assert type(loaded) is type(model) and loaded.config == model.config
     assert same_weights(loaded, model)
     assert next(loaded.parameters()).dtype == next(model.parameters()).dtype
-    ck = train.load_checkpoint(path, with_state=True)
+    ck = checkpoints.load_checkpoint(path, with_state=True)
     assert ck.metadata == {"dataset": "digits"} and ck.history is None and ck.optimizer_state is None
     # Only plain containers and tensors in the file: the weights_only unpickler reads it.
     assert torch.load(path, weights_only=True)["model_class"] == type(model).__name__
@@ -371,11 +376,11 @@ def _umask():
 
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"checkpoint not found: .*nothing\.pt"):
-        train.load_checkpoint(tmp_path / "nothing.pt")
+        checkpoints.load_checkpoint(tmp_path / "nothing.pt")
 
 
 def _corrupt_files(tmp_path):
-    good = train.save_checkpoint(tmp_path / "good.pt", vae())
+    good = checkpoints.save_checkpoint(tmp_path / "good.pt", vae())
     raw = good.read_bytes()
     files = {
         "random-bytes": os.urandom(4096),
@@ -409,7 +414,7 @@ def _corrupt_files(tmp_path):
 def write_with_digest(path, payload):
     """Write a crafted payload with a matching digest, as an attacker (not a bit flip) would."""
     payload = {k: v for k, v in payload.items() if k != "digest"}
-    payload["digest"] = train._digest(payload)
+    payload["digest"] = checkpoints._digest(payload)
     torch.save(payload, path)
     return path
 
@@ -418,12 +423,12 @@ def test_corrupt_checkpoints_raise_value_error_naming_the_file(tmp_path):
     for path in _corrupt_files(tmp_path):
         with pytest.raises(ValueError, match=rf"{path.name}: (not a readable vaelib checkpoint|not a vaelib checkpoint|"
                                              r"broken checkpoint|corrupt checkpoint|checkpoint version 9)"):
-            train.load_checkpoint(path)
+            checkpoints.load_checkpoint(path)
 
 
 def test_interrupted_save_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):
     model = vae()
-    path = train.save_checkpoint(tmp_path / "model.pt", model)
+    path = checkpoints.save_checkpoint(tmp_path / "model.pt", model)
     before = path.read_bytes()
 
     def dies_halfway(obj, f, *a, **k):
@@ -432,20 +437,20 @@ def test_interrupted_save_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch
 
     monkeypatch.setattr(torch, "save", dies_halfway)
     with pytest.raises(KeyboardInterrupt):
-        train.save_checkpoint(path, vae(seed=1))
+        checkpoints.save_checkpoint(path, vae(seed=1))
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temporary file left behind
     monkeypatch.undo()
-    assert same_weights(train.load_checkpoint(path), model)
+    assert same_weights(checkpoints.load_checkpoint(path), model)
 
 
 def test_save_checkpoint_bad_arguments(tmp_path):
     with pytest.raises(TypeError, match=r"model must be a vaelib.models.VAE"):
-        train.save_checkpoint(tmp_path / "m.pt", torch.nn.Linear(2, 2))
+        checkpoints.save_checkpoint(tmp_path / "m.pt", torch.nn.Linear(2, 2))
     with pytest.raises(FileNotFoundError, match=r"directory .*missing does not exist"):
-        train.save_checkpoint(tmp_path / "missing" / "m.pt", vae())
+        checkpoints.save_checkpoint(tmp_path / "missing" / "m.pt", vae())
     with pytest.raises(TypeError, match=r"optimizer must be a torch optimizer"):
-        train.save_checkpoint(tmp_path / "m.pt", vae(), optimizer=[1, 2])
+        checkpoints.save_checkpoint(tmp_path / "m.pt", vae(), optimizer=[1, 2])
 
 
 # -- checkpoint integrity (issue 14, item 1) --------------------------------------------------------
@@ -462,7 +467,7 @@ def same_content(a, b):
 
 
 def loaded(path):
-    ck = train.load_checkpoint(path, with_state=True)
+    ck = checkpoints.load_checkpoint(path, with_state=True)
     return {"model": dict(ck.model.state_dict()), "config": ck.model.config, "optimizer": ck.optimizer_state,
             "history": ck.history, "rng": ck.rng_state, "metadata": ck.metadata}
 
@@ -476,7 +481,7 @@ def test_single_bit_flips_never_load_silently_changed(digits, tmp_path):
     x, xv = digits
     model = vae(likelihood="gaussian", learn_sigma_x=True)
     h = train.fit(model, x[:300], 1, valid_x=xv[:50], **KW)
-    path = train.save_checkpoint(tmp_path / "good.pt", model, history=h, metadata={"dataset": "digits", "seed": 0})
+    path = checkpoints.save_checkpoint(tmp_path / "good.pt", model, history=h, metadata={"dataset": "digits", "seed": 0})
     reference = loaded(path)
     raw = path.read_bytes()
     rng = torch.Generator().manual_seed(0)
@@ -502,24 +507,24 @@ def test_single_bit_flips_never_load_silently_changed(digits, tmp_path):
 
 
 def test_tampered_checkpoint_fails_the_digest(tmp_path):
-    path = train.save_checkpoint(tmp_path / "m.pt", vae())
+    path = checkpoints.save_checkpoint(tmp_path / "m.pt", vae())
     payload = torch.load(path, weights_only=True)
     payload["state_dict"]["to_mu.bias"] += 1e-6  # a change a reader would never notice
     torch.save(payload, path)
     with pytest.raises(ValueError, match=r"m\.pt: corrupt checkpoint: its SHA-256 digest does not match"):
-        train.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
 
 
 def test_version_1_checkpoints_without_digest_still_load(tmp_path):
     model = vae()
-    path = train.save_checkpoint(tmp_path / "m.pt", model)
+    path = checkpoints.save_checkpoint(tmp_path / "m.pt", model)
     payload = torch.load(path, weights_only=True)
     del payload["digest"]
     torch.save(dict(payload, version=1), path)
-    assert same_weights(train.load_checkpoint(path), model)
+    assert same_weights(checkpoints.load_checkpoint(path), model)
     torch.save(dict(payload, version=2), path)  # version 2 without its digest: refused
     with pytest.raises(ValueError, match=r"corrupt checkpoint"):
-        train.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
 
 
 # -- save what you can load (item 2) ----------------------------------------------------------------
@@ -537,9 +542,9 @@ def test_numpy_values_and_paths_in_metadata_and_history_round_trip(digits, tmp_p
     metadata = {"root": Path("/data/run"), "pure": PurePosixPath("a/b"), "n": np.int64(7), "flag": np.bool_(True),
                 "scale": np.float64(0.5), "shape": np.array([[8, 8]]), "nested": {"k": [np.float16(1.5), (np.int8(2),)]},
                 np.int64(3): "numpy key"}
-    path = train.save_checkpoint(tmp_path / "m.pt", model, history=history, rng_state=h.rng_state,
+    path = checkpoints.save_checkpoint(tmp_path / "m.pt", model, history=history, rng_state=h.rng_state,
                                  optimizer=h.optimizer_state, metadata=metadata)
-    ck = train.load_checkpoint(path, with_state=True)
+    ck = checkpoints.load_checkpoint(path, with_state=True)
     assert ck.metadata == {"root": "/data/run", "pure": "a/b", "n": 7, "flag": True, "scale": 0.5, "shape": [[8, 8]],
                            "nested": {"k": [1.5, (2,)]}, 3: "numpy key"}
     assert type(ck.metadata["n"]) is int and type(ck.metadata["flag"]) is bool and type(ck.metadata["scale"]) is float
@@ -564,7 +569,7 @@ def test_numpy_values_and_paths_in_metadata_and_history_round_trip(digits, tmp_p
 )
 def test_save_refuses_what_it_cannot_load_back(tmp_path, metadata, match):
     with pytest.raises(TypeError, match=match):
-        train.save_checkpoint(tmp_path / "m.pt", vae(), metadata=metadata)
+        checkpoints.save_checkpoint(tmp_path / "m.pt", vae(), metadata=metadata)
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
@@ -575,7 +580,7 @@ def test_crafted_config_is_refused_before_allocating_the_layer(tmp_path):
     big allocation, before it happens: the peak memory of this process does not move by even 100 MB."""
     import resource
 
-    path = train.save_checkpoint(tmp_path / "m.pt", vae())
+    path = checkpoints.save_checkpoint(tmp_path / "m.pt", vae())
     payload = torch.load(path, weights_only=True)
     crafted = write_with_digest(tmp_path / "crafted.pt", dict(payload, config=dict(payload["config"], data_dim=10000,
                                                                                       hidden_dims=[20000])))
@@ -583,11 +588,11 @@ def test_crafted_config_is_refused_before_allocating_the_layer(tmp_path):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     with pytest.raises(ValueError, match=r"crafted\.pt: broken checkpoint: the config asks for a tensor of shape "
                                          r"\[20000, 10000\]"):
-        train.load_checkpoint(crafted)
+        checkpoints.load_checkpoint(crafted)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000
     many = write_with_digest(tmp_path / "many.pt", dict(payload, config=dict(payload["config"], hidden_dims=[1] * 10**5)))
     with pytest.raises(ValueError, match=r"hidden_dims has 100000 layers but the file stores only 10 tensors"):
-        train.load_checkpoint(many)
+        checkpoints.load_checkpoint(many)
 
 
 # -- your own model (issue 13, item 2) --------------------------------------------------------------
@@ -614,13 +619,13 @@ def test_model_argument_loads_weights_into_a_model_you_built(tmp_path, digits):
     x, _ = digits
     model = custom_vae()
     h = train.fit(model, x[:200], 1, **KW)
-    path = train.save_checkpoint(tmp_path / "custom.pt", model, history=h)
+    path = checkpoints.save_checkpoint(tmp_path / "custom.pt", model, history=h)
     with pytest.raises(ValueError, match=r"custom\.pt: broken checkpoint: the stored weights do not match the "
                                          r"config's model.*load_checkpoint\(path, model=model\)"):
-        train.load_checkpoint(path)  # the file alone cannot rebuild it, and says how to load it
+        checkpoints.load_checkpoint(path)  # the file alone cannot rebuild it, and says how to load it
     target = custom_vae(seed=1)
     assert not same_weights(target, model)
-    ck = train.load_checkpoint(path, model=target, with_state=True)
+    ck = checkpoints.load_checkpoint(path, model=target, with_state=True)
     assert ck.model is target and same_weights(target, model)
     h2 = train.fit(target, x[:200], 1, history=ck.history, optimizer_state=ck.optimizer_state,
                    rng_state=ck.rng_state, **KW)
@@ -628,16 +633,16 @@ def test_model_argument_loads_weights_into_a_model_you_built(tmp_path, digits):
     h_straight = train.fit(straight, x[:200], 2, **KW)
     assert same_weights(target, straight) and without_seconds(h2) == without_seconds(h_straight)
     # float64 file into a float32 model: the model takes the stored dtype
-    path64 = train.save_checkpoint(tmp_path / "c64.pt", custom_vae().double())
-    assert next(train.load_checkpoint(path64, model=custom_vae(1)).parameters()).dtype == torch.float64
+    path64 = checkpoints.save_checkpoint(tmp_path / "c64.pt", custom_vae().double())
+    assert next(checkpoints.load_checkpoint(path64, model=custom_vae(1)).parameters()).dtype == torch.float64
 
 
 def test_config_marked_custom_asks_for_the_model(tmp_path):
-    path = train.save_checkpoint(tmp_path / "m.pt", vae())
+    path = checkpoints.save_checkpoint(tmp_path / "m.pt", vae())
     payload = torch.load(path, weights_only=True)
     marked = write_with_digest(tmp_path / "marked.pt", dict(payload, config=dict(payload["config"], encoder="custom")))
     with pytest.raises(ValueError, match=r"marked\.pt: holds a VAE with your own encoder/decoder.*model=model"):
-        train.load_checkpoint(marked)
+        checkpoints.load_checkpoint(marked)
 
 
 @pytest.mark.parametrize(
@@ -651,9 +656,9 @@ def test_config_marked_custom_asks_for_the_model(tmp_path):
     ids=["class", "config", "layers", "not-a-model"],
 )
 def test_model_argument_must_match_the_file(tmp_path, make, match):
-    path = train.save_checkpoint(tmp_path / "custom.pt", custom_vae())
+    path = checkpoints.save_checkpoint(tmp_path / "custom.pt", custom_vae())
     with pytest.raises((ValueError, TypeError), match=match):
-        train.load_checkpoint(path, model=make())
+        checkpoints.load_checkpoint(path, model=make())
 
 
 # -- fit: numpy data, seeds, optimizer state, NaN, interrupts (items 4, 7; issue 13) -----------------
@@ -702,14 +707,14 @@ def test_optimizer_state_of_another_optimizer_is_refused_before_training(digits)
 
 
 def poison_loss_at(model, call, value=float("nan")):
-    inner, calls = model._loss, [0]
+    inner, calls = model.loss_terms, [0]
 
     def poisoned(xb, *args):
         calls[0] += 1
         loss, log_px_z, kl = inner(xb, *args)
         return (loss * value, log_px_z, kl) if calls[0] == call else (loss, log_px_z, kl)
 
-    model._loss = poisoned
+    model.loss_terms = poisoned
 
 
 def test_nan_keeps_the_last_finite_weights_and_a_resumable_history(digits, tmp_path):
@@ -728,8 +733,8 @@ def test_nan_keeps_the_last_finite_weights_and_a_resumable_history(digits, tmp_p
     assert same_weights(model, one)  # finite, and exactly the weights after epoch 1
     h = info.value.history
     assert h["epoch"] == [1] and without_seconds(h) == {k: v[:1] for k, v in without_seconds(h3).items()}
-    path = train.save_checkpoint(tmp_path / "m.pt", model, history=h)
-    ck = train.load_checkpoint(path, with_state=True)
+    path = checkpoints.save_checkpoint(tmp_path / "m.pt", model, history=h)
+    ck = checkpoints.load_checkpoint(path, with_state=True)
     h_resumed = train.fit(ck.model, x, 2, seed=4, history=ck.history, optimizer_state=ck.optimizer_state,
                           rng_state=ck.rng_state, **KW)
     assert same_weights(ck.model, straight) and without_seconds(h_resumed) == without_seconds(h3)
@@ -773,7 +778,7 @@ def test_keyboard_interrupt_rolls_back_to_the_last_epoch_and_attaches_the_histor
     one = vae()
     train.fit(one, x, 1, **KW)
     model = vae()
-    inner, calls = model._loss, [0]
+    inner, calls = model.loss_terms, [0]
 
     def interrupted(xb, *args):
         calls[0] += 1
@@ -781,7 +786,7 @@ def test_keyboard_interrupt_rolls_back_to_the_last_epoch_and_attaches_the_histor
             raise KeyboardInterrupt
         return inner(xb, *args)
 
-    model._loss = interrupted
+    model.loss_terms = interrupted
     with pytest.raises(KeyboardInterrupt) as info:
         train.fit(model, x, 3, **KW)
     assert same_weights(model, one) and info.value.history["epoch"] == [1]
@@ -794,15 +799,15 @@ def test_on_epoch_end_sees_a_resumable_state(digits, tmp_path):
 
     def save(model, history):
         seen.append(history["epoch"][-1])
-        train.save_checkpoint(tmp_path / f"e{history['epoch'][-1]}.pt", model, history=history)
+        checkpoints.save_checkpoint(tmp_path / f"e{history['epoch'][-1]}.pt", model, history=history)
 
     straight = vae()
     h3 = train.fit(straight, x, 3, on_epoch_end=save, **KW)
     assert seen == [1, 2, 3]
-    ck = train.load_checkpoint(tmp_path / "e1.pt", with_state=True)
+    ck = checkpoints.load_checkpoint(tmp_path / "e1.pt", with_state=True)
     h = train.fit(ck.model, x, 2, history=ck.history, optimizer_state=ck.optimizer_state, rng_state=ck.rng_state, **KW)
     assert same_weights(ck.model, straight) and without_seconds(h) == without_seconds(h3)
-    assert same_weights(train.load_checkpoint(tmp_path / "e3.pt"), straight)
+    assert same_weights(checkpoints.load_checkpoint(tmp_path / "e3.pt"), straight)
     with pytest.raises(TypeError, match=r"on_epoch_end must be a callable"):
         train.fit(vae(), x[:10], 1, on_epoch_end="save", **KW)
 
@@ -813,14 +818,14 @@ def test_save_through_a_symlink_keeps_the_link(tmp_path):
     real_dir = tmp_path / "store"
     real_dir.mkdir()
     target = real_dir / "model.pt"
-    train.save_checkpoint(target, vae(seed=1))
+    checkpoints.save_checkpoint(target, vae(seed=1))
     target.chmod(0o640)
     link = tmp_path / "latest.pt"
     link.symlink_to(target)
     model = vae(seed=2)
-    train.save_checkpoint(link, model)
+    checkpoints.save_checkpoint(link, model)
     assert link.is_symlink() and os.readlink(link) == str(target)
-    assert same_weights(train.load_checkpoint(target), model)
+    assert same_weights(checkpoints.load_checkpoint(target), model)
     assert oct(target.stat().st_mode & 0o777) == oct(0o640)  # the replaced file keeps its permissions
     assert sorted(p.name for p in real_dir.iterdir()) == ["model.pt"]
 
@@ -840,14 +845,14 @@ def test_temporary_files_of_a_killed_save_are_removed_at_the_next_save(tmp_path)
     other.write_bytes(b"")
     with open(mine, "rb") as in_progress:
         fcntl.flock(in_progress, fcntl.LOCK_EX)
-        train.save_checkpoint(tmp_path / "model.pt", vae())
+        checkpoints.save_checkpoint(tmp_path / "model.pt", vae())
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.pt", mine.name, other.name])
 
 
 def test_save_and_load_refuse_empty_paths_and_directories(tmp_path):
     with pytest.raises(ValueError, match=r"path must name a file, got ''"):
-        train.save_checkpoint("", vae())
+        checkpoints.save_checkpoint("", vae())
     with pytest.raises(IsADirectoryError, match=r"it is a directory"):
-        train.save_checkpoint(tmp_path, vae())
+        checkpoints.save_checkpoint(tmp_path, vae())
     with pytest.raises(ValueError, match=r"path must name a checkpoint file, got ''"):
-        train.load_checkpoint("")
+        checkpoints.load_checkpoint("")

@@ -72,6 +72,18 @@ def test_kl_identity_readout_matches_quadrature_and_holds(name, m, logvar):
     assert r["residual"] == r["elbo"] + r["kl"] - r["log_px"]
 
 
+@pytest.mark.parametrize("name", ["linear", "bimodal"])
+def test_kl_identity_readout_catches_a_wrong_log_px(name, monkeypatch):
+    """The KL never goes through log p(x): a log_evidence off by 1 nat shows as a residual of -1 (issue 20, item 3)."""
+    model, x = widgets.kl_identity_models()[name]
+    right = widgets.kl_identity_readout(model, x, 0.3, -1.0)
+    exact = type(model).log_evidence
+    monkeypatch.setattr(type(model), "log_evidence", lambda self, x: exact(self, x) + 1.0)
+    wrong = widgets.kl_identity_readout(model, x, 0.3, -1.0)
+    assert wrong["kl"] == right["kl"] and wrong["elbo"] == right["elbo"]
+    assert wrong["residual"] == pytest.approx(-1.0, abs=1e-10) and abs(right["residual"]) < 1e-10
+
+
 def test_kl_identity_readout_linear_log_px_is_the_gaussian_marginal():
     model, x = widgets.kl_identity_models()["linear"]
     cov = model.W.numpy() @ model.W.numpy().T + model.noise_std**2 * np.eye(2)

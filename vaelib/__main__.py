@@ -16,7 +16,10 @@ Expected failures (bad arguments, unknown datasets, missing or corrupt checkpoin
 in training, running out of memory) print one line `vaelib: error: ...` on stderr and exit with a non-zero
 status, never a traceback. Anything else (a TypeError or RuntimeError from a bug) keeps its traceback.
 Ctrl-C exits with status 130 and SIGTERM with 143, after saving the training state.
-Nothing happens at import time; the heavy modules (torch, data, matplotlib) load inside the commands.
+Nothing happens at import time; the heavy modules (torch, data, matplotlib) load inside the commands. The choices
+of --likelihood come from `vaelib.registry.LIKELIHOODS`, which does not import torch.
+
+(Longer than most modules: the three commands, their arguments and their error paths read best in one place.)
 """
 
 import argparse
@@ -30,6 +33,8 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+
+from vaelib.registry import LIKELIHOODS
 
 PROG = "python -m vaelib"
 DATASETS = ("digits", "mnist", "fashion-mnist")
@@ -110,14 +115,15 @@ def build_parser():
                    help="hidden layer width; repeat or give a comma list for several layers (default: 400)")
     p.add_argument("--epochs", type=_nonnegative_int, default=None, metavar="N",
                    help="epochs in total (default: 10); with --resume, the new total")
-    p.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default=None,
-                   help="p(x|z): bernoulli (dynamically binarized pixels) or gaussian N(mean, sigma_x^2) (default: bernoulli)")
+    p.add_argument("--likelihood", choices=LIKELIHOODS.names(), default=None,
+                   help="p(x|z): " + "; ".join(f"{n}: {LIKELIHOODS.help(n)}" for n in LIKELIHOODS.names())
+                   + " (default: bernoulli)")
     p.add_argument("--sigma-x", type=_positive_float, default=None, metavar="S",
-                   help="sigma_x of the gaussian likelihood: fixed, or the initial value when learned (default: the "
+                   help="sigma_x of a likelihood with a scale (gaussian): fixed, or the initial value when learned (default: the "
                    "training data's pixel standard deviation, sqrt of the mean per-pixel variance: the sigma_x of a "
                    "decoder that predicts the mean image)")
     p.add_argument("--learn-sigma-x", action=argparse.BooleanOptionalAction, default=None,
-                   help="learn sigma_x with the weights (default: on for --likelihood gaussian; a fixed sigma_x = 1 "
+                   help="learn sigma_x with the weights (default: on for a likelihood with a scale; a fixed sigma_x = 1 "
                    "on [0, 1] images makes the KL win and the latent code unused)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="minibatch size (default: 128)")
     p.add_argument("--lr", type=_positive_float, default=None,
@@ -149,7 +155,7 @@ def build_parser():
     data.add_argument("--data", metavar="FILE.npz", default=None, help="an .npz file with x_train and/or x_test")
     p.add_argument("--split", choices=("train", "test"), default="test", help="default: test")
     p.add_argument("--K", "--k", dest="K", type=_positive_int, default=5000, metavar="K",
-                   help="importance samples per example, K (default: 5000; --k is its former name)")
+                   help="importance samples per example, K (default: 5000; --k is an alias)")
     p.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="evaluate the first N examples only")
     p.add_argument("--batch-size", type=_positive_int, default=100, help="examples per pass (default: 100)")
     p.add_argument("--chunk-size", type=_positive_int, default=500, help="importance samples per pass (default: 500)")
@@ -303,7 +309,7 @@ def _out_dir(text, option="--out"):
 
 def _settings(args):
     """(settings, checkpoint or None, out): the run's settings, fresh or from the checkpoint of --resume."""
-    from vaelib import train
+    from vaelib import checkpoints
 
     explicit = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
     if "hidden" in explicit:
@@ -322,11 +328,13 @@ def _settings(args):
         settings = dict(TRAIN_DEFAULTS, **explicit)
         if settings["data"] is not None:
             settings["dataset"] = None
-        gaussian = settings["likelihood"] == "gaussian"
-        if not gaussian and ("sigma_x" in explicit or explicit.get("learn_sigma_x")):
-            raise CLIError("--sigma-x and --learn-sigma-x need --likelihood gaussian (a Bernoulli likelihood has no sigma_x)")
+        scaled = LIKELIHOODS.scale(settings["likelihood"]) is not None
+        if not scaled and ("sigma_x" in explicit or explicit.get("learn_sigma_x")):
+            with_scale = " or ".join(f"--likelihood {n}" for n in LIKELIHOODS.names() if LIKELIHOODS.scale(n))
+            raise CLIError(f"--sigma-x and --learn-sigma-x need {with_scale} (a {settings['likelihood'].capitalize()} "
+                           "likelihood has no sigma_x)")
         if settings["learn_sigma_x"] is None:
-            settings["learn_sigma_x"] = gaussian
+            settings["learn_sigma_x"] = scaled
         return settings, None, Path(args.out)
     if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
         raise CLIError(f"--resume {args.resume} writes into that directory; leave out --out (got {args.out})")
@@ -335,7 +343,7 @@ def _settings(args):
     path = Path(args.resume) / "model.pt"
     if not path.is_file():
         raise CLIError(f"--resume {args.resume}: no model.pt there to continue")
-    ck = train.load_checkpoint(path, with_state=True)
+    ck = checkpoints.load_checkpoint(path, with_state=True)
     saved = (ck.metadata or {}).get("train_args")
     if not isinstance(saved, dict) or set(saved) != set(TRAIN_DEFAULTS):
         raise CLIError(f"{path} does not record the settings of a 'python -m vaelib train' run, so --resume cannot "
@@ -351,7 +359,7 @@ def _settings(args):
 def _train(args):
     import torch
 
-    from vaelib import data, models, train
+    from vaelib import checkpoints, data, train
 
     settings, ck, out = _settings(args)
     device = train.resolve_device(args.device)
@@ -373,7 +381,7 @@ def _train(args):
         valid_x, x = x[order[: settings["valid_size"]]], x[order[settings["valid_size"]:]]
 
     if ck is None:
-        if settings["likelihood"] == "gaussian" and settings["sigma_x"] is None:
+        if LIKELIHOODS.scale(settings["likelihood"]) is not None and settings["sigma_x"] is None:
             # sigma_x of the best constant decoder (the mean image): sqrt(mean_d Var(x_d)). Starting at 1 on [0, 1]
             # pixels the KL wins before sigma_x can shrink (no active unit after the default 10 epochs on digits).
             spread = x.double().var(0, correction=0).mean().sqrt().item()
@@ -397,7 +405,7 @@ def _train(args):
 
     def save(model, history):
         with _signals_deferred():
-            train.save_checkpoint(path, model, history=history, metadata=metadata)
+            checkpoints.save_checkpoint(path, model, history=history, metadata=metadata)
             _write_text(out / "history.json", json.dumps(dict(history), indent=1) + "\n")
 
     def every(model, history):
@@ -435,36 +443,30 @@ def _train(args):
         key = "elbo" if "elbo" in history else "log_px_z"
         label = "train ELBO" if key == "elbo" else "train log p(x|z)"
         print(f"epoch {history['epoch'][-1]}: {label} {history[key][-1]:.3f} nats per example")
-    if model.likelihood == "gaussian":
+    if model.sigma_x is not None:
         print(f"sigma_x: {_sigma_text(model)}")
     print(f"wrote {path}, {out / 'history.json'}, {out / 'training_curve.png'}")
 
 
 def _build_model(settings, data_dim):
-    import inspect
-
     import torch
 
     from vaelib import models
 
     cls = models.VAE if settings["model"] == "vae" else models.Autoencoder
     kwargs = {"likelihood": settings["likelihood"]}
-    if settings["likelihood"] == "gaussian":
+    if LIKELIHOODS.scale(settings["likelihood"]) is not None:
         kwargs["sigma_x"] = settings["sigma_x"]
-        if settings["learn_sigma_x"]:
-            if "learn_sigma_x" not in inspect.signature(cls).parameters:
-                raise CLIError(f"--learn-sigma-x: this vaelib's {cls.__name__} cannot learn sigma_x; "
-                               "pass --no-learn-sigma-x")
-            kwargs["learn_sigma_x"] = True
+        kwargs["learn_sigma_x"] = bool(settings["learn_sigma_x"])
     torch.manual_seed(settings["seed"])  # the initial weights
     return cls(data_dim, settings["latent_dim"], settings["hidden"], **kwargs)
 
 
 def _likelihood_text(model):
-    if model.likelihood != "gaussian":
+    if model.sigma_x is None:
         return model.likelihood
     learned = model.config.get("learn_sigma_x", False)
-    return f"gaussian, sigma_x {'learned from ' if learned else ''}{_sigma_text(model, initial=True)}"
+    return f"{model.likelihood}, sigma_x {'learned from ' if learned else ''}{_sigma_text(model, initial=True)}"
 
 
 def _sigma_text(model, initial=False):
@@ -477,13 +479,15 @@ def _sigma_text(model, initial=False):
 
 def _image_shape(shape, data_dim, option):
     """[H, W] with H W = data_dim: the given shape, else the square one, else None (no image grids)."""
-    if shape is not None:
+    from vaelib.plotting import resolve_image_shape
+
+    try:
+        return list(resolve_image_shape(data_dim, shape))
+    except ValueError:
+        if shape is None:
+            return None
         h, w = shape
-        if h * w != data_dim:
-            raise CLIError(f"{option} {h} {w} has {h * w} pixels but the data have {data_dim} per example")
-        return [int(h), int(w)]
-    side = math.isqrt(data_dim)
-    return [side, side] if side * side == data_dim else None
+        raise CLIError(f"{option} {h} {w} has {h * w} pixels but the data have {data_dim} per example") from None
 
 
 def _file_sha256(path):
@@ -494,77 +498,30 @@ def _file_sha256(path):
     return h.hexdigest()
 
 
-def _load_npz(path, likelihood=None):
-    """x_train (N, D) float32 tensor, x_test or None, and [H, W] if the arrays are (N, H, W), from an .npz file.
+def _load_npz(path, likelihood):
+    """vaelib.data.load_npz, its errors as CLIErrors, and the range a likelihood needs checked."""
+    from vaelib import data
 
-    Accepted: float arrays (values in [0, 1] for a Bernoulli likelihood), bool, or uint8 pixels (divided by 255);
-    (N, D) or (N, H, W); finite; at least one example; x_test with the same example shape as x_train.
-    """
-    import zipfile
-
-    import numpy as np
-    import torch
-
-    p = Path(path)
-    if not p.is_file():
-        raise CLIError(f"--data {p}: no such file")
-    with open(p, "rb") as f:
-        magic = f.read(6)
-    if magic[:4] != b"PK\x03\x04" and magic != b"\x93NUMPY":
-        raise CLIError(f"--data {p}: not a readable .npz file (no zip header); save one with np.savez(FILE, x_train=...)")
     try:
-        with np.load(p, allow_pickle=False) as npz:
-            if not hasattr(npz, "files"):
-                raise CLIError(f"--data {p}: a single .npy array, expected an .npz file with x_train (np.savez)")
-            names = list(npz.files)
-            arrays = {k: npz[k] for k in ("x_train", "x_test") if k in names}
-    except CLIError:
-        raise
-    except ValueError as e:  # object arrays: "Object arrays cannot be loaded when allow_pickle=False"
-        raise CLIError(f"--data {p}: {' '.join(str(e).split())}; save plain numeric arrays") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise CLIError(f"--data {p}: not a readable .npz file ({type(e).__name__}: {e})") from None
-    if "x_train" not in arrays:
-        raise CLIError(f"--data {p} has no array 'x_train' (it holds {names}); save it with np.savez(FILE, x_train=..., "
-                       "x_test=...)")
-    out = {}
-    for name, a in arrays.items():
-        where = f"--data {p}: {name}"
-        if a.dtype == np.uint8:
-            a = a.astype(np.float32) / 255.0
-        elif a.dtype.kind == "b" or a.dtype.kind == "f":
-            a = a.astype(np.float32)
-        else:
-            raise CLIError(f"{where} has dtype {a.dtype}; expected floats (in [0, 1] for a Bernoulli likelihood) "
-                           "or uint8 pixels")
-        if a.ndim not in (2, 3) or a.shape[0] == 0 or 0 in a.shape:
-            raise CLIError(f"{where} has shape {a.shape}; expected (N, D) or (N, H, W) with N >= 1 examples")
-        if not np.isfinite(a).all():
-            bad = "NaN" if np.isnan(a).any() else "inf"
-            raise CLIError(f"{where} contains {bad} values; expected finite numbers")
-        if likelihood == "bernoulli" and (a.min() < 0 or a.max() > 1):
-            raise CLIError(f"{where} has values in [{a.min():.4g}, {a.max():.4g}]; --likelihood bernoulli needs [0, 1] "
-                           "(rescale the data or use --likelihood gaussian)")
-        out[name] = a
-    train_shape = out["x_train"].shape[1:]
-    if "x_test" in out and out["x_test"].shape[1:] != train_shape:
-        raise CLIError(f"--data {p}: x_test examples have shape {out['x_test'].shape[1:]}, x_train's {train_shape}")
-    image_shape = list(train_shape) if len(train_shape) == 2 else None
-
-    def flat(a):
-        return torch.from_numpy(np.ascontiguousarray(a.reshape(a.shape[0], -1)))  # (N, D)
-
-    return flat(out["x_train"]), flat(out["x_test"]) if "x_test" in out else None, image_shape
+        x_train, x_test, image_shape = data.load_npz(path)
+    except (ValueError, OSError) as e:
+        raise CLIError(f"--data {e}") from None
+    for name, x in (("x_train", x_train), ("x_test", x_test)):
+        if x is not None and LIKELIHOODS.get(likelihood).unit_interval and (x.min() < 0 or x.max() > 1):
+            raise CLIError(f"--data {Path(path)}: {name} has values in [{x.min():.4g}, {x.max():.4g}]; --likelihood "
+                           f"{likelihood} needs [0, 1] (rescale the data or use a likelihood for real values, e.g. "
+                           "--likelihood gaussian)")
+    return x_train, x_test, image_shape
 
 
 def _write_text(path, text):
-    from vaelib.train import atomic_write
+    from vaelib._atomic import atomic_write
 
     atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 def _save_figure(fig, path):
-    from vaelib.train import atomic_write
+    from vaelib._atomic import atomic_write
 
     atomic_write(path, lambda f: fig.savefig(f, format="png", metadata={"Software": None}))
 
@@ -613,9 +570,9 @@ def _plot_history(history, path, title):
 # -- evaluate ---------------------------------------------------------------------------------------
 
 def _load(path):
-    from vaelib import train
+    from vaelib import checkpoints
 
-    return train.load_checkpoint(path, with_state=True)
+    return checkpoints.load_checkpoint(path, with_state=True)
 
 
 def _evaluation_data(args, metadata, likelihood):
@@ -658,7 +615,7 @@ def cmd_evaluate(args):
         raise CLIError(f"the model expects data_dim {model.data_dim} but {dataset} has {x.shape[1]} values per example")
     model.to(device)
     note = ""
-    if model.likelihood == "bernoulli":
+    if LIKELIHOODS.get(model.likelihood).binarize:
         x = torch.bernoulli(x, generator=torch.Generator().manual_seed(args.seed))  # one fixed binarization
         note = f", binarized once with seed {args.seed}"
     D = model.data_dim
@@ -692,6 +649,7 @@ def cmd_sample(args):
     import torch
 
     from vaelib import models
+    from vaelib.plotting import make_grid
 
     out = Path(args.out)
     if out.suffix.lower() != ".png":
@@ -710,15 +668,8 @@ def cmd_sample(args):
                        "checkpoint records no image shape; pass --image-shape H W")
     height, width = shape
     images = model.sample(args.n, generator=torch.Generator().manual_seed(args.seed))  # (n, D)
-    images = images.clamp(0, 1).reshape(args.n, height, width).cpu().numpy()
-    cols = math.ceil(math.sqrt(args.n))
-    rows = math.ceil(args.n / cols)
-    pad = 1
-    grid = np.ones((rows * (height + pad) + pad, cols * (width + pad) + pad))  # white borders
-    for i, img in enumerate(images):
-        r, c = divmod(i, cols)
-        top, left = pad + r * (height + pad), pad + c * (width + pad)
-        grid[top: top + height, left: left + width] = img
+    grid = make_grid(images.clamp(0, 1), (height, width))  # NaN between the images
+    grid = np.nan_to_num(np.pad(grid, 1, constant_values=np.nan), nan=1.0)  # white borders, outside too
     scale = max(1, math.ceil(256 / grid.shape[1]))  # at least ~256 pixels wide
     grid = np.kron(grid, np.ones((scale, scale)))
     _save_image(grid, out)
@@ -728,7 +679,7 @@ def cmd_sample(args):
 def _save_image(grid, path):
     import matplotlib.image
 
-    from vaelib.train import atomic_write
+    from vaelib._atomic import atomic_write
 
     # pixel probability 1 is white (MNIST convention); the borders between images are white too
     atomic_write(path, lambda f: matplotlib.image.imsave(f, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png"))

@@ -7,6 +7,7 @@ that names the argument, what it got and what was expected.
 import math
 import operator
 
+import numpy as np
 import torch
 
 # The floating dtypes vaelib computes in. Half precision (float16, bfloat16) is refused: log-densities
@@ -30,6 +31,24 @@ def tensor(name, x, *, min_dim=0, finite=True, allow_half=False):
     if finite and not bool(torch.isfinite(x).all()):
         bad = "NaN" if bool(torch.isnan(x).any()) else "inf"
         raise ValueError(f"{name} contains {bad} values (shape {tuple(x.shape)}); expected finite numbers")
+    return x
+
+
+def as_tensor(name, x):
+    """Data as a tensor: a floating-point numpy array becomes one (sharing memory when it can), tensors pass through.
+
+    Raises TypeError for an integer array (with the hint to scale it) or anything that is neither.
+    """
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind != "f":
+            raise TypeError(f"{name} must be a floating-point array (float32 or float64), got numpy dtype {x.dtype} "
+                            f"with shape {x.shape}" + (" (scale integer images to [0, 1] first, e.g. x / 255, or "
+                                                       "x.astype(np.float32) / 255)" if x.dtype.kind in "iu" else ""))
+        if not (x.flags.c_contiguous and x.flags.writeable):
+            x = np.array(x, order="C")  # torch.from_numpy needs a writable, contiguous array
+        return torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or a numpy array, got {type(x).__name__}")
     return x
 
 
@@ -61,7 +80,7 @@ def nonnegative_int(name, n):
 
 
 def renamed(new, new_value, old, old_value, default=None):
-    """The value of a keyword argument renamed from `old` to `new`: the old keyword still works, without a warning.
+    """The value of a keyword argument `new` that also goes by the alias `old`, without a warning.
 
     new_value is what the caller passed as `new` (or its `default`); old_value what they passed as `old` (None when
     not given). Giving both with different values is a TypeError.

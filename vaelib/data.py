@@ -1,4 +1,6 @@
-"""Datasets for the series: embedded digits, MNIST and Fashion-MNIST.
+"""Datasets for the series: embedded digits, MNIST and Fashion-MNIST; your own arrays from an .npz file (`load_npz`).
+
+(Longer than most modules: finding, downloading and verifying the IDX files, with their error paths, is most of it.)
 
 Every dataset loads as `x` float32 (N, D) with pixel values in [0, 1] and `y` int64 (N,).
 
@@ -192,6 +194,72 @@ def load(name, split="train", root=None, download=True, mirrors=None, timeout=30
         _ARRAYS[key] = (x, y)
     x, y = _ARRAYS[key]
     return x.clone(), y.clone()
+
+
+def load_npz(path):
+    """Your own data from an .npz file: x_train, x_test (optional) and the image shape.
+
+    Accepted arrays: float (converted to float32), bool, or uint8 pixels (divided by 255); (N, D) or (N, H, W) with
+    N >= 1; finite; x_test with the same example shape as x_train. The values' range is the caller's to check
+    (a Bernoulli likelihood needs [0, 1]).
+
+    Args:
+        path: an .npz file written by np.savez(path, x_train=..., x_test=...).
+    Returns:
+        x_train: float32 tensor (N, D); x_test: (M, D) or None; image_shape: [H, W] for (N, H, W) arrays, else None.
+    Raises:
+        FileNotFoundError: no file at `path`.
+        ValueError: not a readable .npz file, no x_train, or an array of another dtype, shape or with NaN/inf.
+    """
+    import zipfile
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such file")
+    with open(p, "rb") as f:
+        magic = f.read(6)
+    if magic[:4] != b"PK\x03\x04" and magic != b"\x93NUMPY":
+        raise ValueError(f"{p}: not a readable .npz file (no zip header); save one with np.savez(FILE, x_train=...)")
+    try:
+        with np.load(p, allow_pickle=False) as npz:
+            if not hasattr(npz, "files"):
+                raise ValueError(f"{p}: a single .npy array, expected an .npz file with x_train (np.savez)")
+            names = list(npz.files)
+            arrays = {k: npz[k] for k in ("x_train", "x_test") if k in names}
+    except ValueError as e:  # ours, or object arrays: "Object arrays cannot be loaded when allow_pickle=False"
+        if str(e).startswith(f"{p}:"):
+            raise
+        raise ValueError(f"{p}: {' '.join(str(e).split())}; save plain numeric arrays") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{p}: not a readable .npz file ({type(e).__name__}: {e})") from None
+    if "x_train" not in arrays:
+        raise ValueError(f"{p} has no array 'x_train' (it holds {names}); save it with np.savez(FILE, x_train=..., "
+                         "x_test=...)")
+    out = {}
+    for name, a in arrays.items():
+        where = f"{p}: {name}"
+        if a.dtype == np.uint8:
+            a = a.astype(np.float32) / 255.0
+        elif a.dtype.kind == "b" or a.dtype.kind == "f":
+            a = a.astype(np.float32)
+        else:
+            raise ValueError(f"{where} has dtype {a.dtype}; expected floats (in [0, 1] for a Bernoulli likelihood) "
+                             "or uint8 pixels")
+        if a.ndim not in (2, 3) or a.shape[0] == 0 or 0 in a.shape:
+            raise ValueError(f"{where} has shape {a.shape}; expected (N, D) or (N, H, W) with N >= 1 examples")
+        if not np.isfinite(a).all():
+            bad = "NaN" if np.isnan(a).any() else "inf"
+            raise ValueError(f"{where} contains {bad} values; expected finite numbers")
+        out[name] = a
+    train_shape = out["x_train"].shape[1:]
+    if "x_test" in out and out["x_test"].shape[1:] != train_shape:
+        raise ValueError(f"{p}: x_test examples have shape {out['x_test'].shape[1:]}, x_train's {train_shape}")
+    image_shape = list(train_shape) if len(train_shape) == 2 else None
+
+    def flat(a):
+        return torch.from_numpy(np.ascontiguousarray(a.reshape(a.shape[0], -1)))  # (N, D)
+
+    return flat(out["x_train"]), flat(out["x_test"]) if "x_test" in out else None, image_shape
 
 
 def read_idx(path, max_bytes=MAX_IDX_BYTES):

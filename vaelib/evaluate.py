@@ -20,35 +20,21 @@ import torch
 from tqdm.auto import tqdm
 
 from vaelib import _validate
-from vaelib.distributions import _log_normal, _sample_normal
-from vaelib.models import VAE, Autoencoder
-
-
-def _as_tensor(x):
-    """A floating-point numpy array becomes a tensor sharing its memory (its dtype kept)."""
-    if isinstance(x, np.ndarray):
-        if x.dtype not in (np.float32, np.float64):
-            raise TypeError(f"x must be a floating-point array (float32 or float64), got a numpy array of dtype {x.dtype}; "
-                            "convert it, e.g. x.astype(np.float32) / 255 for 8-bit images")
-        return torch.from_numpy(np.ascontiguousarray(x))
-    return x
+from vaelib.distributions import _kl_normal, _log_normal, _sample_normal
+from vaelib.models import VAE, Autoencoder, check_model
+from vaelib.networks import device_dtype
+from vaelib.registry import LIKELIHOODS
 
 
 def _check(model, x, batch_size, types=(VAE,)):
     """Check the arguments; return x as a tensor (numpy arrays are converted)."""
-    if not isinstance(model, types):
-        names = " or ".join(t.__name__ for t in types)
-        raise TypeError(f"model must be a vaelib.models.{names}, got {type(model).__name__}")
-    x = _as_tensor(x)
-    model._check_x(x, match_model=False)  # batches are converted to the model's dtype and device
-    _validate.values("x", x, unit_interval=model.likelihood == "bernoulli")  # NaN, inf, range: scanned once, here
+    check_model(model, types)
+    x = _validate.as_tensor("x", x)
+    model.check_x(x, match_model=False)  # batches are converted to the model's dtype and device
+    # NaN, inf, the range: scanned once, here
+    _validate.values("x", x, unit_interval=LIKELIHOODS.get(model.likelihood).unit_interval)
     _validate.count("batch_size", batch_size)
     return x
-
-
-def _device_of(model):
-    p = next(model.parameters())
-    return p.device, p.dtype
 
 
 def bits_per_dim(log_px, data_dim):
@@ -92,7 +78,7 @@ def test_elbo(model, x, batch_size=1000, n_samples=1, generator=None):
     x = _check(model, x, batch_size)
     _validate.count("n_samples", n_samples)
     _validate.generator("generator", generator)
-    device, dtype = _device_of(model)
+    device, dtype = device_dtype(model)
     out = [model.elbo_terms(xb.to(device, dtype), n_samples, generator).elbo for xb in x.split(batch_size)]
     return torch.cat(out).to(x.device)
 
@@ -125,7 +111,7 @@ def iwae_log_likelihood(model, x, K=5000, batch_size=100, chunk_size=500, genera
             the result does not depend on it beyond float rounding, but it can change the draws.
         generator: optional torch.Generator on the model's device.
         progress: show a tqdm bar over the batches.
-        k: the former name of K, still accepted (k is the latent size everywhere else in vaelib).
+        k: the same as K (an alias; k is the latent size everywhere else in vaelib).
     Returns:
         (N,) estimate of log p(x) per example in nats.
     """
@@ -134,7 +120,7 @@ def iwae_log_likelihood(model, x, K=5000, batch_size=100, chunk_size=500, genera
     _validate.count("K", K)
     _validate.count("chunk_size", chunk_size)
     _validate.generator("generator", generator)
-    device, dtype = _device_of(model)
+    device, dtype = device_dtype(model)
     out = []
     for xb in tqdm(x.split(batch_size), disable=not progress, unit="batch", desc=f"IWAE K={K}"):
         xb = xb.to(device, dtype)  # (B, D)
@@ -175,7 +161,7 @@ def active_units(model, x, threshold=0.01, batch_size=1000):
     if x.shape[0] < 2:
         raise ValueError(f"x must hold at least 2 examples to estimate a variance, got shape {tuple(x.shape)}")
     threshold = _validate.positive_scalar("threshold", threshold)
-    device, dtype = _device_of(model)
+    device, dtype = device_dtype(model)
 
     def mean_code(xb):
         out = model.encode(xb.to(device, dtype))
@@ -204,11 +190,11 @@ def kl_per_unit(model, x, batch_size=1000):
     x = _check(model, x, batch_size)
     if x.shape[0] == 0:
         raise ValueError(f"x must hold at least one example, got shape {tuple(x.shape)}")
-    device, dtype = _device_of(model)
+    device, dtype = device_dtype(model)
     total = torch.zeros(model.latent_dim, dtype=dtype, device=device)  # (k,) sum over examples
     for xb in x.split(batch_size):
         mu, logvar = model.encode(xb.to(device, dtype))  # (B, k) each
-        total += (0.5 * (torch.exp(logvar) + mu**2 - 1.0 - logvar)).sum(0)  # (B, k) -> (k,)
+        total += _kl_normal(mu[..., None], logvar[..., None]).sum(0)  # KL per unit (B, k, 1) -> (B, k) -> (k,)
     return (total / x.shape[0]).to(x.device)
 
 
@@ -281,7 +267,7 @@ def optimal_gaussian_elbo(model, x, steps=500, lr=0.1, n_samples=16, eval_sample
     _validate.count("eval_samples", eval_samples)
     _validate.count("chunk_size", chunk_size)
     _validate.generator("generator", generator)
-    device, dtype = _device_of(model)
+    device, dtype = device_dtype(model)
     outs = []
     for xb in x.split(batch_size):
         xb = xb.to(device, dtype)  # (B, D)
@@ -357,17 +343,17 @@ def elbo_gaps(model, x, K=1000, steps=500, lr=0.1, n_samples=16, eval_samples=10
             rest from q*).
         steps, lr, n_samples, eval_samples, batch_size, chunk_size, generator: as in `optimal_gaussian_elbo`
             (chunk_size also for the importance sampling).
-        k: the former name of K, still accepted (k is the latent size everywhere else in vaelib).
+        k: the same as K (an alias; k is the latent size everywhere else in vaelib).
     Returns:
         ELBOGaps(log_px, elbo_encoder, elbo_optimal, approximation_gap, amortization_gap), each (N,), on
         the device of x. Both gaps are >= 0 up to Monte Carlo and optimisation error.
     """
     K = _validate.renamed("K", K, "k", k, default=1000)
     _validate.count("K", K)
-    x = _as_tensor(x)
+    x = _validate.as_tensor("x", x)
     opt = optimal_gaussian_elbo(model, x, steps=steps, lr=lr, n_samples=n_samples, eval_samples=eval_samples,
                                 batch_size=batch_size, chunk_size=chunk_size, generator=generator)
-    device, dtype = _device_of(model)
+    device, dtype = device_dtype(model)
     log_px = []
     with torch.no_grad():
         for xb, mub, logvarb in zip(x.split(batch_size), opt.mu.split(batch_size), opt.logvar.split(batch_size)):

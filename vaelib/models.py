@@ -4,14 +4,22 @@ VAE (Kingma & Welling 2013): prior p(z) = N(0, I_k); decoder p(x | z) = Bernoull
 or N(mean(z), sigma_x^2 I_D); encoder q(z | x) = N(mu(x), diag exp(logvar(x))). `logvar` is always
 log sigma^2. Shapes are batch first: x (B, D), z (B, k); extra Monte Carlo samples of z live on a
 leading dimension, z (K, B, k), and broadcast against x. Per-example values are summed over pixels
-and latent dimensions and returned as (B,); the mean over the batch happens only in `loss` (and `_loss`). All values
+and latent dimensions and returned as (B,); the mean over the batch happens only in `loss` (and `loss_terms`). All values
 are in nats with every normalising constant kept (Gaussian: -1/2 log 2 pi sigma_x^2 per pixel).
 
 The methods check their arguments' type, dtype, device and shape (cheap, so `vaelib.train.fit` calls them every
 step). Values (NaN, inf, x outside [0, 1] for a Bernoulli likelihood) are scanned once where data enter:
 `vaelib.train.fit`, the functions of `vaelib.evaluate` and `vaelib.data.load`.
 The constructor arguments are kept in `model.config`, so a checkpoint can rebuild the model
-(`vaelib.train.load_checkpoint`).
+(`vaelib.checkpoints.load_checkpoint`). The likelihood is an object of `vaelib.likelihoods`, found by its name in
+`vaelib.registry.LIKELIHOODS`.
+
+What `fit`, `vaelib.evaluate`, the plots and the explorers use, and a model of your own must provide: `data_dim`,
+`latent_dim`, `likelihood` (a registered name), `check_x`, `encode`, `decode`, `decode_mean`, `loss_terms` (and for a
+VAE `log_joint` and `elbo_terms`).
+
+(Longer than most modules: two models on one base class, every public method with its argument checks; the MLP
+and the checks of your own networks live in `vaelib.networks`.)
 
 Your own networks: `VAE(D, k, encoder=module, decoder=module)` (and the same for `Autoencoder`) replaces the MLP
 with any torch.nn.Module that keeps this contract, checked once at construction on a dummy batch:
@@ -21,14 +29,13 @@ with any torch.nn.Module that keeps this contract, checked once at construction 
              dimensions: z (K, B, k) -> (K, B, D), each z[i] decoded on its own.
 Such a model's config says so (`config["encoder"] == "custom"` and/or `config["decoder"] == "custom"`), so it
 is never mistaken for the MLP it is not; its weights load into a model you build
-(`vaelib.train.load_checkpoint(path, model=...)`).
+(`vaelib.checkpoints.load_checkpoint(path, model=...)`).
 """
 
 import math
 import os
 import sys
 import warnings
-from collections import OrderedDict
 from typing import NamedTuple
 
 import numpy as np
@@ -37,9 +44,17 @@ import torch
 from torch import nn
 
 from vaelib import _validate
-from vaelib.distributions import LOG_2PI, _kl_normal, _log_bernoulli, _log_normal, _sample_normal
+from vaelib.distributions import LOG_2PI, _kl_normal, _sample_normal
+from vaelib.networks import check_decoder, check_encoder, check_module, device_dtype, mlp
+from vaelib.registry import LIKELIHOODS
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+
+class LossTerms(NamedTuple):
+    """What `loss_terms` returns: the training loss and its per-example parts, (B,) each, in nats."""
+
+    loss: torch.Tensor  # 0-dim: -(1/B) sum_b [log_px_z_b - beta kl_b]
+    log_px_z: torch.Tensor  # (B,) the reconstruction term
+    kl: torch.Tensor  # (B,) KL(q(z | x) || N(0, I)); zeros for an Autoencoder
 
 
 class ELBOTerms(NamedTuple):
@@ -66,10 +81,8 @@ def _check_dims(data_dim, latent_dim, hidden_dims):
     return hidden_dims
 
 
-def _check_likelihood(likelihood, sigma_x, data_dim):
+def _check_sigma_x(sigma_x, data_dim):
     """sigma_x as a float (shared by all pixels) or a float64 CPU tensor (D,) (one per pixel)."""
-    if likelihood not in LIKELIHOODS:
-        raise ValueError(f"likelihood must be one of {', '.join(map(repr, LIKELIHOODS))}, got {likelihood!r}")
     if isinstance(sigma_x, (list, tuple, np.ndarray)) or (isinstance(sigma_x, torch.Tensor) and sigma_x.dim() > 0):
         try:
             vec = torch.as_tensor(np.asarray(sigma_x.detach().cpu() if isinstance(sigma_x, torch.Tensor) else sigma_x,
@@ -85,172 +98,63 @@ def _check_likelihood(likelihood, sigma_x, data_dim):
     return _validate.positive_scalar("sigma_x", sigma_x)
 
 
-def _check_module(name, module):
-    """None for the MLP, else the user's nn.Module; the config's "custom" marker is not a module."""
-    if module is None or (isinstance(module, str) and module == "mlp"):
-        return None
-    if isinstance(module, str) and module == "custom":
-        raise ValueError(
-            f"{name}='custom' marks a model built with your own {name} module, which a config cannot rebuild: "
-            f"construct the module and pass it ({name}=MyModule()), or load saved weights into a model you built "
-            "with vaelib.train.load_checkpoint(path, model=...)")
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"{name} must be a torch.nn.Module (or None for the MLP), got {type(module).__name__}")
-    return module
-
-
-class _DummyCall:
-    """Run a user's module on a dummy batch: in eval mode (dropout off, batch norm per example), without
-    gradients, with a private generator (the global RNG and the module's state are left as they were)."""
-
-    def __init__(self, name, module):
-        self.name, self.module = name, module
-        p = next((t for t in module.parameters() if t.is_floating_point()), None)
-        self.dtype = p.dtype if p is not None else torch.get_default_dtype()
-        self.device = p.device if p is not None else torch.device("cpu")
-        self.gen = torch.Generator().manual_seed(0)
-
-    def describe(self):
-        return f"{self.name} ({type(self.module).__name__})"
-
-    def randn(self, *shape):
-        return torch.randn(*shape, generator=self.gen, dtype=torch.float64).to(self.device, self.dtype)
-
-    def rand(self, *shape):
-        return torch.rand(*shape, generator=self.gen, dtype=torch.float64).to(self.device, self.dtype)
-
-    def __call__(self, inp, what):
-        modes = [(m, m.training) for m in self.module.modules()]
-        self.module.eval()
-        try:
-            with torch.no_grad():
-                return self.module(inp)
-        except Exception as e:
-            raise ValueError(f"{self.describe()} failed on a dummy batch {what} of shape {tuple(inp.shape)}: "
-                             f"{type(e).__name__}: {e}") from e
-        finally:
-            for m, mode in modes:
-                m.training = mode
-
-
-def _shape_of(out):
-    if isinstance(out, torch.Tensor):
-        return f"a tensor of shape {tuple(out.shape)}"
-    if isinstance(out, (tuple, list)):
-        return f"a {type(out).__name__} of " + ", ".join(_shape_of(o) if isinstance(o, torch.Tensor) else type(o).__name__
-                                                          for o in out)
-    return f"a {type(out).__name__}"
-
-
-def _check_finite(call, out):
-    for t in out if isinstance(out, (tuple, list)) else (out,):
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{call.describe()} returned NaN or inf on a dummy batch")
-
-
-def _check_decoder(module, data_dim, latent_dim):
-    """decoder: z (..., k) -> (..., D), each leading index decoded on its own. Raises ValueError otherwise."""
-    call, k, D = _DummyCall("decoder", module), latent_dim, data_dim
-    z = call.randn(2, 3, k)  # (S, B, k): 2 samples of z for each of 3 examples
-    expect = f"must map z of shape (..., k) to (..., D), keeping any leading sample dimensions (k = {k}, D = {D})"
-    for zz in (z[0], z):
-        out = call(zz, "z")
-        want = (*zz.shape[:-1], D)
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
-            hint = (" (it flattens the sample dimension: reshape the output with z.shape[:-1], e.g. "
-                    "out.reshape(*z.shape[:-1], D))" if isinstance(out, torch.Tensor) and zz.dim() == 3
-                    and out.dim() == 2 and out.shape[0] == 6 else "")
-            raise ValueError(f"{call.describe()} {expect}: z of shape {tuple(zz.shape)} gave {_shape_of(out)}, "
-                             f"expected {want}{hint}")
-        _check_finite(call, out)
-    # Decoding the (2, 3, k) batch at once must equal decoding each z[i] alone (float rounding aside).
-    each = torch.stack([call(z[i], "z") for i in range(2)])  # (2, 3, D)
-    if not torch.allclose(out, each, rtol=1e-3, atol=1e-4):
-        raise ValueError(f"{call.describe()} {expect}: decoding z of shape {tuple(z.shape)} at once differs from "
-                         f"decoding each z[i] of shape {tuple(z.shape[1:])} (max difference "
-                         f"{(out - each).abs().max().item():.3g}); it mixes the sample and batch dimensions")
-
-
-def _check_encoder(module, data_dim, latent_dim, pair_allowed):
-    """encoder: x (B, D) -> (B, 2k) or (mu, logvar) (VAE), or (B, k) (Autoencoder). Raises ValueError otherwise."""
-    call, k, D = _DummyCall("encoder", module), latent_dim, data_dim
-    x = call.rand(3, D)  # (B, D) in [0, 1]
-    out = call(x, "x")
-    if pair_allowed:
-        ok = (isinstance(out, torch.Tensor) and tuple(out.shape) == (3, 2 * k)) or (
-            isinstance(out, (tuple, list)) and len(out) == 2
-            and all(isinstance(o, torch.Tensor) and tuple(o.shape) == (3, k) for o in out))
-        want = f"a tensor (B, 2k) = (3, {2 * k}) [mu, logvar side by side] or a pair (mu, logvar) of shape (3, {k}) each"
-    else:
-        ok = isinstance(out, torch.Tensor) and tuple(out.shape) == (3, k)
-        want = f"the code, a tensor (B, k) = (3, {k})"
-    if not ok:
-        raise ValueError(f"{call.describe()} must map x of shape (B, D) = (3, {D}) to {want}; got {_shape_of(out)}")
-    _check_finite(call, out)
-
-
-def _mlp(sizes, prefix):
-    """Linear + ReLU for each consecutive pair of sizes: hidden1, relu1, hidden2, relu2, ..."""
-    layers = OrderedDict()
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
-        layers[f"{prefix}{i}"] = nn.Linear(n_in, n_out)
-        layers[f"relu{i}"] = nn.ReLU()
-    return layers
-
 
 class _EncoderDecoder(nn.Module):
     """Shared parts: the encoder body, the decoder, the likelihood p(x | z), argument checks."""
 
     def __init__(self, data_dim, latent_dim, hidden_dims, likelihood, sigma_x, learn_sigma_x, encoder, decoder):
         super().__init__()
-        custom_encoder, custom_decoder = _check_module("encoder", encoder), _check_module("decoder", decoder)
+        custom_encoder, custom_decoder = check_module("encoder", encoder), check_module("decoder", decoder)
         both_custom = custom_encoder is not None and custom_decoder is not None
         if both_custom and hidden_dims is not None:
             raise ValueError(f"hidden_dims={hidden_dims!r} describes the MLP encoder and decoder; with your own encoder "
                              "and decoder there is no MLP: leave hidden_dims out")
         hidden_dims = _check_dims(data_dim, latent_dim, hidden_dims)
-        sigma_x = _check_likelihood(likelihood, sigma_x, data_dim)
+        lik = LIKELIHOODS.get(likelihood)
+        sigma_x = _check_sigma_x(sigma_x, data_dim)
         if not isinstance(learn_sigma_x, bool):
             raise TypeError(f"learn_sigma_x must be a bool, got {type(learn_sigma_x).__name__}")
-        if learn_sigma_x and likelihood != "gaussian":
-            raise ValueError("learn_sigma_x=True needs likelihood='gaussian' (a Bernoulli likelihood has no sigma_x)")
+        if learn_sigma_x and lik.scale is None:
+            scaled = " or ".join(f"likelihood={n!r}" for n in LIKELIHOODS.names() if LIKELIHOODS.scale(n))
+            raise ValueError(f"learn_sigma_x=True needs {scaled} (a {likelihood.capitalize()} likelihood has no sigma_x)")
         self.data_dim = data_dim
         self.latent_dim = latent_dim
         self.hidden_dims = None if both_custom else hidden_dims
-        self.likelihood = likelihood
+        self.likelihood = likelihood  # the registered name; the object is self._lik
+        self._lik = lik
         self.custom_encoder = custom_encoder is not None
         self.custom_decoder = custom_decoder is not None
         width = hidden_dims[-1] if hidden_dims else data_dim
         if custom_encoder is None:
             # encoder: x (..., D) -> h (..., width); the subclasses add the heads (to_mu, to_logvar).
-            self.encoder = nn.Sequential(_mlp((data_dim, *hidden_dims), "hidden"))
+            self.encoder = nn.Sequential(mlp((data_dim, *hidden_dims), "hidden"))
         else:
             self.encoder = custom_encoder  # checked by the subclass, whose contract it is
         if custom_decoder is None:
             # decoder: z (..., k) -> logits or mean (..., D); the hidden layers mirror the encoder's.
-            layers = _mlp((latent_dim, *hidden_dims[::-1]), "hidden")
-            out = "to_logits" if likelihood == "bernoulli" else "to_mean"
-            layers[out] = nn.Linear(hidden_dims[0] if hidden_dims else latent_dim, data_dim)
+            layers = mlp((latent_dim, *hidden_dims[::-1]), "hidden")
+            layers[lik.output] = nn.Linear(hidden_dims[0] if hidden_dims else latent_dim, data_dim)
             self.decoder = nn.Sequential(layers)
         else:
-            _check_decoder(custom_decoder, data_dim, latent_dim)
+            check_decoder(custom_decoder, data_dim, latent_dim)
             self.decoder = custom_decoder
         self._width = width
-        # log sigma_x of the Gaussian likelihood, shared () or per pixel (D,): a parameter when learned; when
-        # fixed, a float64 buffer (kept out of the state dict: the config holds sigma_x; `_apply` keeps it float64
+        # log sigma_x of a likelihood with a scale (Gaussian), shared () or per pixel (D,): a parameter when learned;
+        # when fixed, a float64 buffer (kept out of the state dict: the config holds sigma_x; `_apply` keeps it float64
         # through model.float() / .double() / .to()), cast to the data's dtype where it is used. Bernoulli: none.
         vector = isinstance(sigma_x, torch.Tensor)
         log_sigma = torch.log(sigma_x) if vector else torch.tensor(math.log(sigma_x), dtype=torch.float64)
-        if likelihood == "gaussian" and learn_sigma_x:
+        if lik.scale is not None and learn_sigma_x:
             self.log_sigma_x = nn.Parameter(log_sigma.to(torch.get_default_dtype()))
-        elif likelihood == "gaussian":
+        elif lik.scale is not None:
             self.register_buffer("log_sigma_x", log_sigma, persistent=False)
             self._log_sigma_x64 = log_sigma  # the exact value, for _apply
         else:
             self.log_sigma_x = None
-        # A fixed sigma_x = 1 on data in [0, 1] lets the KL term win (notebook 07): warn once, at the first data.
-        self._warn_sigma_x_pending = (likelihood == "gaussian" and not learn_sigma_x
-                                      and bool((torch.as_tensor(sigma_x) == 1.0).all()))
+        # A fixed sigma_x = 1 on data in [0, 1] lets the KL term win (notebook 07): the model warns once, at the first
+        # data, while this is True. Set it to False when sigma_x = 1 is what you mean (a demonstration of the collapse).
+        self.warn_unit_sigma_x = (lik.scale is not None and not learn_sigma_x
+                                  and bool((torch.as_tensor(sigma_x) == 1.0).all()))
         self._config = {
             "data_dim": data_dim,
             "latent_dim": latent_dim,
@@ -278,7 +182,7 @@ class _EncoderDecoder(nn.Module):
 
         A model with your own encoder or decoder has config["encoder"] / config["decoder"] set to "custom"
         (the other one "mlp"), and hidden_dims None when both are custom: the config describes it but cannot
-        rebuild it (load its weights into a model you build: `vaelib.train.load_checkpoint(path, model=...)`).
+        rebuild it (load its weights into a model you build: `vaelib.checkpoints.load_checkpoint(path, model=...)`).
         sigma_x is a float or a list of D floats (the initial value when learned).
         """
         out = dict(self._config)
@@ -290,9 +194,6 @@ class _EncoderDecoder(nn.Module):
     def extra_repr(self):
         return ", ".join(f"{k}={v!r}" if k != "sigma_x" or not isinstance(v, list) else f"sigma_x=<{len(v)} values>"
                          for k, v in self._config.items())
-
-    def _param(self):
-        return next(self.parameters())
 
     @property
     def sigma_x(self):
@@ -307,15 +208,21 @@ class _EncoderDecoder(nn.Module):
 
     # -- checks -------------------------------------------------------------------------------------
     def _check_like_model(self, name, t):
-        p = self._param()
-        if t.dtype != p.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but the model's parameters are {p.dtype}: "
-                            f"convert one of them ({name}.to({p.dtype}) or model.to({t.dtype}))")
-        if t.device != p.device:
-            raise ValueError(f"{name} is on {t.device} but the model is on {p.device}: move one of them")
+        device, dtype = device_dtype(self)
+        if t.dtype != dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but the model's parameters are {dtype}: "
+                            f"convert one of them ({name}.to({dtype}) or model.to({t.dtype}))")
+        if t.device != device:
+            raise ValueError(f"{name} is on {t.device} but the model is on {device}: move one of them")
 
-    def _check_x(self, x, name="x", event_only=False, match_model=True):
-        """Type, dtype, device and shape of data x; values are scanned at the entry points (module docstring)."""
+    def check_x(self, x, name="x", event_only=False, match_model=True):
+        """Check the type and shape of data x for this model; return x.
+
+        x must be a float tensor of shape (B, D) ((..., D) with event_only); with match_model, in the model's dtype
+        and on its device (without, half precision is accepted too: the caller converts). Values (NaN, inf, the
+        range) are not scanned here: `fit` and `vaelib.evaluate` scan them once where data enter.
+        Raises TypeError or ValueError naming `name`.
+        """
         _validate.tensor(name, x, min_dim=1, finite=False, allow_half=not match_model)  # converted when not matched
         if match_model:
             self._check_like_model(name, x)
@@ -345,25 +252,30 @@ class _EncoderDecoder(nn.Module):
         """
         return self.decoder(self._check_z(z))
 
+    def decode_mean(self, z):
+        """E[x | z], the mean of p(x | z): pixel probabilities sigmoid(logits) (Bernoulli) or the mean (Gaussian).
+
+        Args:
+            z: (..., k) latent codes.
+        Returns:
+            (..., D).
+        """
+        return self._lik.mean(self.decode(z))
+
     def _log_px_z(self, x, out):
         """log p(x | z) from the decoder output `out` (logits or mean), summed over pixels."""
-        if self.likelihood == "bernoulli":
-            return _log_bernoulli(x, out)
-        if self._warn_sigma_x_pending:
+        if self.warn_unit_sigma_x:
             self._warn_about_sigma_x(x)
-        # log N(x; mean, diag sigma_x^2) = -1/2 sum_d [log 2 pi + 2 log sigma_x,d + (x_d - mean_d)^2 / sigma_x,d^2]
-        return _log_normal(x, out, 2.0 * self.log_sigma_x.to(out.dtype))
+        return self._lik.log_prob(x, out, self.log_sigma_x)
 
     def _warn_about_sigma_x(self, x):
-        self._warn_sigma_x_pending = False  # once per model, at the first data it sees
+        self.warn_unit_sigma_x = False  # once per model, at the first data it sees
         if x.numel() and 0.0 <= x.min().item() and x.max().item() <= 1.0:
             warnings.warn(
-                f"{type(self).__name__} has a fixed sigma_x = 1 on data in [0, 1], where a Gaussian likelihood barely "
+                f"{type(self).__name__} has a fixed sigma_x = 1 on data in [0, 1], where a "
+                f"{self.likelihood.capitalize()} likelihood barely "
                 "rewards reconstruction and the model collapses to the prior (notebook 07): pass a smaller sigma_x "
                 "(e.g. 0.1) or learn_sigma_x=True.", UserWarning, stacklevel=_caller_outside_vaelib())
-
-    def _mean_of(self, out):
-        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
 
 
 class VAE(_EncoderDecoder):
@@ -395,7 +307,7 @@ class VAE(_EncoderDecoder):
                  encoder=None, decoder=None):
         super().__init__(data_dim, latent_dim, hidden_dims, likelihood, sigma_x, learn_sigma_x, encoder, decoder)
         if self.custom_encoder:
-            _check_encoder(self.encoder, data_dim, latent_dim, pair_allowed=True)
+            check_encoder(self.encoder, data_dim, latent_dim, pair_allowed=True)
         else:
             self.to_mu = nn.Linear(self._width, latent_dim)
             self.to_logvar = nn.Linear(self._width, latent_dim)
@@ -410,7 +322,7 @@ class VAE(_EncoderDecoder):
         Returns:
             mu, logvar: (..., k) each.
         """
-        self._check_x(x, event_only=True)
+        self.check_x(x, event_only=True)
         if not self.custom_encoder:
             h = self.encoder(x)
             return self.to_mu(h), self.to_logvar(h)
@@ -428,7 +340,7 @@ class VAE(_EncoderDecoder):
         Returns:
             (..., B) in nats.
         """
-        self._check_x(x)
+        self.check_x(x)
         return self._log_px_z(x, self.decode(z))
 
     def log_prior(self, z):
@@ -461,7 +373,7 @@ class VAE(_EncoderDecoder):
         Returns:
             ELBOTerms(elbo, log_px_z, kl), each (B,) in nats.
         """
-        self._check_x(x)
+        self.check_x(x)
         _validate.count("n_samples", n_samples)
         _validate.generator("generator", generator)
         mu, logvar = self.encode(x)  # (B, k) each
@@ -486,10 +398,18 @@ class VAE(_EncoderDecoder):
         """
         return self.elbo_terms(x, n_samples, generator).elbo
 
-    def _loss(self, x, beta=1.0, n_samples=1, generator=None):
-        """(loss, log_px_z, kl): the training loss (0-dim) and its per-example parts (B,); what fit calls."""
+    def loss_terms(self, x, beta=1.0, n_samples=1, generator=None):
+        """The training loss and its per-example parts: what `fit` calls every step and the validation uses.
+
+        loss = -(1/B) sum_b [log_px_z_b - beta kl_b], with log_px_z and kl from `elbo_terms`.
+
+        Args:
+            x: (B, D) data; n_samples, generator: as in `elbo_terms`; beta: KL weight >= 0.
+        Returns:
+            LossTerms(loss 0-dim, log_px_z (B,), kl (B,)).
+        """
         terms = self.elbo_terms(x, n_samples, generator)
-        return -(terms.log_px_z - beta * terms.kl).mean(), terms.log_px_z, terms.kl
+        return LossTerms(-(terms.log_px_z - _validate.beta(beta) * terms.kl).mean(), terms.log_px_z, terms.kl)
 
     def loss(self, x, beta=1.0, n_samples=1, generator=None):
         """Training loss: minus the batch mean of the per-example ELBO (of the beta-weighted objective).
@@ -505,8 +425,8 @@ class VAE(_EncoderDecoder):
         Returns:
             0-dim tensor.
         """
-        _validate.nonempty_batch("x", self._check_x(x))  # the mean over an empty batch is NaN
-        return self._loss(x, _validate.beta(beta), n_samples, generator)[0]
+        _validate.nonempty_batch("x", self.check_x(x))  # the mean over an empty batch is NaN
+        return self.loss_terms(x, beta, n_samples, generator).loss
 
     # -- generation ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -528,19 +448,17 @@ class VAE(_EncoderDecoder):
         _validate.generator("generator", generator)
         if not isinstance(noisy, bool):
             raise TypeError(f"noisy must be a bool, got {type(noisy).__name__}")
-        p = self._param()
-        device = generator.device if generator is not None else p.device
+        model_device, dtype = device_dtype(self)
+        device = generator.device if generator is not None else model_device
 
         def draw(fn, *shape):  # on the generator's device, then moved to the model's
-            return fn(*shape, generator=generator, dtype=p.dtype, device=device).to(p.device)
+            return fn(*shape, generator=generator, dtype=dtype, device=device).to(model_device)
 
         z = draw(torch.randn, n, self.latent_dim)  # (n, k)
-        mean = self._mean_of(self.decoder(z))  # (n, D)
+        out = self.decoder(z)  # (n, D) logits or mean
         if not noisy:
-            return mean
-        if self.likelihood == "bernoulli":
-            return (draw(torch.rand, n, self.data_dim) < mean).to(p.dtype)  # (n, D) in {0, 1}
-        return mean + torch.exp(self.log_sigma_x.to(p.dtype)) * draw(torch.randn, n, self.data_dim)  # (n, D)
+            return self._lik.mean(out)
+        return self._lik.sample(out, self.log_sigma_x, lambda fn: draw(fn, n, self.data_dim))  # (n, D)
 
 
 class Autoencoder(_EncoderDecoder):
@@ -566,14 +484,14 @@ class Autoencoder(_EncoderDecoder):
                  encoder=None, decoder=None):
         super().__init__(data_dim, latent_dim, hidden_dims, likelihood, sigma_x, learn_sigma_x, encoder, decoder)
         if self.custom_encoder:
-            _check_encoder(self.encoder, data_dim, latent_dim, pair_allowed=False)
+            check_encoder(self.encoder, data_dim, latent_dim, pair_allowed=False)
         else:
             self.to_mu = nn.Linear(self._width, latent_dim)
         self._finish_config(learn_sigma_x)
 
     def encode(self, x):
         """The code z = to_mu(encoder(x)) (or your encoder's output).  x: (..., D) -> z: (..., k)."""
-        self._check_x(x, event_only=True)
+        self.check_x(x, event_only=True)
         if not self.custom_encoder:
             return self.to_mu(self.encoder(x))
         return self.encoder(x.reshape(-1, self.data_dim)).reshape(*x.shape[:-1], -1)  # your encoder takes (B, D)
@@ -586,14 +504,14 @@ class Autoencoder(_EncoderDecoder):
         Returns:
             (B,) in nats.
         """
-        self._check_x(x)
+        self.check_x(x)
         return self._log_px_z(x, self.decoder(self.encode(x)))
 
-    def _loss(self, x, beta=1.0, n_samples=1, generator=None):
-        """(loss, log_px_z, kl) as for the VAE, with kl = 0 (B,): an autoencoder has no KL; beta, n_samples and
-        generator are ignored (there is no sampling). What fit calls."""
+    def loss_terms(self, x, beta=1.0, n_samples=1, generator=None):
+        """LossTerms(loss, log_px_z, kl) as for the VAE, with kl = 0 (B,): an autoencoder has no KL, so beta,
+        n_samples and generator change nothing (there is no sampling). What `fit` calls every step."""
         log_px_z = self.reconstruction_log_likelihood(x)
-        return -log_px_z.mean(), log_px_z, torch.zeros_like(log_px_z)
+        return LossTerms(-log_px_z.mean(), log_px_z, torch.zeros_like(log_px_z))
 
     def loss(self, x):
         """Minus the batch mean of the reconstruction log-likelihood: -(1/B) sum_b log p(x_b | z_b).
@@ -603,10 +521,18 @@ class Autoencoder(_EncoderDecoder):
         Returns:
             0-dim tensor.
         """
-        return self._loss(_validate.nonempty_batch("x", self._check_x(x)))[0]
+        return self.loss_terms(_validate.nonempty_batch("x", self.check_x(x))).loss
 
 
 MODELS = {"VAE": VAE, "Autoencoder": Autoencoder}
+
+
+def check_model(model, types=(VAE, Autoencoder)):
+    """Raise TypeError unless `model` is an instance of one of `types`; return it."""
+    if not isinstance(model, types):
+        names = " or ".join(t.__name__ for t in types)
+        raise TypeError(f"model must be a vaelib.models.{names}, got {type(model).__name__}")
+    return model
 
 
 def _caller_outside_vaelib():

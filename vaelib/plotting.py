@@ -197,7 +197,11 @@ def _new_axes(ax, figsize):
     return plt.subplots(figsize=figsize)
 
 
-def _image_shape(D, image_shape):
+def resolve_image_shape(D, image_shape=None):
+    """(H, W) of images of D pixels: `image_shape` checked against D, or the square one when it is None.
+
+    Raises ValueError when H W != D, or when image_shape is None and D is not a square number.
+    """
     if image_shape is None:
         side = math.isqrt(D)
         if side * side != D:
@@ -226,7 +230,7 @@ def make_grid(images, image_shape=None, ncols=None, pad=1):
     if a.ndim != 2 or a.shape[0] == 0:
         raise ValueError(f"images must have shape (N, D) or (N, H, W) with N >= 1, got {a.shape}")
     N, D = a.shape
-    H, W = _image_shape(D, image_shape)
+    H, W = resolve_image_shape(D, image_shape)
     ncols = math.ceil(math.sqrt(N)) if ncols is None else ncols
     if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
         raise ValueError(f"ncols must be an int >= 1, got {ncols!r}")
@@ -338,17 +342,18 @@ def latent_manifold(model, n=15, image_shape=None, ax=None, title=None, cmap="gr
     import torch
 
     from vaelib.models import VAE
+    from vaelib.networks import device_dtype
 
     if not isinstance(model, VAE):
         raise TypeError(f"model must be a vaelib.models.VAE, got {type(model).__name__}")
     if model.latent_dim != 2:
         raise ValueError(f"latent_manifold needs a 2-D latent space, the model has latent_dim = {model.latent_dim}")
     codes = manifold_codes(n)  # (n, n, 2)
-    p = next(model.parameters())
+    device, dtype = device_dtype(model)
     with torch.no_grad():
-        z = torch.from_numpy(codes.reshape(-1, 2)).to(p.device, p.dtype)  # (n*n, 2)
-        images = model._mean_of(model.decode(z))  # (n*n, D)
-    H, W = _image_shape(model.data_dim, image_shape)
+        z = torch.from_numpy(codes.reshape(-1, 2)).to(device, dtype)  # (n*n, 2)
+        images = model.decode_mean(z)  # (n*n, D)
+    H, W = resolve_image_shape(model.data_dim, image_shape)
     fig = image_grid(images, (H, W), ncols=n, pad=0, ax=ax, title=title, cmap=cmap)
     ax = fig.axes[0] if ax is None else ax
     ax.set_axis_on()
