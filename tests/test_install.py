@@ -26,12 +26,13 @@ SCRIPT = textwrap.dedent(
     import torch
 
     import vaelib
-    from vaelib import data, evaluate, plotting, train
+    from vaelib import checkpoints, data, evaluate, plotting, train, widgets  # every subpackage is installed
     from vaelib.models import VAE
 
     site, repo, work = (Path(p).resolve() for p in sys.argv[1:4])
     here = Path(vaelib.__file__).resolve()
     assert site in here.parents, f"vaelib imported from {here}, not from the install target {site}"
+    assert site in Path(widgets.__file__).resolve().parents and callable(widgets.kl_identity_explorer)
     assert plotting._repo_root() is None
     assert plotting.figures_dir() == work / "figures", plotting.figures_dir()
     x, _ = data.load("digits")
