@@ -4,8 +4,9 @@ from vaelib import _atomic
 
 
 def replace_section(path, heading, section):
-    """Write `section` (which starts with `heading`) into the Markdown file `path` in place of the old section of
-    that heading, or at the end if there is none; the other sections are kept as they are."""
+    """Write `section` (which starts with `heading`) into the Markdown file `path` in place of the
+    old section of that heading, or at the end if there is none; the other sections are kept as they
+    are."""
     text = path.read_text() if path.exists() else "# Benchmark results\n"
     section = section.rstrip("\n") + "\n"
     start = text.find(heading)

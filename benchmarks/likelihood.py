@@ -1,34 +1,42 @@
 """Train one VAE under a density-estimation protocol and write its test NLL to a JSON file.
 
-The run only; `benchmarks/likelihood_report.py` turns the JSON files of several seeds into the tables and
-the curve in RESULTS.md.
+The run only; `benchmarks/likelihood_report.py` turns the JSON files of several seeds into the
+tables and the curve in RESULTS.md.
 
 Two protocols (--protocol), the same data split and the same evaluation:
-  - "ours" (default): Adam with a cosine learning rate from --lr to --lr-final over --epochs epochs (set before
-    each epoch, never from the wall-clock), linear KL warm-up from 0 over --warmup-epochs, PyTorch's default
-    initialisation, exact Bernoulli log-likelihood from logits; the epoch with the best validation ELBO is kept.
-  - "reference": the training choices of the published number's code (github.com/sajadn/Exemplar-VAE,
-    density_estimation.py), as a control: AdamNormGrad (each parameter tensor's gradient divided by its L2 norm
-    + 1e-7, then Adam) at a constant 5e-4, He-normal initial weights N(0, 2 / fan_in), KL weight min(1, epoch / 100),
-    early stopping with patience 50 (not counted during the warm-up) up to 2000 epochs, Bernoulli probabilities
-    clamped to [1e-5, 1 - 1e-5], validation set binarized by their numpy seed-777 draw.
-Both: the first 50,000 training images train (binarized afresh for every minibatch or epoch), the last 10,000
-validate. Architecture "gated" (the reference's): 784-300-300-40 gated dense layers, h = (W x + b) * sigmoid(V x + c),
-encoder log-variance bounded to [-6, 2] by a hardtanh; "mlp" is vaelib's ReLU MLP.
+  - "ours" (default): Adam with a cosine learning rate from --lr to --lr-final over --epochs epochs
+    (set before each epoch, never from the wall-clock), linear KL warm-up from 0 over
+    --warmup-epochs, PyTorch's default initialisation, exact Bernoulli log-likelihood from logits;
+    the epoch with the best validation ELBO is kept.
+  - "reference": the training choices of the published number's code
+    (github.com/sajadn/Exemplar-VAE, density_estimation.py), as a control: AdamNormGrad (each
+    parameter tensor's gradient divided by its L2 norm + 1e-7, then Adam) at a constant 5e-4,
+    He-normal initial weights N(0, 2 / fan_in), KL weight min(1, epoch / 100), early stopping with
+    patience 50 (not counted during the warm-up) up to 2000 epochs, Bernoulli probabilities clamped
+    to [1e-5, 1 - 1e-5], validation set binarized by their numpy seed-777 draw.
+Both: the first 50,000 training images train (binarized afresh for every minibatch or epoch), the
+    last 10,000
+validate. Architecture "gated" (the reference's): 784-300-300-40 gated dense layers, h = (W x + b) *
+sigmoid(V x + c), encoder log-variance bounded to [-6, 2] by a hardtanh; "mlp" is vaelib's ReLU MLP.
 
 Evaluation of the kept model: test NLL = -log p(x) with K = --k importance samples from the encoder
-(`vaelib.evaluate.iwae_log_likelihood`) on all 10,000 test images, on each of several binarizations of the test
-set (--binarizations): "reference777" is the reference's own draw (numpy RandomState(777), the validation set
-drawn first, then the test set, as their loader does), "torch12345" the draw of our earlier runs, "numpyS" a fresh
-numpy RandomState(S) draw. Saved block by block (1000 images), so a stopped evaluation resumes. Nats per image.
+(`vaelib.evaluate.iwae_log_likelihood`) on all 10,000 test images, on each of several binarizations
+of the test
+set (--binarizations): "reference777" is the reference's own draw (numpy RandomState(777), the
+    validation set
+drawn first, then the test set, as their loader does), "torch12345" the draw of our earlier runs,
+"numpyS" a fresh numpy RandomState(S) draw. Saved block by block (1000 images), so a stopped
+evaluation resumes. Nats per image.
 
-Every --curve-every epochs the test NLL on the first --curve-images test images (K = --curve-k, draw torch12345)
-is added to the curve, and the JSON and a checkpoint are saved, so a stopped run resumes where it was (--resume).
+Every --curve-every epochs the test NLL on the first --curve-images test images (K = --curve-k, draw
+torch12345) is added to the curve, and the JSON and a checkpoint are saved, so a stopped run resumes
+where it was (--resume).
 
-    python benchmarks/likelihood.py --seed 0 --out /tmp/lk/seed0                         # the RESULTS.md rows
-    python benchmarks/likelihood.py --protocol reference --seed 0 --out /tmp/lk/ref0      # the control run
-    python benchmarks/likelihood.py --seed 0 --epochs 2 --train-limit 1000 --k 50 --test-limit 200 --out /tmp/lk-smoke
-    python benchmarks/likelihood.py --dataset mnist ...    # exits with a message when the files are absent
+    python benchmarks/likelihood.py --seed 0 --out /tmp/lk/seed0                         # the
+    RESULTS.md rows python benchmarks/likelihood.py --protocol reference --seed 0 --out /tmp/lk/ref0
+    # the control run python benchmarks/likelihood.py --seed 0 --epochs 2 --train-limit 1000 --k 50
+    --test-limit 200 --out /tmp/lk-smoke python benchmarks/likelihood.py --dataset mnist ...    #
+    exits with a message when the files are absent
 """
 
 import argparse
@@ -49,7 +57,9 @@ from torch import nn
 from vaelib import _atomic, checkpoints, data, evaluate, train
 from vaelib.models import VAE
 
-CURVE_BINARIZATION = "torch12345"  # the draw of the curve points (and of the runs before the multi-draw evaluation)
+CURVE_BINARIZATION = (
+    "torch12345"  # the draw of the curve points (and of the runs before the multi-draw evaluation)
+)
 BINARIZATIONS = ("reference777", "torch12345", "numpy1", "numpy2", "numpy3")
 N_VALID = 10000
 BLOCK = 1000  # test images per saved evaluation block
@@ -85,7 +95,8 @@ class GatedEncoder(nn.Module):
 
 
 class ClampLogits(nn.Module):
-    """Logits clamped to +-logit(1 - eps): the same as clamping the probabilities to [eps, 1 - eps]."""
+    """Logits clamped to +-logit(1 - eps): the same as clamping the probabilities to [eps, 1 -
+    eps]."""
 
     def __init__(self, eps):
         super().__init__()
@@ -96,19 +107,27 @@ class ClampLogits(nn.Module):
 
 
 def build_model(kind, data_dim, hidden, latent_dim, protocol="ours"):
-    """The VAE of configuration `kind` ("gated" or "mlp"), Bernoulli decoder; seed torch before calling.
+    """The VAE of configuration `kind` ("gated" or "mlp"), Bernoulli decoder; seed torch before
+    calling.
 
-    protocol "reference": every Linear weight drawn He-normal, N(0, 2 / fan_in) (biases keep PyTorch's default),
-    and the decoder's probabilities clamped to [1e-5, 1 - 1e-5]."""
+    protocol "reference": every Linear weight drawn He-normal, N(0, 2 / fan_in) (biases keep
+    PyTorch's default), and the decoder's probabilities clamped to [1e-5, 1 - 1e-5]."""
     if kind == "mlp":
         model = VAE(data_dim, latent_dim, hidden, likelihood="bernoulli")
     else:
         sizes = (latent_dim, *hidden)
-        layers = [GatedDense(a, b) for a, b in zip(sizes[:-1], sizes[1:])] + [nn.Linear(sizes[-1], data_dim)]
+        layers = [GatedDense(a, b) for a, b in zip(sizes[:-1], sizes[1:])] + [
+            nn.Linear(sizes[-1], data_dim)
+        ]
         if protocol == "reference":
             layers.append(ClampLogits(PROB_CLAMP))
-        model = VAE(data_dim, latent_dim, likelihood="bernoulli", encoder=GatedEncoder(data_dim, hidden, latent_dim),
-                    decoder=nn.Sequential(*layers))
+        model = VAE(
+            data_dim,
+            latent_dim,
+            likelihood="bernoulli",
+            encoder=GatedEncoder(data_dim, hidden, latent_dim),
+            decoder=nn.Sequential(*layers),
+        )
     if protocol == "reference":
         with torch.no_grad():
             for m in model.modules():
@@ -118,8 +137,9 @@ def build_model(kind, data_dim, hidden, latent_dim, protocol="ours"):
 
 
 class AdamNormGrad(torch.optim.Optimizer):
-    """Adam on normalised gradients: g <- g / (||g||_2 + 1e-7) for each parameter tensor, then the Adam update
-    with bias correction (Kingma & Ba 2015, alg. 1). The reference's optimizer, as its code describes it."""
+    """Adam on normalised gradients: g <- g / (||g||_2 + 1e-7) for each parameter tensor, then the
+    Adam update with bias correction (Kingma & Ba 2015, alg. 1). The reference's optimizer, as its
+    code describes it."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
@@ -141,12 +161,17 @@ class AdamNormGrad(torch.optim.Optimizer):
                 t = state["step"].item()
                 state["exp_avg"].mul_(beta1).add_(g, alpha=1 - beta1)
                 state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                step_size = group["lr"] * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
-                p.addcdiv_(state["exp_avg"], state["exp_avg_sq"].sqrt().add_(group["eps"]), value=-step_size)
+                step_size = group["lr"] * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+                p.addcdiv_(
+                    state["exp_avg"],
+                    state["exp_avg_sq"].sqrt().add_(group["eps"]),
+                    value=-step_size,
+                )
 
 
 def cosine_lr(epoch, epochs, lr, lr_final):
-    """Learning rate of epoch `epoch` (1-based) of `epochs`: lr at the first, lr_final at the last."""
+    """Learning rate of epoch `epoch` (1-based) of `epochs`: lr at the first, lr_final at the
+    last."""
     fraction = (epoch - 1) / max(epochs - 1, 1)
     return lr_final + 0.5 * (lr - lr_final) * (1.0 + math.cos(math.pi * fraction))
 
@@ -157,27 +182,39 @@ def _unit_float64(x):
 
 
 def _draw_seed(name):
-    """"torchS" / "numpyS" -> ("torch" / "numpy", S); "reference777" -> ("reference", 777)."""
+    """ "torchS" / "numpyS" -> ("torch" / "numpy", S); "reference777" -> ("reference", 777)."""
     for kind in ("torch", "numpy", "reference"):
-        if name.startswith(kind) and name[len(kind):].isdigit() and (kind != "reference" or name == "reference777"):
-            return kind, int(name[len(kind):])
-    raise SystemExit(f"unknown binarization {name!r}; expected reference777, torchS or numpyS (S a number)")
+        if (
+            name.startswith(kind)
+            and name[len(kind) :].isdigit()
+            and (kind != "reference" or name == "reference777")
+        ):
+            return kind, int(name[len(kind) :])
+    raise SystemExit(
+        f"unknown binarization {name!r}; expected reference777, torchS or numpyS (S a number)"
+    )
 
 
 def binarize(name, x_test, x_valid):
-    """(N, D) float32 binarized test set of draw `name` (see the module docstring); x_valid (10000, D) in [0, 1]."""
+    """(N, D) float32 binarized test set of draw `name` (see the module docstring); x_valid (10000,
+    D) in [0, 1]."""
     kind, seed = _draw_seed(name)
     if kind == "torch":
         return torch.bernoulli(x_test, generator=torch.Generator().manual_seed(seed))
     rs = np.random.RandomState(seed)
     if kind == "reference":
-        rs.binomial(1, _unit_float64(x_valid))  # their loader draws the validation set first from the same stream
+        rs.binomial(
+            1, _unit_float64(x_valid)
+        )  # their loader draws the validation set first from the same stream
     return torch.from_numpy(rs.binomial(1, _unit_float64(x_test)).astype(np.float32))
 
 
 def reference_valid(x_valid):
-    """The reference's validation set: numpy RandomState(777) draw of the last 10,000 training images."""
-    return torch.from_numpy(np.random.RandomState(777).binomial(1, _unit_float64(x_valid)).astype(np.float32))
+    """The reference's validation set: numpy RandomState(777) draw of the last 10,000 training
+    images."""
+    return torch.from_numpy(
+        np.random.RandomState(777).binomial(1, _unit_float64(x_valid)).astype(np.float32)
+    )
 
 
 def _block_seed(seed, name, start):
@@ -185,7 +222,8 @@ def _block_seed(seed, name, start):
 
 
 def cpu_model():
-    """The processor's model name (BLAS kernels, hence the last bits of every result, differ between models)."""
+    """The processor's model name (BLAS kernels, hence the last bits of every result, differ between
+    models)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -204,33 +242,65 @@ def write_json(path, obj):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[1:]))
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[1:]),
+    )
     p.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "mnist"))
     p.add_argument("--protocol", default="ours", choices=("ours", "reference"))
     p.add_argument("--model", default="gated", choices=("gated", "mlp"))
     p.add_argument("--hidden", default="300,300", help="hidden widths (default 300,300)")
     p.add_argument("--latent-dim", type=int, default=40)
-    p.add_argument("--epochs", type=int, default=None,
-                   help="epochs (default 300); protocol reference: the most epochs (default 2000)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs (default 300); protocol reference: the most epochs (default 2000)",
+    )
     p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--lr", type=float, default=None, help="(first) learning rate (default 1e-3; reference 5e-4)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="(first) learning rate (default 1e-3; reference 5e-4)",
+    )
     p.add_argument("--lr-final", type=float, default=1e-5)
     p.add_argument("--warmup-epochs", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k", type=int, default=5000, help="importance samples of the final test NLL")
-    p.add_argument("--binarizations", default=",".join(BINARIZATIONS),
-                   help="test-set draws to evaluate on, in order (default: %(default)s)")
-    p.add_argument("--test-limit", type=int, default=None, help="final evaluation on the first N test images only")
-    p.add_argument("--train-limit", type=int, default=None, help="train on the first N of the 50,000 images only (a smoke test)")
-    p.add_argument("--curve-every", type=int, default=20, help="a curve point every this many epochs")
+    p.add_argument(
+        "--binarizations",
+        default=",".join(BINARIZATIONS),
+        help="test-set draws to evaluate on, in order (default: %(default)s)",
+    )
+    p.add_argument(
+        "--test-limit",
+        type=int,
+        default=None,
+        help="final evaluation on the first N test images only",
+    )
+    p.add_argument(
+        "--train-limit",
+        type=int,
+        default=None,
+        help="train on the first N of the 50,000 images only (a smoke test)",
+    )
+    p.add_argument(
+        "--curve-every", type=int, default=20, help="a curve point every this many epochs"
+    )
     p.add_argument("--curve-k", type=int, default=500)
     p.add_argument("--curve-images", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     p.add_argument("--out", type=Path, required=True, help="output folder (outside the repository)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    p.add_argument("--stop-after", type=int, default=None, metavar="E",
-                   help="save and stop after epoch E, to be continued with --resume")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="E",
+        help="save and stop after epoch E, to be continued with --resume",
+    )
     args = p.parse_args(argv)
     args.binarizations = [b for b in args.binarizations.split(",") if b]
     for name in args.binarizations:
@@ -244,21 +314,33 @@ def parse_args(argv):
 
 
 def train_ours(args, r, out, model, x_train, x_valid, x_curve, build):
-    """The cosine-schedule run (protocol "ours"); returns the state dict of the best-validation epoch, or None
-    when stopped by --stop-after."""
+    """The cosine-schedule run (protocol "ours"); returns the state dict of the best-validation
+    epoch, or None when stopped by --stop-after."""
     json_path, last_path, best_path = out / "likelihood.json", out / "last.pt", out / "best.pt"
     history, best_state = None, None
     if args.resume:
         ck = checkpoints.load_checkpoint(last_path, model=model, with_state=True)
         history = ck.history  # carries the optimizer and generator state
-        best_state = copy.deepcopy(checkpoints.load_checkpoint(best_path, model=build()).state_dict())
+        best_state = copy.deepcopy(
+            checkpoints.load_checkpoint(best_path, model=build()).state_dict()
+        )
         log(f"resumed at epoch {history['epoch'][-1]}")
     lr_scale = 0.5 ** len(r["events"])
 
     def curve_point(epoch):
-        r["curve"].append({"epoch": epoch, "nll": curve_nll(args, model, x_curve), "valid_elbo": history["valid_elbo"][-1]})
-        log(f"epoch {epoch}: test NLL {r['curve'][-1]['nll']:.2f} (K={args.curve_k}, {x_curve.shape[0]} images), "
-            f"valid ELBO {history['valid_elbo'][-1]:.2f}, best {r['best']['valid_elbo']:.2f} at {r['best']['epoch']}")
+        r["curve"].append(
+            {
+                "epoch": epoch,
+                "nll": curve_nll(args, model, x_curve),
+                "valid_elbo": history["valid_elbo"][-1],
+            }
+        )
+        log(
+            f"epoch {epoch}: test NLL {r['curve'][-1]['nll']:.2f} (K={args.curve_k}, "
+            f"{x_curve.shape[0]} images), "
+            f"valid ELBO {history['valid_elbo'][-1]:.2f}, best {r['best']['valid_elbo']:.2f} at "
+            f"{r['best']['epoch']}"
+        )
         checkpoints.save_checkpoint(last_path, model, history=history)
         best = build()
         best.load_state_dict(best_state)
@@ -270,19 +352,39 @@ def train_ours(args, r, out, model, x_train, x_valid, x_curve, build):
         lr_e = lr_scale * cosine_lr(epoch + 1, args.epochs, args.lr, args.lr_final)
         t0, c0 = time.perf_counter(), time.process_time()
         try:
-            history = train.fit(model, x_train, 1, batch_size=args.batch_size, lr=lr_e, seed=args.seed,
-                                valid_x=x_valid, progress=False, warmup_epochs=args.warmup_epochs, history=history)
+            history = train.fit(
+                model,
+                x_train,
+                1,
+                batch_size=args.batch_size,
+                lr=lr_e,
+                seed=args.seed,
+                valid_x=x_valid,
+                progress=False,
+                warmup_epochs=args.warmup_epochs,
+                history=history,
+            )
         except FloatingPointError as e:  # fit rolled the model back to the last complete epoch
             lr_scale *= 0.5
-            r["events"].append({"epoch": epoch + 1, "error": str(e), "action": f"retried with lr x{lr_scale:g}"})
+            r["events"].append(
+                {"epoch": epoch + 1, "error": str(e), "action": f"retried with lr x{lr_scale:g}"}
+            )
             log(f"epoch {epoch + 1}: {e}; retrying with the learning rate x{lr_scale:g}")
             if lr_scale < 1e-3:
                 raise
             continue
         epoch = history["epoch"][-1]
-        r["epochs"].append({"epoch": epoch, "lr": lr_e, "elbo": history["elbo"][-1], "kl": history["kl"][-1],
-                            "valid_elbo": history["valid_elbo"][-1], "wall_seconds": time.perf_counter() - t0,
-                            "cpu_seconds": time.process_time() - c0})
+        r["epochs"].append(
+            {
+                "epoch": epoch,
+                "lr": lr_e,
+                "elbo": history["elbo"][-1],
+                "kl": history["kl"][-1],
+                "valid_elbo": history["valid_elbo"][-1],
+                "wall_seconds": time.perf_counter() - t0,
+                "cpu_seconds": time.process_time() - c0,
+            }
+        )
         if r["best"] is None or history["valid_elbo"][-1] > r["best"]["valid_elbo"]:
             r["best"] = {"epoch": epoch, "valid_elbo": history["valid_elbo"][-1]}
             best_state = copy.deepcopy(model.state_dict())
@@ -297,9 +399,9 @@ def train_ours(args, r, out, model, x_train, x_valid, x_curve, build):
 
 
 def train_reference(args, r, out, model, x_train, x_valid, x_curve, build):
-    """The control run (protocol "reference", see the module docstring): a plain loop with AdamNormGrad, the
-    reference's warm-up and early stopping. State saved every 10 epochs and at stops (state.pt); returns the
-    best state dict, or None when stopped by --stop-after."""
+    """The control run (protocol "reference", see the module docstring): a plain loop with
+    AdamNormGrad, the reference's warm-up and early stopping. State saved every 10 epochs and at
+    stops (state.pt); returns the best state dict, or None when stopped by --stop-after."""
     json_path, state_path = out / "likelihood.json", out / "state.pt"
     opt = AdamNormGrad(model.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(args.seed)
@@ -314,8 +416,14 @@ def train_reference(args, r, out, model, x_train, x_valid, x_curve, build):
         log(f"resumed at epoch {epoch}")
 
     def save(epoch):
-        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                 "best": best_state, "patience_count": patience_count, "epoch": epoch}
+        state = {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "generator": gen.get_state(),
+            "best": best_state,
+            "patience_count": patience_count,
+            "epoch": epoch,
+        }
         _atomic.atomic_write(state_path, lambda f: torch.save(state, f))
         write_json(json_path, r)
 
@@ -327,17 +435,33 @@ def train_reference(args, r, out, model, x_train, x_valid, x_curve, build):
         model.train()
         losses = []
         for idx in torch.randperm(N, generator=gen).split(args.batch_size):
-            xb = torch.bernoulli(x_train[idx], generator=gen)  # (B, D) a fresh draw of each minibatch
+            xb = torch.bernoulli(
+                x_train[idx], generator=gen
+            )  # (B, D) a fresh draw of each minibatch
             opt.zero_grad(set_to_none=True)
             loss = model.loss(xb, beta=beta_e, generator=gen)
             loss.backward()
             opt.step()
             losses.append(loss.item())
         model.eval()
-        valid_elbo = evaluate.test_elbo(model, x_valid, generator=torch.Generator().manual_seed(valid_gen_seed)).mean().item()
-        r["epochs"].append({"epoch": epoch, "lr": args.lr, "beta": beta_e, "loss": sum(losses) / len(losses),
-                            "valid_elbo": valid_elbo, "wall_seconds": time.perf_counter() - t0,
-                            "cpu_seconds": time.process_time() - c0})
+        valid_elbo = (
+            evaluate.test_elbo(
+                model, x_valid, generator=torch.Generator().manual_seed(valid_gen_seed)
+            )
+            .mean()
+            .item()
+        )
+        r["epochs"].append(
+            {
+                "epoch": epoch,
+                "lr": args.lr,
+                "beta": beta_e,
+                "loss": sum(losses) / len(losses),
+                "valid_elbo": valid_elbo,
+                "wall_seconds": time.perf_counter() - t0,
+                "cpu_seconds": time.process_time() - c0,
+            }
+        )
         if not math.isfinite(valid_elbo):
             r["stopped"] = {"epoch": epoch, "why": "validation ELBO not finite"}
         elif r["best"] is None or valid_elbo > r["best"]["valid_elbo"]:
@@ -347,11 +471,19 @@ def train_reference(args, r, out, model, x_train, x_valid, x_curve, build):
         else:
             patience_count = 0 if epoch < REFERENCE["warmup_epochs"] else patience_count + 1
             if patience_count > REFERENCE["patience"]:
-                r["stopped"] = {"epoch": epoch, "why": f"no better validation ELBO in {REFERENCE['patience']} epochs"}
+                r["stopped"] = {
+                    "epoch": epoch,
+                    "why": f"no better validation ELBO in {REFERENCE['patience']} epochs",
+                }
         if epoch % args.curve_every == 0:
-            r["curve"].append({"epoch": epoch, "nll": curve_nll(args, model, x_curve), "valid_elbo": valid_elbo})
-            log(f"epoch {epoch}: test NLL {r['curve'][-1]['nll']:.2f}, valid ELBO {valid_elbo:.2f}, best "
-                f"{r['best']['valid_elbo']:.2f} at {r['best']['epoch']}, patience {patience_count}")
+            r["curve"].append(
+                {"epoch": epoch, "nll": curve_nll(args, model, x_curve), "valid_elbo": valid_elbo}
+            )
+            log(
+                f"epoch {epoch}: test NLL {r['curve'][-1]['nll']:.2f}, valid ELBO "
+                f"{valid_elbo:.2f}, best "
+                f"{r['best']['valid_elbo']:.2f} at {r['best']['epoch']}, patience {patience_count}"
+            )
         if epoch % REFERENCE["save_every"] == 0 or r.get("stopped") or epoch == args.stop_after:
             save(epoch)
         if epoch == args.stop_after and r.get("stopped") is None and epoch < args.epochs:
@@ -368,7 +500,8 @@ def curve_nll(args, model, x_curve):
 
 
 def evaluate_draws(args, r, json_path, model, x_test_gray, x_valid_gray):
-    """Test ELBO and IWAE NLL of `model` on each binarization, 1000 images a block, saved after each block."""
+    """Test ELBO and IWAE NLL of `model` on each binarization, 1000 images a block, saved after each
+    block."""
     final = r["final"]
     for name in args.binarizations:
         xb = binarize(name, x_test_gray, x_valid_gray)
@@ -377,15 +510,19 @@ def evaluate_draws(args, r, json_path, model, x_test_gray, x_valid_gray):
         for start in range(0, xb.shape[0], BLOCK):
             if str(start) in res["blocks"]:
                 continue
-            x = xb[start:start + BLOCK]
+            x = xb[start : start + BLOCK]
             t0, c0 = time.perf_counter(), time.process_time()
             g = torch.Generator().manual_seed(_block_seed(args.seed, name, start))
             elbo = evaluate.test_elbo(model, x, generator=g).double()
             log_px = evaluate.iwae_log_likelihood(model, x, K=args.k, generator=g).double()
-            res["blocks"][str(start)] = {"n": int(x.shape[0]), "log_px_sum": log_px.sum().item(),
-                                         "log_px_sumsq": (log_px ** 2).sum().item(), "elbo_sum": elbo.sum().item(),
-                                         "cpu_seconds": time.process_time() - c0,
-                                         "wall_seconds": time.perf_counter() - t0}
+            res["blocks"][str(start)] = {
+                "n": int(x.shape[0]),
+                "log_px_sum": log_px.sum().item(),
+                "log_px_sumsq": (log_px**2).sum().item(),
+                "elbo_sum": elbo.sum().item(),
+                "cpu_seconds": time.process_time() - c0,
+                "wall_seconds": time.perf_counter() - t0,
+            }
             n = sum(b["n"] for b in res["blocks"].values())
             s = sum(b["log_px_sum"] for b in res["blocks"].values())
             log(f"{name}: {n}/{xb.shape[0]} images, running NLL {-s / n:.3f}")
@@ -393,10 +530,17 @@ def evaluate_draws(args, r, json_path, model, x_test_gray, x_valid_gray):
         blocks = res["blocks"].values()
         n = sum(b["n"] for b in blocks)
         mean = sum(b["log_px_sum"] for b in blocks) / n
-        var = (sum(b["log_px_sumsq"] for b in blocks) - n * mean ** 2) / (n - 1)
-        res.update({"n_test": n, "k": args.k, "nll": -mean, "nll_se": math.sqrt(max(var, 0.0) / n),
-                    "elbo": sum(b["elbo_sum"] for b in blocks) / n,
-                    "eval_cpu_minutes": sum(b["cpu_seconds"] for b in blocks) / 60})
+        var = (sum(b["log_px_sumsq"] for b in blocks) - n * mean**2) / (n - 1)
+        res.update(
+            {
+                "n_test": n,
+                "k": args.k,
+                "nll": -mean,
+                "nll_se": math.sqrt(max(var, 0.0) / n),
+                "elbo": sum(b["elbo_sum"] for b in blocks) / n,
+                "eval_cpu_minutes": sum(b["cpu_seconds"] for b in blocks) / 60,
+            }
+        )
         write_json(json_path, r)
 
 
@@ -407,7 +551,10 @@ def main(argv=None):
         x_all = data.load(args.dataset, "train", download=False)[0]
         xt = data.load(args.dataset, "test", download=False)[0]
     except (OSError, ValueError) as e:
-        print(f"{args.dataset} is not available here, nothing run: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(
+            f"{args.dataset} is not available here, nothing run: {str(e).splitlines()[0]}",
+            file=sys.stderr,
+        )
         return 2
     out = args.out.resolve()
     repo = Path(__file__).resolve().parent.parent
@@ -416,7 +563,10 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "likelihood.json"
 
-    x_train, x_valid_gray = x_all[:-N_VALID][: args.train_limit], x_all[-N_VALID:]  # (50000, D), (10000, D)
+    x_train, x_valid_gray = (
+        x_all[:-N_VALID][: args.train_limit],
+        x_all[-N_VALID:],
+    )  # (50000, D), (10000, D)
     x_valid = reference_valid(x_valid_gray) if args.protocol == "reference" else x_valid_gray
     x_curve = binarize(CURVE_BINARIZATION, xt, x_valid_gray)[: args.curve_images]
     hidden = tuple(int(h) for h in args.hidden.split(","))
@@ -432,14 +582,30 @@ def main(argv=None):
         if r["status"] == "done":
             raise SystemExit(f"the run in {out} is finished; nothing to resume")
     else:
-        r = {"started": datetime.datetime.now().isoformat(timespec="seconds"), "status": "training",
-             "command": "python benchmarks/likelihood.py " + " ".join(sys.argv[1:] if argv is None else argv),
-             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                        if k not in ("resume", "binarizations", "stop_after")},
-             "architecture": "-".join(str(v) for v in (D, *hidden, args.latent_dim)),
-             "n_train": int(x_train.shape[0]), "n_valid": int(x_valid.shape[0]), "device": "CPU",
-             "cpu": platform.machine(), "cpu_model": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-             "epochs": [], "curve": [], "events": [], "best": None, "final": None}
+        r = {
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "status": "training",
+            "command": "python benchmarks/likelihood.py "
+            + " ".join(sys.argv[1:] if argv is None else argv),
+            "config": {
+                k: (str(v) if isinstance(v, Path) else v)
+                for k, v in vars(args).items()
+                if k not in ("resume", "binarizations", "stop_after")
+            },
+            "architecture": "-".join(str(v) for v in (D, *hidden, args.latent_dim)),
+            "n_train": int(x_train.shape[0]),
+            "n_valid": int(x_valid.shape[0]),
+            "device": "CPU",
+            "cpu": platform.machine(),
+            "cpu_model": cpu_model(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "epochs": [],
+            "curve": [],
+            "events": [],
+            "best": None,
+            "final": None,
+        }
     r["config"].setdefault("protocol", "ours")  # runs written before the reference protocol existed
 
     if r["status"] == "training":
@@ -450,13 +616,18 @@ def main(argv=None):
         model.load_state_dict(best_state)
         checkpoints.save_checkpoint(out / "best.pt", model)
         r["status"] = "evaluating"
-        r["final"] = {"epoch": r["best"]["epoch"], "binarizations": {},
-                      "train_cpu_minutes": sum(e["cpu_seconds"] for e in r["epochs"]) / 60,
-                      "train_wall_minutes": sum(e["wall_seconds"] for e in r["epochs"]) / 60}
+        r["final"] = {
+            "epoch": r["best"]["epoch"],
+            "binarizations": {},
+            "train_cpu_minutes": sum(e["cpu_seconds"] for e in r["epochs"]) / 60,
+            "train_wall_minutes": sum(e["wall_seconds"] for e in r["epochs"]) / 60,
+        }
         write_json(json_path, r)
     else:  # evaluating: the kept model is best.pt
         checkpoints.load_checkpoint(out / "best.pt", model=model)
-    r["final"].pop("nll", None)  # a run finished before the multi-draw evaluation is evaluated again, draw by draw
+    r["final"].pop(
+        "nll", None
+    )  # a run finished before the multi-draw evaluation is evaluated again, draw by draw
     r["final"].setdefault("binarizations", {})
     model.eval()
     evaluate_draws(args, r, json_path, model, xt, x_valid_gray)

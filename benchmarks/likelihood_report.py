@@ -1,19 +1,24 @@
-"""Turn the JSON files of `benchmarks/likelihood.py` runs into RESULTS.md tables and a curve of test NLL against epochs.
+"""Turn the JSON files of `benchmarks/likelihood.py` runs into RESULTS.md tables and a curve of test
+NLL against epochs.
 
-Runs with the same configuration (everything but --seed, --out, --threads) form one row. What each number is:
-  - test NLL on the reference's draw: mean over seeds of the K = 5000 estimate on all 10,000 test images binarized
-    as the published number's code binarizes them (draw "reference777"), so the comparison with it shares the
-    test set; ± = standard error over seeds;
+Runs with the same configuration (everything but --seed, --out, --threads) form one row. What each
+number is:
+  - test NLL on the reference's draw: mean over seeds of the K = 5000 estimate on all 10,000 test
+    images binarized as the published number's code binarizes them (draw "reference777"), so the
+    comparison with it shares the test set; ± = standard error over seeds;
   - seed spread: standard deviation over seeds of the NLL on one draw (training noise);
-  - binarization spread: standard deviation over draws of the seed-mean NLL (which test set was drawn);
-  - difference: our NLL minus the published one, with a 95 % interval (normal approximation) from the seed
-    standard error and the published ±, taken as the standard error of their number (wider if it is a standard
-    deviation of a mean of several runs); where the reference draw is missing, the binarization spread is added.
-Below it, one row per seed with the command that reruns it. Runs still evaluating are reported with the draws
-they have finished.
+  - binarization spread: standard deviation over draws of the seed-mean NLL (which test set was
+    drawn);
+  - difference: our NLL minus the published one, with a 95 % interval (normal approximation) from
+    the seed standard error and the published ±, taken as the standard error of their number (wider
+    if it is a standard deviation of a mean of several runs); where the reference draw is missing,
+    the binarization spread is added.
+Below it, one row per seed with the command that reruns it. Runs still evaluating are reported with
+the draws they have finished.
 
-    python benchmarks/likelihood_report.py benchmarks/results/likelihood/*.json            # print the tables
-    python benchmarks/likelihood_report.py benchmarks/results/likelihood/*.json --write    # ... into RESULTS.md
+    python benchmarks/likelihood_report.py benchmarks/results/likelihood/*.json            # print
+    the tables python benchmarks/likelihood_report.py benchmarks/results/likelihood/*.json --write
+    # ... into RESULTS.md
 """
 
 import argparse
@@ -32,58 +37,106 @@ SECTION = "## Test log-likelihood against published results"
 REFERENCE_DRAW = "reference777"
 Z95 = 1.959964
 
-# Published test NLL (nats; minus the published log-likelihood), its ±, and where the number was checked.
+# Published test NLL (nats; minus the published log-likelihood), its ±, and where the number was
+# checked.
 REFERENCES = {
     "fashion-mnist": {
         "nll": 228.70,
         "pm": 0.15,
-        "source": "Norouzi, Fleet & Norouzi 2020, Exemplar VAE (NeurIPS), density-estimation table: VAE with a "
-                  "Gaussian prior, z = 40, 228.70 ± 0.15",
-        "their_setup": "784-300-300-40 gated dense layers, hardtanh-bounded encoder log-variance; AdamNormGrad 5e-4, "
-                       "batch 100, He-normal weights, KL weight epoch/100, early stopping (patience 50, after the "
-                       "warm-up) up to 2000 epochs on 10,000 held-out training images binarized with numpy seed 777; "
-                       "probabilities clamped to [1e-5, 1 - 1e-5]; 5000 importance samples on the test set binarized "
-                       "by the same seed-777 stream",
-        "checked": "the number and its ± are in the density-estimation table image images/density_estimation.png of "
-                   "the authors' repository (github.com/sajadn/Exemplar-VAE), read for issues 15 and 20 (an image; not "
-                   "re-read here); their setup checked against the repository's density_estimation.py, "
-                   "utils/optimizer.py, utils/training.py, utils/evaluation.py, utils/distributions.py, utils/nn.py, "
-                   "models/BaseModel.py, models/VAE.py and utils/load_data/base_load_data.py",
+        "source": "Norouzi, Fleet & Norouzi 2020, Exemplar VAE (NeurIPS), density-estimation "
+        "table: VAE with a "
+        "Gaussian prior, z = 40, 228.70 ± 0.15",
+        "their_setup": "784-300-300-40 gated dense layers, hardtanh-bounded encoder log-variance; "
+        "AdamNormGrad 5e-4, "
+        "batch 100, He-normal weights, KL weight epoch/100, early stopping (patience 50, after the "
+        "warm-up) up to 2000 epochs on 10,000 held-out training images binarized with numpy seed "
+        "777; "
+        "probabilities clamped to [1e-5, 1 - 1e-5]; 5000 importance samples on the test set "
+        "binarized "
+        "by the same seed-777 stream",
+        "checked": "the number and its ± are in the density-estimation table image "
+        "images/density_estimation.png of "
+        "the authors' repository (github.com/sajadn/Exemplar-VAE), read for issues 15 and 20 (an "
+        "image; not "
+        "re-read here); their setup checked against the repository's density_estimation.py, "
+        "utils/optimizer.py, utils/training.py, utils/evaluation.py, utils/distributions.py, "
+        "utils/nn.py, "
+        "models/BaseModel.py, models/VAE.py and utils/load_data/base_load_data.py",
     },
     "mnist": {
         "nll": 86.76,
         "pm": None,
-        "source": "Burda, Grosse & Salakhutdinov 2016, Importance Weighted Autoencoders (ICLR), Table 1: VAE, one "
-                  "stochastic layer, K = 1",
-        "their_setup": "784-200-200-50 tanh; Adam, lr 1e-3 * 10^(-i/7) for 3^i epochs, i = 0..7; 5000 importance samples",
-        "checked": "not checked here (the paper's table could not be read from the sources available); not run: "
-                   "no MNIST copy on this machine (no Debian package; no network)",
+        "source": "Burda, Grosse & Salakhutdinov 2016, Importance Weighted Autoencoders (ICLR), "
+        "Table 1: VAE, one "
+        "stochastic layer, K = 1",
+        "their_setup": "784-200-200-50 tanh; Adam, lr 1e-3 * 10^(-i/7) for 3^i epochs, i = 0..7; "
+        "5000 importance samples",
+        "checked": "not checked here (the paper's table could not be read from the sources "
+        "available); not run: "
+        "no MNIST copy on this machine (no Debian package; no network)",
     },
 }
 
-# Every difference between our protocol ("ours"), the control run ("reference") and the published number's code.
+# Every difference between our protocol ("ours"), the control run ("reference") and the published
+# number's code.
 DIFFERENCES = [
-    ("optimizer", "Adam, 1e-3 cosine to 1e-5", "AdamNormGrad (gradient / its L2 norm per tensor, then Adam), 5e-4 constant",
-     "as theirs"),
-    ("initial weights", "PyTorch default, U(±1/√fan_in)", "He-normal N(0, 2/fan_in) (biases: PyTorch default)", "as theirs"),
+    (
+        "optimizer",
+        "Adam, 1e-3 cosine to 1e-5",
+        "AdamNormGrad (gradient / its L2 norm per tensor, then Adam), 5e-4 constant",
+        "as theirs",
+    ),
+    (
+        "initial weights",
+        "PyTorch default, U(±1/√fan_in)",
+        "He-normal N(0, 2/fan_in) (biases: PyTorch default)",
+        "as theirs",
+    ),
     ("KL warm-up", "(epoch − 1)/50, from 0", "epoch/100 (0.01 in epoch 1)", "as theirs"),
-    ("stopping and model kept", "300 epochs; best validation ELBO",
-     "up to 2000 epochs, patience 50 not counted before epoch 100; best validation loss", "as theirs"),
-    ("Bernoulli likelihood", "exact, from logits", "sigmoid probabilities clamped to [1e-5, 1 − 1e-5]", "as theirs"),
-    ("validation set", "last 10,000 training images, one torch draw (fit's fixed draw)",
-     "the same images, numpy RandomState(777) draw", "as theirs"),
+    (
+        "stopping and model kept",
+        "300 epochs; best validation ELBO",
+        "up to 2000 epochs, patience 50 not counted before epoch 100; best validation loss",
+        "as theirs",
+    ),
+    (
+        "Bernoulli likelihood",
+        "exact, from logits",
+        "sigmoid probabilities clamped to [1e-5, 1 − 1e-5]",
+        "as theirs",
+    ),
+    (
+        "validation set",
+        "last 10,000 training images, one torch draw (fit's fixed draw)",
+        "the same images, numpy RandomState(777) draw",
+        "as theirs",
+    ),
     ("validation ELBO noise", "the same z noise every epoch", "fresh noise every epoch", "as ours"),
-    ("KL term in training", "closed form", "one-sample Monte Carlo, log q(z|x) − log p(z)", "as ours"),
-    ("training binarization", "a fresh draw of the whole set each epoch", "a fresh draw of each minibatch",
-     "as theirs"),
-    ("test set", "reported on their draw (and four others)", "numpy RandomState(777), after the validation draw",
-     "as ours"),
+    (
+        "KL term in training",
+        "closed form",
+        "one-sample Monte Carlo, log q(z|x) − log p(z)",
+        "as ours",
+    ),
+    (
+        "training binarization",
+        "a fresh draw of the whole set each epoch",
+        "a fresh draw of each minibatch",
+        "as theirs",
+    ),
+    (
+        "test set",
+        "reported on their draw (and four others)",
+        "numpy RandomState(777), after the validation draw",
+        "as ours",
+    ),
 ]
 RUN_KEYS = ("seed", "out", "threads")  # what may differ between the seeds of one configuration
 
 
 def draws_of(r):
-    """{draw name: {"nll", "nll_se", "elbo", "n_test", "k", ...}} of the finished draws of run r (old runs: one draw)."""
+    """{draw name: {"nll", "nll_se", "elbo", "n_test", "k", ...}} of the finished draws of run r
+    (old runs: one draw)."""
     f = r.get("final") or {}
     if "binarizations" not in f:  # written before the multi-draw evaluation: one draw, seed 12345
         return {"torch12345": f} if "nll" in f else {}
@@ -95,7 +148,9 @@ def load(paths):
     for p in paths:
         r = json.loads(Path(p).read_text())
         if r.get("status") not in ("done", "evaluating") or not draws_of(r):
-            print(f"skipping {p}: status {r.get('status')!r}, no finished test draw", file=sys.stderr)
+            print(
+                f"skipping {p}: status {r.get('status')!r}, no finished test draw", file=sys.stderr
+            )
             continue
         r["config"].setdefault("protocol", "ours")
         r["path"] = str(p)
@@ -107,7 +162,9 @@ def group(runs):
     """{configuration key: [runs]}, in the order first seen."""
     groups = {}
     for r in runs:
-        key = json.dumps({k: v for k, v in r["config"].items() if k not in RUN_KEYS}, sort_keys=True)
+        key = json.dumps(
+            {k: v for k, v in r["config"].items() if k not in RUN_KEYS}, sort_keys=True
+        )
         groups.setdefault(key, []).append(r)
     return groups
 
@@ -115,19 +172,33 @@ def group(runs):
 def describe(c):
     arch = f"{c['model']} {c['hidden'].replace(',', '-')}, z = {c['latent_dim']}"
     if c["protocol"] == "reference":
-        return f"{arch}; control: the reference's training (AdamNormGrad {c['lr']:g}, He init, warm-up 100, patience 50)"
-    return (f"{arch}; Adam {c['lr']:g} cosine to {c['lr_final']:g} over {c['epochs']} epochs, batch {c['batch_size']}, "
-            f"KL warm-up {c['warmup_epochs']} epochs; best validation ELBO")
+        return (
+            f"{arch}; control: the reference's training (AdamNormGrad {c['lr']:g}, He init, "
+            f"warm-up 100, patience 50)"
+        )
+    return (
+        f"{arch}; Adam {c['lr']:g} cosine to {c['lr_final']:g} over {c['epochs']} epochs, batch "
+        f"{c['batch_size']}, "
+        f"KL warm-up {c['warmup_epochs']} epochs; best validation ELBO"
+    )
 
 
 def rerun(r):
     c = r["config"]
     if c["protocol"] == "reference":
-        return (f"`python benchmarks/likelihood.py --protocol reference --dataset {c['dataset']} --model {c['model']} "
-                f"--hidden {c['hidden']} --latent-dim {c['latent_dim']} --seed {c['seed']} --out DIR`")
-    return (f"`python benchmarks/likelihood.py --dataset {c['dataset']} --model {c['model']} --hidden {c['hidden']} "
-            f"--latent-dim {c['latent_dim']} --epochs {c['epochs']} --batch-size {c['batch_size']} --lr {c['lr']:g} "
-            f"--lr-final {c['lr_final']:g} --warmup-epochs {c['warmup_epochs']} --seed {c['seed']} --out DIR`")
+        return (
+            f"`python benchmarks/likelihood.py --protocol reference --dataset {c['dataset']} "
+            f"--model {c['model']} "
+            f"--hidden {c['hidden']} --latent-dim {c['latent_dim']} --seed {c['seed']} --out DIR`"
+        )
+    return (
+        f"`python benchmarks/likelihood.py --dataset {c['dataset']} --model {c['model']} --hidden "
+        f"{c['hidden']} "
+        f"--latent-dim {c['latent_dim']} --epochs {c['epochs']} --batch-size {c['batch_size']} "
+        f"--lr {c['lr']:g} "
+        f"--lr-final {c['lr_final']:g} --warmup-epochs {c['warmup_epochs']} --seed {c['seed']} "
+        f"--out DIR`"
+    )
 
 
 def _sd(values):
@@ -135,7 +206,8 @@ def _sd(values):
 
 
 def summary(runs):
-    """The row's numbers: per-draw seed means, seed spread, binarization spread, the comparison draw."""
+    """The row's numbers: per-draw seed means, seed spread, binarization spread, the comparison
+    draw."""
     names = sorted({n for r in runs for n in draws_of(r)}, key=lambda n: (n != REFERENCE_DRAW, n))
     complete = [n for n in names if all(n in draws_of(r) for r in runs)]  # draws every seed has
     per_draw = {n: [draws_of(r)[n]["nll"] for r in runs] for n in complete}
@@ -144,8 +216,14 @@ def summary(runs):
     if main is None:
         return out
     v = per_draw[main]
-    out.update(mean=statistics.fmean(v), se=_sd(v) / math.sqrt(len(v)), seed_sd=_sd(v),
-               bin_sd=_sd([statistics.fmean(per_draw[n]) for n in complete]) if len(complete) > 1 else float("nan"))
+    out.update(
+        mean=statistics.fmean(v),
+        se=_sd(v) / math.sqrt(len(v)),
+        seed_sd=_sd(v),
+        bin_sd=_sd([statistics.fmean(per_draw[n]) for n in complete])
+        if len(complete) > 1
+        else float("nan"),
+    )
     return out
 
 
@@ -157,46 +235,81 @@ def difference(s, ref):
     """(difference, half-width of its 95 % interval), see the module docstring."""
     d = s["mean"] - ref["nll"]
     se = 0.0 if math.isnan(s["se"]) else s["se"]
-    var = se ** 2 + (ref["pm"] or 0.0) ** 2
-    if s["main"] != REFERENCE_DRAW:  # another test set than theirs: which draw it was adds its own spread
+    var = se**2 + (ref["pm"] or 0.0) ** 2
+    if (
+        s["main"] != REFERENCE_DRAW
+    ):  # another test set than theirs: which draw it was adds its own spread
         var += 0.0 if math.isnan(s["bin_sd"]) else s["bin_sd"] ** 2
     return d, Z95 * math.sqrt(var)
 
 
 def tables(groups):
-    out = ["| dataset | configuration | seeds | test draws | test NLL on the reference's draw, mean ± se over seeds "
-           "(nats) | seed spread (sd) | binarization spread (sd over draws) | published | difference [95 % interval] | "
-           "CPU-minutes per seed (train + evaluation) |\n|---|---|---|---|---|---|---|---|---|---|\n"]
-    seeds = ["\n| dataset | protocol | seed | best epoch (of) | test ELBO | test NLL, K = 5000, per draw (± se over images) "
-             "| CPU-minutes train + evaluation | device, threads | command |\n|---|---|---|---|---|---|---|---|---|\n"]
+    out = [
+        "| dataset | configuration | seeds | test draws | test NLL on the reference's draw, mean ± "
+        "se over seeds "
+        "(nats) | seed spread (sd) | binarization spread (sd over draws) | published | difference "
+        "[95 % interval] | "
+        "CPU-minutes per seed (train + evaluation) |\n|---|---|---|---|---|---|---|---|---|---|\n"
+    ]
+    seeds = [
+        "\n| dataset | protocol | seed | best epoch (of) | test ELBO | test NLL, K = 5000, per "
+        "draw (± se over images) "
+        "| CPU-minutes train + evaluation | device, threads | command "
+        "|\n|---|---|---|---|---|---|---|---|---|\n"
+    ]
     for runs in groups.values():
         c, ref = runs[0]["config"], REFERENCES[runs[0]["config"]["dataset"]]
         s = summary(runs)
         main = s["main"]
-        label = "" if main == REFERENCE_DRAW else f" (draw {main}: the reference's draw not evaluated yet)"
+        label = (
+            ""
+            if main == REFERENCE_DRAW
+            else f" (draw {main}: the reference's draw not evaluated yet)"
+        )
         d, hw = difference(s, ref)
-        interval = (f"[{d - hw:+.2f}, {d + hw:+.2f}]" if main == REFERENCE_DRAW or not math.isnan(s["bin_sd"])
-                    else "[n/a: another test draw, and the spread over draws not measured]")
+        interval = (
+            f"[{d - hw:+.2f}, {d + hw:+.2f}]"
+            if main == REFERENCE_DRAW or not math.isnan(s["bin_sd"])
+            else "[n/a: another test draw, and the spread over draws not measured]"
+        )
         pub = f"{ref['nll']:.2f}{_pm(ref)}"
-        cpu = [r["final"]["train_cpu_minutes"] + sum(b.get("eval_cpu_minutes", 0.0) for b in draws_of(r).values())
-               for r in runs]
-        out.append(f"| {c['dataset']} | {describe(c)} | {len(runs)} | {len(s['draws'])} | **{s['mean']:.2f} ± "
-                   f"{_fmt(s['se'])}**{label} | {_fmt(s['seed_sd'])} | {_fmt(s['bin_sd'])} | {pub} | "
-                   f"{d:+.2f} {interval} | {min(cpu):.0f}–{max(cpu):.0f} |\n")
+        cpu = [
+            r["final"]["train_cpu_minutes"]
+            + sum(b.get("eval_cpu_minutes", 0.0) for b in draws_of(r).values())
+            for r in runs
+        ]
+        out.append(
+            f"| {c['dataset']} | {describe(c)} | {len(runs)} | {len(s['draws'])} | "
+            f"**{s['mean']:.2f} ± "
+            f"{_fmt(s['se'])}**{label} | {_fmt(s['seed_sd'])} | {_fmt(s['bin_sd'])} | {pub} | "
+            f"{d:+.2f} {interval} | {min(cpu):.0f}–{max(cpu):.0f} |\n"
+        )
         for r in sorted(runs, key=lambda r: r["config"]["seed"]):
             f, dr = r["final"], draws_of(r)
             elbo = dr[main]["elbo"] if main in dr else next(iter(dr.values()))["elbo"]
-            per = "; ".join(f"{n} {b['nll']:.2f} ± {b['nll_se']:.2f}" + ("" if (b["k"], b["n_test"]) == (5000, 10000)
-                            else f" (K = {b['k']}, {b['n_test']} images)") for n, b in dr.items())
+            per = "; ".join(
+                f"{n} {b['nll']:.2f} ± {b['nll_se']:.2f}"
+                + (
+                    ""
+                    if (b["k"], b["n_test"]) == (5000, 10000)
+                    else f" (K = {b['k']}, {b['n_test']} images)"
+                )
+                for n, b in dr.items()
+            )
             ev = sum(b.get("eval_cpu_minutes", 0.0) for b in dr.values())
-            seeds.append(f"| {c['dataset']} | {c['protocol']} | {r['config']['seed']} | {f['epoch']} ({c['epochs']}) | "
-                         f"{elbo:.2f} | {per} | {f['train_cpu_minutes']:.0f} + {ev:.0f} | {r['device']}, {r['threads']} "
-                         f"| {rerun(r)} |\n")
+            seeds.append(
+                f"| {c['dataset']} | {c['protocol']} | {r['config']['seed']} | {f['epoch']} "
+                f"({c['epochs']}) | "
+                f"{elbo:.2f} | {per} | {f['train_cpu_minutes']:.0f} + {ev:.0f} | {r['device']}, "
+                f"{r['threads']} "
+                f"| {rerun(r)} |\n"
+            )
     return "".join(out + seeds)
 
 
 def curve_table(groups):
-    """Test NLL on the curve subset at each curve epoch, mean over the seeds of each configuration."""
+    """Test NLL on the curve subset at each curve epoch, mean over the seeds of each
+    configuration."""
     out = []
     for runs in groups.values():
         c = runs[0]["config"]
@@ -204,10 +317,18 @@ def curve_table(groups):
         for r in runs:
             for p in r["curve"]:
                 by_epoch.setdefault(p["epoch"], []).append(p["nll"])
-        out.append(f"\nCurve ({c['dataset']}, {c['protocol']}): test NLL with K = {c['curve_k']} on the first "
-                   f"{c['curve_images']} test images (draw torch12345; the same images at every epoch, so the points "
-                   f"compare with each other, not with the full-test numbers above), mean over {len(runs)} runs: ")
-        out.append(", ".join(f"epoch {e}: {statistics.fmean(v):.2f}" for e, v in sorted(by_epoch.items())) + ".\n")
+        out.append(
+            f"\nCurve ({c['dataset']}, {c['protocol']}): test NLL with K = {c['curve_k']} on the "
+            f"first "
+            f"{c['curve_images']} test images (draw torch12345; the same images at every epoch, so "
+            f"the points "
+            "compare with each other, not with the full-test numbers above), mean over "
+            f"{len(runs)} runs: "
+        )
+        out.append(
+            ", ".join(f"epoch {e}: {statistics.fmean(v):.2f}" for e, v in sorted(by_epoch.items()))
+            + ".\n"
+        )
     return "".join(out)
 
 
@@ -228,19 +349,49 @@ def plot(groups, path):
         vals = [[p["nll"] for r in runs for p in r["curve"] if p["epoch"] == e] for e in epochs]
         mean = [statistics.fmean(v) for v in vals]
         sd = [_sd(v) if len(v) > 1 else 0.0 for v in vals]
-        ax.errorbar(epochs, mean, yerr=sd, fmt="o-", ms=3, lw=1, capsize=2, color=color,
-                    label=f"{c['protocol']}: mean ± sd over {len(runs)} seeds")
+        ax.errorbar(
+            epochs,
+            mean,
+            yerr=sd,
+            fmt="o-",
+            ms=3,
+            lw=1,
+            capsize=2,
+            color=color,
+            label=f"{c['protocol']}: mean ± sd over {len(runs)} seeds",
+        )
         s = summary(runs)
         for j, n in enumerate(s["draws"]):
             v = [draws_of(r)[n]["nll"] for r in runs]
             x = gi + (j - (len(s["draws"]) - 1) / 2) * 0.08
-            bx.errorbar([x], [statistics.fmean(v)], yerr=[_sd(v) if len(v) > 1 else 0.0], fmt="o", ms=4, capsize=2,
-                        color=color, alpha=1.0 if n == REFERENCE_DRAW else 0.45)
-        bx.plot([], [], "o", color=color, label=f"{c['protocol']}: each test draw (dark: theirs), ± sd over seeds")
+            bx.errorbar(
+                [x],
+                [statistics.fmean(v)],
+                yerr=[_sd(v) if len(v) > 1 else 0.0],
+                fmt="o",
+                ms=4,
+                capsize=2,
+                color=color,
+                alpha=1.0 if n == REFERENCE_DRAW else 0.45,
+            )
+        bx.plot(
+            [],
+            [],
+            "o",
+            color=color,
+            label=f"{c['protocol']}: each test draw (dark: theirs), ± sd over seeds",
+        )
     ref = REFERENCES[c["dataset"]]
     if ref["pm"]:
-        bx.errorbar([len(groups)], [ref["nll"]], yerr=[ref["pm"]], fmt="s", color="k", capsize=3,
-                    label=f"published {ref['nll']:.2f} ± {ref['pm']:.2f}")
+        bx.errorbar(
+            [len(groups)],
+            [ref["nll"]],
+            yerr=[ref["pm"]],
+            fmt="s",
+            color="k",
+            capsize=3,
+            label=f"published {ref['nll']:.2f} ± {ref['pm']:.2f}",
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("test NLL (nats)")
     ax.set_title(f"during training: K = {c['curve_k']}, first {c['curve_images']} test images")
@@ -248,13 +399,18 @@ def plot(groups, path):
     ax.set_ylim(min(lows) - 1.0, min(lows) + 12)
     ax.legend(fontsize=7, loc="upper right")
     bx.set_xticks(list(range(len(groups))) + ([len(groups)] if ref["pm"] else []))
-    bx.set_xticklabels([runs[0]["config"]["protocol"] for runs in groups.values()] + (["published"] if ref["pm"] else []))
+    bx.set_xticklabels(
+        [runs[0]["config"]["protocol"] for runs in groups.values()]
+        + (["published"] if ref["pm"] else [])
+    )
     bx.set_xlim(-0.5, len(groups) + 0.5)
     bx.margins(y=0.35)
     bx.set_ylabel("test NLL (nats)")
     bx.set_title("kept model: K = 5000, all 10,000 test images")
     bx.legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"{c['dataset']}: {c['model']} VAE {runs[0]['architecture']}, Bernoulli", fontsize=10)
+    fig.suptitle(
+        f"{c['dataset']}: {c['model']} VAE {runs[0]['architecture']}, Bernoulli", fontsize=10
+    )
     savefig(fig, path)
     plt.close(fig)
 
@@ -264,32 +420,57 @@ def _pm(ref):
 
 
 def section(groups):
-    refs = "".join(f"| {name} | {r['nll']:.2f}{_pm(r)} | {r['source']} | "
-                   f"{r['their_setup']} | {r['checked']} |\n" for name, r in REFERENCES.items())
+    refs = "".join(
+        f"| {name} | {r['nll']:.2f}{_pm(r)} | {r['source']} | "
+        f"{r['their_setup']} | {r['checked']} |\n"
+        for name, r in REFERENCES.items()
+    )
     diffs = "".join(f"| {a} | {b} | {c} | {d} |\n" for a, b, c, d in DIFFERENCES)
-    return (f"{SECTION}\n\n"
-            "`python benchmarks/likelihood.py --seed S --out DIR` trains one model and evaluates it, writing "
-            "DIR/likelihood.json (resumable: `--resume`); `python benchmarks/likelihood_report.py "
-            "benchmarks/results/likelihood/*.json --write` makes the tables below and `benchmarks/likelihood_curve.png` "
-            "from the committed JSON files. Data: the first 50,000 training images train (binarized afresh), the last "
-            "10,000 validate; the kept model is evaluated with K = 5000 importance samples on all 10,000 test images, "
-            "on each of five binarizations of the test set: the reference's own draw (numpy RandomState(777), "
-            "drawn after their validation set, `reference777`), our earlier draw (`torch12345`) and three more "
-            "(`numpy1`–`numpy3`). Nats per image, lower is better. What each column means is in "
-            "`benchmarks/likelihood_report.py`'s docstring: the ± after our NLL is the standard error over seeds on "
-            "one test set; the seed spread and the binarization spread are standard deviations; the interval for the "
-            "difference combines our standard error with the published ±.\n\n"
-            + tables(groups) + curve_table(groups)
-            + "\n![test NLL against epochs, and the kept models against the published number](likelihood_curve.png)\n\n"
-            "| dataset | published NLL | source | their setup | checked |\n|---|---|---|---|---|\n" + refs
-            + "\nEvery difference between our protocol, the control run (`--protocol reference`) and the code behind "
-            "the published number:\n\n| choice | ours | theirs | control run |\n|---|---|---|---|\n" + diffs + "\n")
+    return (
+        f"{SECTION}\n\n"
+        "`python benchmarks/likelihood.py --seed S --out DIR` trains one model and evaluates it, "
+        "writing "
+        "DIR/likelihood.json (resumable: `--resume`); `python benchmarks/likelihood_report.py "
+        "benchmarks/results/likelihood/*.json --write` makes the tables below and "
+        "`benchmarks/likelihood_curve.png` "
+        "from the committed JSON files. Data: the first 50,000 training images train (binarized "
+        "afresh), the last "
+        "10,000 validate; the kept model is evaluated with K = 5000 importance samples on all "
+        "10,000 test images, "
+        "on each of five binarizations of the test set: the reference's own draw (numpy "
+        "RandomState(777), "
+        "drawn after their validation set, `reference777`), our earlier draw (`torch12345`) and "
+        "three more "
+        "(`numpy1`–`numpy3`). Nats per image, lower is better. What each column means is in "
+        "`benchmarks/likelihood_report.py`'s docstring: the ± after our NLL is the standard error "
+        "over seeds on "
+        "one test set; the seed spread and the binarization spread are standard deviations; the "
+        "interval for the "
+        "difference combines our standard error with the published ±.\n\n"
+        + tables(groups)
+        + curve_table(groups)
+        + "\n![test NLL against epochs, and the kept models against the published "
+        "number](likelihood_curve.png)\n\n"
+        "| dataset | published NLL | source | their setup | checked |\n|---|---|---|---|---|\n"
+        + refs
+        + "\nEvery difference between our protocol, the control run (`--protocol reference`) and "
+        "the code behind "
+        "the published number:\n\n| choice | ours | theirs | control run |\n|---|---|---|---|\n"
+        + diffs
+        + "\n"
+    )
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("json", nargs="+", type=Path, help="likelihood.json files of finished (or evaluating) runs")
-    p.add_argument("--write", action="store_true", help=f"replace the section of {RESULTS.name} and write {CURVE.name}")
+    p.add_argument(
+        "json", nargs="+", type=Path, help="likelihood.json files of finished (or evaluating) runs"
+    )
+    p.add_argument(
+        "--write",
+        action="store_true",
+        help=f"replace the section of {RESULTS.name} and write {CURVE.name}",
+    )
     args = p.parse_args(argv)
     groups = group(load(args.json))
     if not groups:

@@ -1,17 +1,19 @@
-"""Build the book: stage the sources into _build/src/, then run Sphinx (warnings are errors) into _build/html/.
+"""Build the book: stage the sources into _build/src/, then run Sphinx (warnings are errors) into
+_build/html/.
 
-    python docs/build.py            # what `make book` runs
-    python docs/build.py --out DIR  # build somewhere else (DIR/src, DIR/html); the tests use a temporary folder
+    python docs/build.py            # what `make book` runs python docs/build.py --out DIR  # build
+    somewhere else (DIR/src, DIR/html); the tests use a temporary folder
 
 Staging reads only committed files and never executes a notebook:
-- notebooks/[0-9][0-9]_*.ipynb, in file-name order (a 00_start_here joins the path by existing), each copied with
-  its outputs. In the copy, a code cell whose source is hidden in its metadata (`"jupyter": {"source_hidden":
-  true}`) or that is an nbval check cell (`# NBVAL_CHECK_OUTPUT`) gets MyST-NB's `hide-input` tag: its code is
-  folded behind "Show code cell source". Hidden outputs get `hide-output`. A widget output (a tqdm bar) is
-  replaced by a static HTML picture of the widget's saved final state, since the widget JavaScript would come
-  from another host.
-- docs/index.md, the landing page, with two generated parts: the study notes' checklist table from README.md
-  (links to notebooks and figures point to the book's pages) and the reading path.
+- notebooks/[0-9][0-9]_*.ipynb, in file-name order (a 00_start_here joins the path by existing),
+  each copied with its outputs. In the copy, a code cell whose source is hidden in its metadata
+  (`"jupyter": {"source_hidden":
+  true}`) or that is an nbval check cell (`# NBVAL_CHECK_OUTPUT`) gets MyST-NB's `hide-input` tag:
+  its code is folded behind "Show code cell source". Hidden outputs get `hide-output`. A widget
+  output (a tqdm bar) is replaced by a static HTML picture of the widget's saved final state, since
+  the widget JavaScript would come from another host.
+- docs/index.md, the landing page, with two generated parts: the study notes' checklist table from
+  README.md (links to notebooks and figures point to the book's pages) and the reading path.
 - the library page, api.md: one section per public module of vaelib, from its docstrings (autodoc).
 Files are rewritten only when their content changes, so Sphinx rebuilds only what changed.
 """
@@ -51,7 +53,8 @@ def title(nb):
     raise ValueError("notebook has no heading")
 
 
-# ---------------------------------------------------------------------------------------------- notebooks
+# ----------------------------------------------------------------------------------------------
+# notebooks
 def add_tag(cell, tag):
     tags = cell.setdefault("metadata", {}).setdefault("tags", [])
     if tag not in tags:
@@ -59,14 +62,18 @@ def add_tag(cell, tag):
 
 
 def widget_html(model_id, state):
-    """Static HTML for a saved widget: tqdm's bar (an HBox of HTML label, FloatProgress, HTML label) as a
-    <progress> element between its two labels; anything else as a note that it is interactive."""
+    """Static HTML for a saved widget: tqdm's bar (an HBox of HTML label, FloatProgress, HTML
+    label) as a <progress> element between its two labels; anything else as a note that it is
+    interactive."""
     model = state.get(model_id)
     if model is None:
         return None
     name, values = model["model_name"], model["state"]
     if name == "HBoxModel":
-        parts = [widget_html(child.removeprefix("IPY_MODEL_"), state) for child in values.get("children", [])]
+        parts = [
+            widget_html(child.removeprefix("IPY_MODEL_"), state)
+            for child in values.get("children", [])
+        ]
         if any(p is None for p in parts):
             return None
         return '<div class="book-widget book-widget-hbox">' + "".join(parts) + "</div>"
@@ -76,15 +83,18 @@ def widget_html(model_id, state):
     if name in ("FloatProgressModel", "IntProgressModel"):
         lo, hi, value = values.get("min", 0), values.get("max", 100), values.get("value", 0)
         style = values.get("bar_style") or "info"
-        return (f'<progress class="book-widget-progress book-widget-{html.escape(style)}" '
-                f'max="{hi - lo}" value="{value - lo}"></progress>')
+        return (
+            f'<progress class="book-widget-progress book-widget-{html.escape(style)}" '
+            f'max="{hi - lo}" value="{value - lo}"></progress>'
+        )
     return None
 
 
 def markdown_in_details(source):
-    """Blank lines after `<summary>…</summary>` and before `</details>`, so that MyST reads the solution between
-    them as Markdown (math, code, emphasis) instead of passing it on as raw HTML, as CommonMark does with an HTML
-    block that runs on without a blank line. JupyterLab shows both forms the same way."""
+    """Blank lines after `<summary>…</summary>` and before `</details>`, so that MyST reads the
+    solution between them as Markdown (math, code, emphasis) instead of passing it on as raw HTML,
+    as CommonMark does with an HTML block that runs on without a blank line. JupyterLab shows both
+    forms the same way."""
     source = re.sub(r"(</summary>)[ \t]*\n(?=[ \t]*\S)", r"\1\n\n", source)
     return re.sub(r"(\S[^\n]*)\n([ \t]*</details>)", r"\1\n\n\2", source)
 
@@ -110,31 +120,40 @@ def stage_notebook_json(nb):
             add_tag(cell, "hide-output")
         for out in cell.get("outputs", []):
             data = out.get("data", {})
-            for mime in ("text/markdown", "text/html"):  # an output's links to notebooks: to their pages
+            for mime in (
+                "text/markdown",
+                "text/html",
+            ):  # an output's links to notebooks: to their pages
                 if mime in data:
                     text = "".join(data[mime]) if isinstance(data[mime], list) else data[mime]
                     data[mime] = NOTEBOOK_LINK.sub(r"\1\2.html", text)
             if WIDGET_VIEW in data:
                 static = widget_html(data.pop(WIDGET_VIEW).get("model_id", ""), state)
                 if static is None:
-                    static = ('<p class="book-widget-note">An interactive widget: run the notebook in '
-                              "JupyterLab (<code>make lab</code>) to use it.</p>")
+                    static = (
+                        '<p class="book-widget-note">An interactive widget: run the notebook in '
+                        "JupyterLab (<code>make lab</code>) to use it.</p>"
+                    )
                 data["text/html"] = static
                 data.pop("text/plain", None)
     return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
 
 
-# ---------------------------------------------------------------------------------------------- landing page
+# ----------------------------------------------------------------------------------------------
+# landing page
 def checklist(readme, pages):
-    """The README's checklist section (its intro and table), with links pointing into the book: a notebook link
-    to its page, titled by the notebook's heading; a figure link (figures/NN_name.png) to the page of notebook NN,
-    which draws it, as "NN name" (so a narrow column can wrap it).
+    """The README's checklist section (its intro and table), with links pointing into the book: a
+    notebook link to its page, titled by the notebook's heading; a figure link (figures/NN_name.png)
+    to the page of notebook NN, which draws it, as "NN name" (so a narrow column can wrap it).
 
-    In a table row, `\\|` is an escaped pipe to GitHub and to MyST alike, also inside $...$, where the author meant
-    LaTeX's double bar ‖: there it becomes \\Vert."""
+    In a table row, `\\|` is an escaped pipe to GitHub and to MyST alike, also inside $...$, where
+    the author meant LaTeX's double bar ‖: there it becomes \\Vert."""
     start = readme.find(CHECKLIST_HEADING)
     if start < 0:
-        raise SystemExit(f"README.md has no section starting with {CHECKLIST_HEADING!r}: the landing page needs it")
+        raise SystemExit(
+            f"README.md has no section starting with {CHECKLIST_HEADING!r}: the landing page needs "
+            f"it"
+        )
     body = readme[start:].split("\n", 1)[1]
     end = re.search(r"^## ", body, flags=re.M)
     body = body[: end.start()] if end else body
@@ -143,7 +162,9 @@ def checklist(readme, pages):
     def figure_link(match):
         name = match.group(1)
         if name[:2] not in by_number:
-            raise SystemExit(f"README.md links to figures/{name}.png, and no notebook {name[:2]}_* exists")
+            raise SystemExit(
+                f"README.md links to figures/{name}.png, and no notebook {name[:2]}_* exists"
+            )
         return f"[{name.replace('_', ' ')}](notebooks/{by_number[name[:2]]})"
 
     body = re.sub(r"\[[^\]]*\]\((notebooks/[^)]+\.ipynb)\)", r"[](\1)", body)
@@ -169,19 +190,24 @@ def landing_page(pages):
     return template
 
 
-# ---------------------------------------------------------------------------------------------- library page
+# ----------------------------------------------------------------------------------------------
+# library page
 def public_modules():
     import vaelib
 
-    return sorted(m.name for m in pkgutil.iter_modules(vaelib.__path__) if not m.name.startswith("_"))
+    return sorted(
+        m.name for m in pkgutil.iter_modules(vaelib.__path__) if not m.name.startswith("_")
+    )
 
 
 def api_page():
     lines = [
         "# The library: `vaelib`",
         "",
-        "Every notebook imports its computations from `vaelib`; this page is its public API, from the docstrings.",
-        "Conventions: `logvar` is log σ²; batch dimensions come first; per-example values are summed over their",
+        "Every notebook imports its computations from `vaelib`; this page is its public API, from "
+        "the docstrings.",
+        "Conventions: `logvar` is log σ²; batch dimensions come first; per-example values are "
+        "summed over their",
         "event dimensions and are in nats; float32 and float64 both work.",
         "",
         "```{eval-rst}",
@@ -193,11 +219,19 @@ def api_page():
         "",
     ]
     for name in public_modules():
-        lines += [f"## `vaelib.{name}`", "", "```{eval-rst}", f".. automodule:: vaelib.{name}", "```", ""]
+        lines += [
+            f"## `vaelib.{name}`",
+            "",
+            "```{eval-rst}",
+            f".. automodule:: vaelib.{name}",
+            "```",
+            "",
+        ]
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------------------- staging, build
+# ----------------------------------------------------------------------------------------------
+# staging, build
 def write_if_changed(path, text):
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists() or path.read_text(encoding="utf-8") != text:
@@ -213,7 +247,9 @@ def stage(src):
         wanted[src / "notebooks" / path.name] = stage_notebook(path)
     for path, text in wanted.items():
         write_if_changed(path, text)
-    for figure in sorted((REPO / "figures").glob("*.png")):  # notebooks show some as ![...](../figures/NN_name.png)
+    for figure in sorted(
+        (REPO / "figures").glob("*.png")
+    ):  # notebooks show some as ![...](../figures/NN_name.png)
         target = src / "figures" / figure.name
         wanted[target] = None
         if not target.exists() or target.read_bytes() != figure.read_bytes():
@@ -231,13 +267,28 @@ def build(out):
     src, html_dir = out / "src", out / "html"
     stage(src)
     # -W: warnings are errors; --keep-going: report all of them; -q: only warnings and errors.
-    return build_main(["-W", "--keep-going", "-q", "-b", "html", "-c", str(DOCS), "-d", str(out / "doctrees"),
-                       str(src), str(html_dir)])
+    return build_main(
+        [
+            "-W",
+            "--keep-going",
+            "-q",
+            "-b",
+            "html",
+            "-c",
+            str(DOCS),
+            "-d",
+            str(out / "doctrees"),
+            str(src),
+            str(html_dir),
+        ]
+    )
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=REPO / "_build", help="build folder (default: _build)")
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "_build", help="build folder (default: _build)"
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     status = build(args.out.resolve())

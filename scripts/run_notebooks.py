@@ -19,14 +19,21 @@ from vaelib._atomic import atomic_write
 
 def run(path, timeout):
     nb = nbformat.read(path, as_version=4)
-    # store_widget_state=False: explorers (vaelib.widgets) need a live kernel; their saved state would only add
-    # megabytes and a widget manager script from another host to the static book.
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=False,
-                            resources={"metadata": {"path": str(path.parent)}})
+    # store_widget_state=False: explorers (vaelib.widgets) need a live kernel; their saved state
+    # would only add megabytes and a widget manager script from another host to the static book.
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        store_widget_state=False,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
     start = time.perf_counter()
     client.execute()
     seconds = time.perf_counter() - start
-    atomic_write(path, lambda f: nbformat.write(nb, f), mode="w")  # keeps the notebook's permissions
+    atomic_write(
+        path, lambda f: nbformat.write(nb, f), mode="w"
+    )  # keeps the notebook's permissions
     return seconds
 
 

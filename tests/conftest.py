@@ -5,10 +5,11 @@ import torch
 from _chromium import require_browser
 from hypothesis import settings
 
-# Hypothesis is deterministic by default: each property test draws the same examples on every run (derandomize
-# seeds its generator from the test's own code), and no example database replays what an earlier run happened to
-# find, so `make test` passes or fails the same way everywhere. To search for new failures, draw at random:
-#   VAELIB_PROPERTY_EXAMPLES=2000 pytest tests/test_properties.py --hypothesis-profile=fuzz --hypothesis-seed=N
+# Hypothesis is deterministic by default: each property test draws the same examples on every run
+# (derandomize seeds its generator from the test's own code), and no example database replays what
+# an earlier run happened to find, so `make test` passes or fails the same way everywhere. To search
+# for new failures, draw at random: VAELIB_PROPERTY_EXAMPLES=2000 pytest tests/test_properties.py
+# --hypothesis-profile=fuzz --hypothesis-seed=N
 settings.register_profile("deterministic", derandomize=True, database=None)
 settings.register_profile("fuzz", derandomize=False, database=None)
 settings.load_profile("deterministic")
@@ -21,7 +22,8 @@ def gen():
 
 
 def linear_gaussian(d=3, k=2, noise_std=0.5, seed=0, dtype=torch.float64, orthogonal=False):
-    """A random LinearGaussian; orthogonal=True gives orthogonal columns of W (diagonal posterior cov)."""
+    """A random LinearGaussian; orthogonal=True gives orthogonal columns of W (diagonal posterior
+    cov)."""
     from vaelib.toy import LinearGaussian
 
     g = torch.Generator().manual_seed(seed)
@@ -38,17 +40,21 @@ def pytest_terminal_summary(terminalreporter):
     import sys
 
     meta = sys.modules.get("test_notebooks_meta") or next(
-        (m for name, m in sys.modules.items() if name.endswith("test_notebooks_meta")), None)
+        (m for name, m in sys.modules.items() if name.endswith("test_notebooks_meta")), None
+    )
     table = getattr(meta, "BUDGET_TABLE", None)
     if table:
-        terminalreporter.section("core path of each notebook (budget: 2000 words, 200 visible code lines)")
+        terminalreporter.section(
+            "core path of each notebook (budget: 2000 words, 200 visible code lines)"
+        )
         for stem, (words, lines) in sorted(table.items()):
             terminalreporter.write_line(f"{stem:40s} {words:5d} words {lines:4d} code lines")
 
 
 @pytest.fixture(scope="session")
 def playwright():
-    """Playwright's driver, started once for the browser tests (test_browser.py, test_book.py); skips without it."""
+    """Playwright's driver, started once for the browser tests (test_browser.py, test_book.py);
+    skips without it."""
     sync_api = require_browser()
     pw = sync_api.sync_playwright().start()
     try:

@@ -1,8 +1,9 @@
-"""Tests for vaelib._atomic, the one atomic write behind checkpoints, downloads, figures and notebooks.
+"""Tests for vaelib._atomic, the one atomic write behind checkpoints, downloads, figures and
+notebooks.
 
-A killed writer leaves its temporary file behind; the next write removes it unless a live writer holds its
-lock. A path that is a symbolic link keeps the link. New files get 0666 minus the umask; a replaced file
-keeps its permissions.
+A killed writer leaves its temporary file behind; the next write removes it unless a live writer
+holds its lock. A path that is a symbolic link keeps the link. New files get 0666 minus the umask; a
+replaced file keeps its permissions.
 """
 
 import fcntl
@@ -28,7 +29,10 @@ def test_write_through_a_symlink_keeps_the_link(tmp_path):
     target_dir.mkdir()
     link = tmp_path / "latest.pt"
     link.symlink_to(target_dir / "run1.pt")
-    for content in (b"first", b"second"):  # the first write creates the target, the second replaces it
+    for content in (
+        b"first",
+        b"second",
+    ):  # the first write creates the target, the second replaces it
         atomic_write(link, lambda f: f.write(content))
         assert link.is_symlink() and os.readlink(link) == str(target_dir / "run1.pt")
         assert link.read_bytes() == content
@@ -61,7 +65,9 @@ def test_a_live_writers_tmp_file_is_kept(tmp_path):
         fcntl.flock(f, fcntl.LOCK_EX)
         atomic_write(tmp_path / "model.pt", lambda out: out.write(b"new"))
         assert live.exists()
-    atomic_write(tmp_path / "model.pt", lambda out: out.write(b"newer"))  # the lock is gone: an orphan now
+    atomic_write(
+        tmp_path / "model.pt", lambda out: out.write(b"newer")
+    )  # the lock is gone: an orphan now
     assert not live.exists() and (tmp_path / "model.pt").read_bytes() == b"newer"
 
 
@@ -81,10 +87,12 @@ def test_replaced_file_keeps_its_permissions(tmp_path):
     path.chmod(0o640)
     old = os.umask(0o022)
     try:
-        _atomic.atomic_write(path, lambda out: out.write("new ü"), mode="w")  # text mode writes UTF-8
+        _atomic.atomic_write(
+            path, lambda out: out.write("new ü"), mode="w"
+        )  # text mode writes UTF-8
     finally:
         os.umask(old)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o640 and path.read_bytes() == "new ü".encode("utf-8")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640 and path.read_bytes() == "new ü".encode()
 
 
 def test_failed_write_leaves_the_old_file(tmp_path):

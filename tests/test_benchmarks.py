@@ -1,6 +1,7 @@
-"""The benchmark scripts run end to end on small settings: a likelihood run writes its JSON, resumes exactly,
-and the report turns JSON files into the RESULTS.md section; the throughput benchmark compares fit with its
-plain loop. (The recorded numbers come from the full runs; these tests only keep the scripts working.)"""
+"""The benchmark scripts run end to end on small settings: a likelihood run writes its JSON, resumes
+exactly, and the report turns JSON files into the RESULTS.md section; the throughput benchmark
+compares fit with its plain loop. (The recorded numbers come from the full runs; these tests only
+keep the scripts working.)"""
 
 import importlib.util
 import json
@@ -24,51 +25,86 @@ def fashion_available():
         return False
 
 
-needs_fashion = pytest.mark.skipif(not fashion_available(), reason="needs Fashion-MNIST (Debian dataset-fashion-mnist)")
+needs_fashion = pytest.mark.skipif(
+    not fashion_available(), reason="needs Fashion-MNIST (Debian dataset-fashion-mnist)"
+)
 
 
 def script(name, monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as when run as a script: its folder comes first
+    monkeypatch.syspath_prepend(
+        str(ROOT / "benchmarks")
+    )  # as when run as a script: its folder comes first
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-SMALL = ["--train-limit", "300", "--k", "20", "--test-limit", "1200", "--curve-every", "1", "--curve-k", "5",
-         "--curve-images", "20", "--hidden", "16,16", "--latent-dim", "4", "--binarizations", "reference777,numpy1"]
+SMALL = [
+    "--train-limit",
+    "300",
+    "--k",
+    "20",
+    "--test-limit",
+    "1200",
+    "--curve-every",
+    "1",
+    "--curve-k",
+    "5",
+    "--curve-images",
+    "20",
+    "--hidden",
+    "16,16",
+    "--latent-dim",
+    "4",
+    "--binarizations",
+    "reference777,numpy1",
+]
 
 
 def run_likelihood(out, *args):
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "likelihood.py"), *SMALL, "--out", str(out), *args]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "likelihood.py"),
+        *SMALL,
+        "--out",
+        str(out),
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
 def test_reference_draw_reproduces_the_reference_loaders_numpy_stream(monkeypatch):
-    """reference777: numpy's legacy RandomState(777) draws the validation set, then the test set, from k/255 in
-    float64, as the published number's loader does; other names are refused before any training."""
+    """reference777: numpy's legacy RandomState(777) draws the validation set, then the test set,
+    from k/255 in float64, as the published number's loader does; other names are refused before
+    any training."""
     import numpy as np
     import torch
 
     lk = script("likelihood", monkeypatch)
     rng = np.random.default_rng(0)
     valid_u8, test_u8 = rng.integers(0, 256, (7, 12)), rng.integers(0, 256, (5, 12))
-    as_loaded = lambda u8: torch.from_numpy(u8.astype(np.float32) / np.float32(255))  # what data.load returns
+    as_loaded = lambda u8: torch.from_numpy(
+        u8.astype(np.float32) / np.float32(255)
+    )  # what data.load returns
     np.random.seed(777)  # their loader: the global legacy generator, validation first
     np.random.binomial(1, valid_u8 / 255.0)
     want = np.random.binomial(1, test_u8 / 255.0)
     got = lk.binarize("reference777", as_loaded(test_u8), as_loaded(valid_u8))
     assert np.array_equal(got.numpy(), want) and got.dtype == torch.float32
-    assert not np.array_equal(lk.binarize("numpy777", as_loaded(test_u8), as_loaded(valid_u8)).numpy(), want)
+    assert not np.array_equal(
+        lk.binarize("numpy777", as_loaded(test_u8), as_loaded(valid_u8)).numpy(), want
+    )
     for bad in ("reference1", "numpy", "torchx", "mine"):
         with pytest.raises(SystemExit, match="unknown binarization"):
             lk.parse_args(["--out", "x", "--binarizations", bad])
 
 
 def test_adam_norm_grad_is_adam_on_normalised_gradients(monkeypatch):
-    """AdamNormGrad against torch's Adam fed the gradient divided by its L2 norm (+1e-7), step by step. eps = 0:
-    AdamNormGrad adds eps to sqrt(v) before the bias correction (Kingma & Ba's "efficient version", as the reference
-    does), torch after it, a difference of order eps / sqrt(v) ~ 1e-7 that is not the point here."""
+    """AdamNormGrad against torch's Adam fed the gradient divided by its L2 norm (+1e-7), step by
+    step. eps = 0: AdamNormGrad adds eps to sqrt(v) before the bias correction (Kingma & Ba's
+    "efficient version", as the reference does), torch after it, a difference of order eps / sqrt(v)
+    ~ 1e-7 that is not the point here."""
     import torch
 
     lk = script("likelihood", monkeypatch)
@@ -77,7 +113,7 @@ def test_adam_norm_grad_is_adam_on_normalised_gradients(monkeypatch):
     w2 = w1.detach().clone().requires_grad_(True)
     ours, adam = lk.AdamNormGrad([w1], lr=0.01, eps=0.0), torch.optim.Adam([w2], lr=0.01, eps=0.0)
     for step in range(5):
-        g = torch.randn(4, 3, dtype=torch.float64) * 10 ** step  # scale must not matter
+        g = torch.randn(4, 3, dtype=torch.float64) * 10**step  # scale must not matter
         w1.grad, w2.grad = g.clone(), g / (torch.linalg.vector_norm(g) + 1e-7)
         ours.step()
         adam.step()
@@ -91,7 +127,10 @@ def test_reference_model_clamps_probabilities_and_draws_he_normal_weights(monkey
     torch.manual_seed(0)
     model = lk.build_model("gated", 784, (300, 300), 40, protocol="reference")
     w = model.encoder.net[0].h.weight  # (300, 784): 235,200 draws of N(0, 2/784)
-    assert abs(w.std().item() / (2 / 784) ** 0.5 - 1) < 0.01 and abs(w.mean().item()) < 4 * (2 / 784 / w.numel()) ** 0.5
+    assert (
+        abs(w.std().item() / (2 / 784) ** 0.5 - 1) < 0.01
+        and abs(w.mean().item()) < 4 * (2 / 784 / w.numel()) ** 0.5
+    )
     p = torch.sigmoid(model.decoder(torch.randn(3, 40) * 100))
     assert p.min().item() >= 1e-5 * (1 - 1e-6) and p.max().item() <= 1 - 1e-5 * (1 - 1e-3)
 
@@ -106,10 +145,16 @@ def test_likelihood_run_resume_and_report(tmp_path, monkeypatch):
     assert straight.returncode == 0, straight.stderr
     r = json.loads((tmp_path / "straight" / "likelihood.json").read_text())
     assert r["status"] == "done" and r["n_train"] == 300 and r["n_valid"] == 10000
-    assert [e["epoch"] for e in r["epochs"]] == [1, 2, 3] and [p["epoch"] for p in r["curve"]] == [1, 2, 3]
+    assert [e["epoch"] for e in r["epochs"]] == [1, 2, 3] and [p["epoch"] for p in r["curve"]] == [
+        1,
+        2,
+        3,
+    ]
     best = max(r["epochs"], key=lambda e: e["valid_elbo"])
     assert r["best"]["epoch"] == best["epoch"] == r["final"]["epoch"]
-    assert r["epochs"][0]["lr"] == pytest.approx(1e-3) and r["epochs"][-1]["lr"] == pytest.approx(1e-5)
+    assert r["epochs"][0]["lr"] == pytest.approx(1e-3) and r["epochs"][-1]["lr"] == pytest.approx(
+        1e-5
+    )
     draws = r["final"]["binarizations"]
     assert list(draws) == ["reference777", "numpy1"]
     for b in draws.values():  # two blocks of 1000 and 200 images
@@ -117,8 +162,9 @@ def test_likelihood_run_resume_and_report(tmp_path, monkeypatch):
         assert math.isfinite(b["nll"]) and 0 < b["nll_se"] < 5 and b["elbo"] < -b["nll"]
     assert draws["reference777"]["nll"] != draws["numpy1"]["nll"]
 
-    # Stopped after epoch 2 and resumed, then stopped in the middle of the evaluation (a block deleted, as if
-    # the run had died before writing it) and resumed: the numbers of the uninterrupted run, bit for bit.
+    # Stopped after epoch 2 and resumed, then stopped in the middle of the evaluation (a block
+    # deleted, as if the run had died before writing it) and resumed: the numbers of the
+    # uninterrupted run, bit for bit.
     again = tmp_path / "again"
     stopped = run_likelihood(again, "--epochs", "3", "--seed", "1", "--stop-after", "2")
     assert stopped.returncode == 0, stopped.stderr
@@ -129,7 +175,7 @@ def test_likelihood_run_resume_and_report(tmp_path, monkeypatch):
     assert [e["valid_elbo"] for e in r2["epochs"]] == [e["valid_elbo"] for e in r["epochs"]]
     assert _draws(r2) == _draws(r)
     r2["status"] = "evaluating"
-    for b in r2["final"]["binarizations"]["numpy1"], :
+    for b in (r2["final"]["binarizations"]["numpy1"],):
         del b["blocks"]["1000"], b["nll"]
     (again / "likelihood.json").write_text(json.dumps(r2))
     finished = run_likelihood(again, "--epochs", "3", "--seed", "1", "--resume")
@@ -144,36 +190,72 @@ def test_likelihood_run_resume_and_report(tmp_path, monkeypatch):
     other = tmp_path / "seed2"
     assert run_likelihood(other, "--epochs", "3", "--seed", "2").returncode == 0
     r3 = json.loads((other / "likelihood.json").read_text())
-    assert report.main([str(tmp_path / "straight" / "likelihood.json"), str(other / "likelihood.json"), "--write"]) == 0
+    assert (
+        report.main(
+            [
+                str(tmp_path / "straight" / "likelihood.json"),
+                str(other / "likelihood.json"),
+                "--write",
+            ]
+        )
+        == 0
+    )
     text = (tmp_path / "RESULTS.md").read_text()
     assert "## other\n\nkept" in text and text.count(report.SECTION) == 1
-    mean = (r["final"]["binarizations"]["reference777"]["nll"] + r3["final"]["binarizations"]["reference777"]["nll"]) / 2
+    mean = (
+        r["final"]["binarizations"]["reference777"]["nll"]
+        + r3["final"]["binarizations"]["reference777"]["nll"]
+    ) / 2
     assert f"**{mean:.2f} ± " in text and "228.70 ± 0.15" in text
     assert "--seed 1 --out DIR" in text and "--seed 2 --out DIR" in text and "AdamNormGrad" in text
     assert (tmp_path / "curve.png").stat().st_size > 1000
 
 
 def test_report_interval_and_spreads(monkeypatch):
-    """The report's numbers against hand computation: seed se and sd on the reference draw, the spread of the
-    seed means over draws, and the 95 % interval from the seed se and the published ±."""
+    """The report's numbers against hand computation: seed se and sd on the reference draw, the
+    spread of the seed means over draws, and the 95 % interval from the seed se and the published
+    ±."""
     report = script("likelihood_report", monkeypatch)
-    mk = lambda seed, nlls: {"config": {"seed": seed, "dataset": "fashion-mnist", "protocol": "ours"},
-                             "final": {"binarizations": {n: {"nll": v} for n, v in nlls.items()}}}
-    runs = [mk(0, {"reference777": 229.0, "numpy1": 229.2}), mk(1, {"reference777": 229.4, "numpy1": 229.4}),
-            mk(2, {"reference777": 228.9})]  # numpy1 is missing for seed 2: only draws every seed has count
+    mk = lambda seed, nlls: {
+        "config": {"seed": seed, "dataset": "fashion-mnist", "protocol": "ours"},
+        "final": {"binarizations": {n: {"nll": v} for n, v in nlls.items()}},
+    }
+    runs = [
+        mk(0, {"reference777": 229.0, "numpy1": 229.2}),
+        mk(1, {"reference777": 229.4, "numpy1": 229.4}),
+        mk(2, {"reference777": 228.9}),
+    ]  # numpy1 is missing for seed 2: only draws every seed has count
     s = report.summary(runs)
     assert s["draws"] == ["reference777"] and s["main"] == "reference777"
     assert s["mean"] == pytest.approx(229.1) and s["seed_sd"] == pytest.approx(0.264575, abs=1e-6)
-    assert s["se"] == pytest.approx(0.264575 / 3 ** 0.5, abs=1e-6)
+    assert s["se"] == pytest.approx(0.264575 / 3**0.5, abs=1e-6)
     runs[2]["final"]["binarizations"]["numpy1"] = {"nll": 229.3}
     s = report.summary(runs)
-    assert s["draws"] == ["reference777", "numpy1"] and s["bin_sd"] == pytest.approx((229.3 - 229.1) / 2 ** 0.5)
+    assert s["draws"] == ["reference777", "numpy1"] and s["bin_sd"] == pytest.approx(
+        (229.3 - 229.1) / 2**0.5
+    )
     d, hw = report.difference(s, {"nll": 228.7, "pm": 0.15})
-    assert d == pytest.approx(0.4) and hw == pytest.approx(1.959964 * (s["se"] ** 2 + 0.15 ** 2) ** 0.5)
+    assert d == pytest.approx(0.4) and hw == pytest.approx(
+        1.959964 * (s["se"] ** 2 + 0.15**2) ** 0.5
+    )
 
 
 def test_throughput_compares_fit_with_the_plain_loop():
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"), "--cases", "small",
-                          "--epochs", "1", "--rounds", "1", "--no-progress"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "train_throughput.py"),
+            "--cases",
+            "small",
+            "--epochs",
+            "1",
+            "--rounds",
+            "1",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert "small: fit / plain = " in out.stdout

@@ -1,14 +1,17 @@
-"""The book (`make book`): it builds from the committed notebooks with no warning, and it works from a folder.
+"""The book (`make book`): it builds from the committed notebooks with no warning, and it works from
+a folder.
 
-The module builds the site once, from scratch, into a temporary folder (docs/build.py --out; Sphinx with -W, so a
-warning fails the build and its text is in the failure message). The static tests read the HTML: every notebook is
-a page, in file-name order, with previous/next links; the landing page has the reading path, the checklist table
-and how to run the series; folded cells are folded; the library page documents vaelib's public functions; every
-local link and image resolves; nothing is loaded from another host. The browser tests open the site from the
-folder (file:// URLs, no server) in headless Chromium (Debian's, via Playwright, as test_browser.py): the landing
-page, a math-heavy page (04) and a figure-heavy page (09), where the math is typeset by MathJax with no raw TeX
-left, every image has loaded, the page asks for nothing outside the folder, the previous/next links lead to the
-neighbouring notebooks, and the search box finds "reparameterization". Screenshots land in each test's tmp_path.
+The module builds the site once, from scratch, into a temporary folder (docs/build.py --out; Sphinx
+with -W, so a warning fails the build and its text is in the failure message). The static tests read
+the HTML: every notebook is a page, in file-name order, with previous/next links; the landing page
+has the reading path, the checklist table and how to run the series; folded cells are folded; the
+library page documents vaelib's public functions; every local link and image resolves; nothing is
+loaded from another host. The browser tests open the site from the folder (file:// URLs, no server)
+in headless Chromium (Debian's, via Playwright, as test_browser.py): the landing page, a math-heavy
+page (04) and a figure-heavy page (09), where the math is typeset by MathJax with no raw TeX left,
+every image has loaded, the page asks for nothing outside the folder, the previous/next links lead
+to the neighbouring notebooks, and the search box finds "reparameterization". Screenshots land in
+each test's tmp_path.
 """
 
 import html
@@ -28,13 +31,20 @@ from _chromium import browser_page
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-# Generous bound for one clean build on two shared cores (measured: see benchmarks/RESULTS.md); the target is 2 min.
+# Generous bound for one clean build on two shared cores (measured: see benchmarks/RESULTS.md); the
+# target is 2 min.
 BUILD_TIMEOUT_S = 600
 CLICK_MS = 15_000
 MATHJAX_MS = 60_000
 # Functions a student looks up on the library page: each must be documented there.
-API_NAMES = ["vaelib.train.fit", "vaelib.evaluate.iwae_log_likelihood", "vaelib.estimators.elbo",
-             "vaelib.distributions.kl_normal", "vaelib.models.VAE", "vaelib.data.load"]
+API_NAMES = [
+    "vaelib.train.fit",
+    "vaelib.evaluate.iwae_log_likelihood",
+    "vaelib.estimators.elbo",
+    "vaelib.distributions.kl_normal",
+    "vaelib.models.VAE",
+    "vaelib.data.load",
+]
 
 
 def load_build_module():
@@ -45,8 +55,11 @@ def load_build_module():
 
 
 def plain(text):
-    """HTML text as a reader sees it: entities decoded, Sphinx's typographic quotes straightened, spaces collapsed."""
-    text = html.unescape(text).translate(str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"'}))
+    """HTML text as a reader sees it: entities decoded, Sphinx's typographic quotes straightened,
+    spaces collapsed."""
+    text = html.unescape(text).translate(
+        str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"'})
+    )
     return re.sub(r"\s+", " ", text)
 
 
@@ -86,24 +99,37 @@ class Parsed(html.parser.HTMLParser):
             self.ids.add(attrs["id"])
 
     def find(self, tag, cls=None):
-        return [a for t, a in self.tags if t == tag and (cls is None or cls in (a.get("class") or "").split())]
+        return [
+            a
+            for t, a in self.tags
+            if t == tag and (cls is None or cls in (a.get("class") or "").split())
+        ]
 
 
 @pytest.fixture(scope="module")
 def book(tmp_path_factory):
     out = tmp_path_factory.mktemp("book")
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(REPO / "docs" / "build.py"), "--out", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "docs" / "build.py"), "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT_S,
+        stdin=subprocess.DEVNULL,
+    )
     seconds = time.perf_counter() - start
     log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"the book did not build (warnings are errors); the build said:\n{log[-8000:]}"
+    assert proc.returncode == 0, (
+        f"the book did not build (warnings are errors); the build said:\n{log[-8000:]}"
+    )
     size = sum(p.stat().st_size for p in (out / "html").rglob("*") if p.is_file())
     print(f"book built from scratch in {seconds:.1f} s; site {size / 2**20:.1f} MiB")
     return Book(out / "html", seconds, log)
 
 
-# ------------------------------------------------------------------------------------------------ static checks
+# ------------------------------------------------------------------------------------------------
+# static checks
 def test_every_notebook_is_a_page_in_order_with_previous_and_next(book):
     assert NOTEBOOKS, "no notebooks"
     order = ["index.html"] + [page_name(p) for p in NOTEBOOKS] + ["api.html"]
@@ -113,16 +139,19 @@ def test_every_notebook_is_a_page_in_order_with_previous_and_next(book):
         here = (book.html / rel).parent
         prev, nxt = page.find("a", "left-prev"), page.find("a", "right-next")
         if i > 0:
-            assert prev and (here / prev[0]["href"]).resolve() == (book.html / order[i - 1]).resolve(), \
-                f"{rel}: 'previous' should lead to {order[i - 1]}, got {prev}"
+            assert (
+                prev and (here / prev[0]["href"]).resolve() == (book.html / order[i - 1]).resolve()
+            ), f"{rel}: 'previous' should lead to {order[i - 1]}, got {prev}"
         if i < len(order) - 1:
-            assert nxt and (here / nxt[0]["href"]).resolve() == (book.html / order[i + 1]).resolve(), \
-                f"{rel}: 'next' should lead to {order[i + 1]}, got {nxt}"
+            assert (
+                nxt and (here / nxt[0]["href"]).resolve() == (book.html / order[i + 1]).resolve()
+            ), f"{rel}: 'next' should lead to {order[i + 1]}, got {nxt}"
 
 
 def test_landing_page_has_the_reading_path_the_checklist_and_how_to_run(book):
     page = book.read("index.html")
-    # The reading path: an ordered list linking every notebook, in order, titled by the notebook's heading.
+    # The reading path: an ordered list linking every notebook, in order, titled by the notebook's
+    # heading.
     build = load_build_module()
     text = plain(re.sub(r"<[^>]+>", "", page.text))
     path = re.search(r"<ol[^>]*>(.*?)</ol>", page.text, flags=re.S)
@@ -131,16 +160,25 @@ def test_landing_page_has_the_reading_path_the_checklist_and_how_to_run(book):
     assert linked == [page_name(p) for p in NOTEBOOKS]
     for p in NOTEBOOKS:
         title = build.title(json.loads(p.read_text(encoding="utf-8")))
-        assert title.split("·")[-1].strip() in text, f"the reading path lacks the title of {p.name}: {title!r}"
-    # The checklist table from the README, its notebook and figure links pointing at the book's pages.
+        assert title.split("·")[-1].strip() in text, (
+            f"the reading path lacks the title of {p.name}: {title!r}"
+        )
+    # The checklist table from the README, its notebook and figure links pointing at the book's
+    # pages.
     tables = re.findall(r"<table.*?</table>", page.text, flags=re.S)
     assert tables, "the landing page has no checklist table"
     links = set(re.findall(r'href="([^"]+)"', tables[0]))
-    assert links and all(re.fullmatch(r"notebooks/\d\d_\w+\.html(#[\w-]+)?", h) for h in links), links
+    assert links and all(re.fullmatch(r"notebooks/\d\d_\w+\.html(#[\w-]+)?", h) for h in links), (
+        links
+    )
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     start = readme.index("## The study notes' checklist")
-    first_row = re.search(r"^\| ([^|]+?) \|", readme[start:].split("|---", 1)[1].split("\n", 1)[1], flags=re.M)
-    assert first_row.group(1).split("(")[0].strip() in text, "the checklist's first question is not on the page"
+    first_row = re.search(
+        r"^\| ([^|]+?) \|", readme[start:].split("|---", 1)[1].split("\n", 1)[1], flags=re.M
+    )
+    assert first_row.group(1).split("(")[0].strip() in text, (
+        "the checklist's first question is not on the page"
+    )
     for command in ("make run", "make lab"):
         assert command in text, f"the landing page does not say how to run the series: {command!r}"
 
@@ -149,14 +187,26 @@ def test_hidden_and_check_cells_are_folded(book):
     build = load_build_module()
     for p in NOTEBOOKS:
         nb = json.loads(p.read_text(encoding="utf-8"))
-        folded = [c for c in nb["cells"] if c["cell_type"] == "code" and (
-            c.get("metadata", {}).get("jupyter", {}).get("source_hidden")
-            or build.CHECK_CELL_MARK in "".join(c["source"]))]
+        folded = [
+            c
+            for c in nb["cells"]
+            if c["cell_type"] == "code"
+            and (
+                c.get("metadata", {}).get("jupyter", {}).get("source_hidden")
+                or build.CHECK_CELL_MARK in "".join(c["source"])
+            )
+        ]
         assert folded, f"{p.name}: expected at least its check cell to be folded"
         page = book.read(page_name(p))
-        assert len(page.find("div", "tag_hide-input")) == len(folded), f"{p.name}: folded cells in the page"
-        assert len(page.find("details", "above-input")) == len(folded), f"{p.name}: each folded cell is a <details>"
-        assert not any("open" in a for a in page.find("details", "above-input")), f"{p.name}: folded means closed"
+        assert len(page.find("div", "tag_hide-input")) == len(folded), (
+            f"{p.name}: folded cells in the page"
+        )
+        assert len(page.find("details", "above-input")) == len(folded), (
+            f"{p.name}: each folded cell is a <details>"
+        )
+        assert not any("open" in a for a in page.find("details", "above-input")), (
+            f"{p.name}: folded means closed"
+        )
 
 
 def test_staging_folds_hidden_cells_and_draws_saved_progress_bars():
@@ -166,41 +216,77 @@ def test_staging_folds_hidden_cells_and_draws_saved_progress_bars():
     def model(name, **state):
         return next(ids), {"model_name": name, "state": state}
 
-    label, bar, post, box = (model("HTMLModel", value="epoch 2/2: 100%"),
-                             model("FloatProgressModel", min=0.0, max=8.0, value=8.0, bar_style="success"),
-                             model("HTMLModel", value="8/8 [00:01&lt;00:00]"), None)
+    label, bar, post, box = (
+        model("HTMLModel", value="epoch 2/2: 100%"),
+        model("FloatProgressModel", min=0.0, max=8.0, value=8.0, bar_style="success"),
+        model("HTMLModel", value="8/8 [00:01&lt;00:00]"),
+        None,
+    )
     box = model("HBoxModel", children=[f"IPY_MODEL_{m[0]}" for m in (label, bar, post)])
     slider = model("IntSliderModel", value=3)
     state = dict([label, bar, post, box, slider])
 
     def code(source, outputs=(), **meta):
-        return {"cell_type": "code", "source": source, "metadata": meta, "outputs": list(outputs),
-                "execution_count": 1}
+        return {
+            "cell_type": "code",
+            "source": source,
+            "metadata": meta,
+            "outputs": list(outputs),
+            "execution_count": 1,
+        }
 
     def view(model_id):
-        return {"output_type": "display_data", "metadata": {},
-                "data": {"text/plain": "  0%|          | 0/8", build.WIDGET_VIEW: {"model_id": model_id}}}
+        return {
+            "output_type": "display_data",
+            "metadata": {},
+            "data": {
+                "text/plain": "  0%|          | 0/8",
+                build.WIDGET_VIEW: {"model_id": model_id},
+            },
+        }
 
-    solution = "1. Why?\n   <details><summary>Solution</summary>\n   Because $a$.\n   </details>\n2. Next."
-    nb = {"cells": [{"cell_type": "markdown", "source": solution, "metadata": {}},
-                    code("x = 1"),
-                    code("plot()", jupyter={"source_hidden": True}),
-                    code("# NBVAL_CHECK_OUTPUT\nprint(x)"),
-                    code("fit()", [view(box[0])]),
-                    code("explore()", [view(slider[0])], jupyter={"outputs_hidden": True})],
-          "metadata": {"widgets": {build.WIDGET_STATE: {"state": state}}}, "nbformat": 4, "nbformat_minor": 5}
+    solution = (
+        "1. Why?\n   <details><summary>Solution</summary>\n   Because $a$.\n   </details>\n2. Next."
+    )
+    nb = {
+        "cells": [
+            {"cell_type": "markdown", "source": solution, "metadata": {}},
+            code("x = 1"),
+            code("plot()", jupyter={"source_hidden": True}),
+            code("# NBVAL_CHECK_OUTPUT\nprint(x)"),
+            code("fit()", [view(box[0])]),
+            code("explore()", [view(slider[0])], jupyter={"outputs_hidden": True}),
+        ],
+        "metadata": {"widgets": {build.WIDGET_STATE: {"state": state}}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
     staged = json.loads(build.stage_notebook_json(nb))
-    assert staged["cells"][0]["source"] == ("1. Why?\n   <details><summary>Solution</summary>\n\n   Because $a$.\n\n"
-                                            "   </details>\n2. Next."), "a solution in <details> is read as Markdown"
+    assert staged["cells"][0]["source"] == (
+        "1. Why?\n   <details><summary>Solution</summary>\n\n   Because $a$.\n\n"
+        "   </details>\n2. Next."
+    ), "a solution in <details> is read as Markdown"
     tags = [c["metadata"].get("tags", []) for c in staged["cells"]]
     assert tags == [[], [], ["hide-input"], ["hide-input"], [], ["hide-output"]]
-    assert "widgets" not in staged["metadata"], "the widget state (for a CDN widget manager) is dropped"
+    assert "widgets" not in staged["metadata"], (
+        "the widget state (for a CDN widget manager) is dropped"
+    )
     bar_html = staged["cells"][4]["outputs"][0]["data"]
-    assert set(bar_html) == {"text/html"}, "a widget output becomes static HTML only (the text/plain says 0%)"
-    assert '<progress class="book-widget-progress book-widget-success" max="8.0" value="8.0">' in bar_html["text/html"]
-    assert "epoch 2/2: 100%" in bar_html["text/html"] and "8/8 [00:01&lt;00:00]" in bar_html["text/html"]
+    assert set(bar_html) == {"text/html"}, (
+        "a widget output becomes static HTML only (the text/plain says 0%)"
+    )
+    assert (
+        '<progress class="book-widget-progress book-widget-success" max="8.0" value="8.0">'
+        in bar_html["text/html"]
+    )
+    assert (
+        "epoch 2/2: 100%" in bar_html["text/html"]
+        and "8/8 [00:01&lt;00:00]" in bar_html["text/html"]
+    )
     note = staged["cells"][5]["outputs"][0]["data"]["text/html"]
-    assert "interactive widget" in note and "make lab" in note, "a widget that cannot be drawn says where to use it"
+    assert "interactive widget" in note and "make lab" in note, (
+        "a widget that cannot be drawn says where to use it"
+    )
 
 
 def test_library_page_documents_the_public_api(book):
@@ -210,7 +296,9 @@ def test_library_page_documents_the_public_api(book):
         assert f"module-vaelib.{module}" in page.ids, f"api.html has no section for vaelib.{module}"
     missing = [name for name in API_NAMES if name not in page.ids]
     assert not missing, f"api.html does not document {missing}"
-    assert not any(i.startswith("vaelib.") and i.split(".")[-1].startswith("_") for i in page.ids), "private names"
+    assert not any(
+        i.startswith("vaelib.") and i.split(".")[-1].startswith("_") for i in page.ids
+    ), "private names"
 
 
 def html_pages(book):
@@ -218,7 +306,8 @@ def html_pages(book):
 
 
 def local_target(page, ref):
-    """The file a relative URL in `page` points to, or None for another host, a data: URL or a bare #fragment."""
+    """The file a relative URL in `page` points to, or None for another host, a data: URL or a bare
+    #fragment."""
     parts = urlsplit(ref)
     if parts.scheme or parts.netloc or not parts.path:
         return None
@@ -236,7 +325,13 @@ def test_every_local_link_and_image_resolves(book):
     for path in html_pages(book):
         parsed = parse(path.resolve())
         for tag, attrs in parsed.tags:
-            ref = attrs.get("href") if tag in ("a", "link") else attrs.get("src") if tag in ("img", "script") else None
+            ref = (
+                attrs.get("href")
+                if tag in ("a", "link")
+                else attrs.get("src")
+                if tag in ("img", "script")
+                else None
+            )
             if not ref or ref.startswith(("mailto:", "javascript:")):
                 continue
             target = local_target(path, ref)
@@ -257,7 +352,8 @@ EXTERNAL = re.compile(r"^(https?:)?//", re.I)
 
 
 def test_nothing_is_loaded_from_another_host(book):
-    """No page loads a script, style sheet, font, image or frame from another host (links to read are fine)."""
+    """No page loads a script, style sheet, font, image or frame from another host (links to read
+    are fine)."""
     found = []
     for path in html_pages(book):
         parsed = Parsed(path.read_text(encoding="utf-8"))
@@ -271,18 +367,30 @@ def test_nothing_is_loaded_from_another_host(book):
             if EXTERNAL.match(ref):
                 found.append(f"{path.relative_to(book.html)}: <{tag}> {ref}")
         for css in re.findall(r"<style[^>]*>(.*?)</style>", parsed.text, flags=re.S | re.I):
-            found += [f"{path.relative_to(book.html)}: <style> {u}" for u in re.findall(r"url\(\s*['\"]?(https?:[^)'\"]+)", css)]
+            found += [
+                f"{path.relative_to(book.html)}: <style> {u}"
+                for u in re.findall(r"url\(\s*['\"]?(https?:[^)'\"]+)", css)
+            ]
     for css in book.html.rglob("*.css"):
         text = css.read_text(encoding="utf-8", errors="replace")
-        found += [f"{css.relative_to(book.html)}: {u}" for u in re.findall(
-            r"(?:url\(\s*['\"]?|@import\s+['\"])(https?:[^)'\"]+)", text)]
+        found += [
+            f"{css.relative_to(book.html)}: {u}"
+            for u in re.findall(r"(?:url\(\s*['\"]?|@import\s+['\"])(https?:[^)'\"]+)", text)
+        ]
     assert not found, f"the site loads from other hosts: {found[:20]}"
-    mathjax = [a["src"] for a in book.read("index.html").find("script") if "mathjax" in a.get("src", "").lower()]
-    assert mathjax and all(not EXTERNAL.match(s) for s in mathjax), f"MathJax must be served by the site: {mathjax}"
+    mathjax = [
+        a["src"]
+        for a in book.read("index.html").find("script")
+        if "mathjax" in a.get("src", "").lower()
+    ]
+    assert mathjax and all(not EXTERNAL.match(s) for s in mathjax), (
+        f"MathJax must be served by the site: {mathjax}"
+    )
     assert (book.html / urlsplit(mathjax[0]).path).is_file()
 
 
-# ------------------------------------------------------------------------------------------------ in a browser
+# ------------------------------------------------------------------------------------------------
+# in a browser
 PAGE_JS = """() => {
   const article = document.querySelector('article') || document.body;
   const copy = article.cloneNode(true);
@@ -304,8 +412,9 @@ PAGE_JS = """() => {
 
 @pytest.fixture
 def browse(playwright, book, tmp_path, request):
-    """A function opening a page of the book (file:// URL) in a fresh headless Chromium; records every request the
-    page makes, failed loads and script errors. Afterwards, pass or fail: a screenshot into tmp_path."""
+    """A function opening a page of the book (file:// URL) in a fresh headless Chromium; records
+    every request the page makes, failed loads and script errors. Afterwards, pass or fail: a
+    screenshot into tmp_path."""
     with browser_page(playwright, tmp_path / f"{request.node.name}.png", CLICK_MS) as page:
         seen = {"requests": [], "failed": [], "errors": []}
         page.on("request", lambda r: seen["requests"].append(r.url))
@@ -320,9 +429,13 @@ def browse(playwright, book, tmp_path, request):
 
 
 def wait_for_mathjax(page):
-    page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=MATHJAX_MS)
+    page.wait_for_function(
+        "() => window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=MATHJAX_MS
+    )
     page.evaluate("() => MathJax.startup.promise")
-    page.wait_for_function("() => [...document.images].every((i) => i.complete)", timeout=MATHJAX_MS)
+    page.wait_for_function(
+        "() => [...document.images].every((i) => i.complete)", timeout=MATHJAX_MS
+    )
 
 
 @pytest.mark.browser
@@ -337,11 +450,18 @@ def test_page_renders_offline_in_a_browser(which, browse, book, tmp_path):
     assert not s["untypeset"], f"{rel}: math left untypeset: {s['untypeset'][:5]}"
     assert not s["mathErrors"], f"{rel}: MathJax could not typeset: {s['mathErrors'][:5]}"
     for raw in ("$$", "\\(", "\\[", "\\begin{", "\\frac", "\\mathrm"):
-        assert raw not in s["text"], f"{rel}: raw TeX {raw!r} left in the text: ...{s['text'][s['text'].find(raw) - 80:][:200]}"
+        assert raw not in s["text"], (
+            f"{rel}: raw TeX {raw!r} left in the text: "
+            f"...{s['text'][s['text'].find(raw) - 80 :][:200]}"
+        )
     assert not s["broken"], f"{rel}: images that did not load: {s['broken']}"
     if which == "09":
-        assert s["images"] >= 5, f"{rel}: a figure-heavy page shows its figures ({s['images']} images)"
-    outside = [u for u in seen["requests"] if not u.startswith(("file://", "data:", "blob:", "about:"))]
+        assert s["images"] >= 5, (
+            f"{rel}: a figure-heavy page shows its figures ({s['images']} images)"
+        )
+    outside = [
+        u for u in seen["requests"] if not u.startswith(("file://", "data:", "blob:", "about:"))
+    ]
     assert not outside, f"{rel}: the page asked another host for {outside}"
     assert not seen["failed"], f"{rel}: failed loads {seen['failed']}"
     assert not seen["errors"], f"{rel}: script errors {seen['errors']}"

@@ -17,12 +17,11 @@ import warnings
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
 import torch
 
-import numpy as np
-
-from vaelib import checkpoints, data, evaluate, train
+from vaelib import checkpoints, data, evaluate
 from vaelib.__main__ import main
 from vaelib.models import VAE, Autoencoder
 
@@ -33,12 +32,16 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def env():
     e = dict(os.environ)
     e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
-    e["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # the same threads as this process: the same float sums
+    e["OMP_NUM_THREADS"] = str(
+        torch.get_num_threads()
+    )  # the same threads as this process: the same float sums
     return e
 
 
 def cli(*args, cwd):
-    return [sys.executable, "-m", "vaelib", *map(str, args)], dict(cwd=cwd, env=env(), capture_output=True, text=True, timeout=300)
+    return [sys.executable, "-m", "vaelib", *map(str, args)], dict(
+        cwd=cwd, env=env(), capture_output=True, text=True, timeout=300
+    )
 
 
 def run(*args, cwd):
@@ -57,7 +60,8 @@ def assert_one_line_error(result, *fragments):
 
 @pytest.fixture(autouse=True)
 def in_a_temporary_folder(tmp_path, monkeypatch):
-    """Run every test from a temporary folder: a command that wrongly writes into "." cannot touch the repository."""
+    """Run every test from a temporary folder: a command that wrongly writes into "." cannot touch
+    the repository."""
     monkeypatch.chdir(tmp_path)
 
 
@@ -73,8 +77,27 @@ def in_process(argv, capsys):
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     out = root / "run"
-    result = run("train", "--dataset", "digits", "--latent-dim", 2, "--hidden", 16, "--hidden", 8, "--epochs", 2,
-                 "--batch-size", 64, "--valid-size", 100, "--no-progress", "--out", out, cwd=root)
+    result = run(
+        "train",
+        "--dataset",
+        "digits",
+        "--latent-dim",
+        2,
+        "--hidden",
+        16,
+        "--hidden",
+        8,
+        "--epochs",
+        2,
+        "--batch-size",
+        64,
+        "--valid-size",
+        100,
+        "--no-progress",
+        "--out",
+        out,
+        cwd=root,
+    )
     assert result.returncode == 0, result.stderr
     return root, out, result
 
@@ -83,8 +106,14 @@ def test_train_writes_checkpoint_history_and_curve(trained):
     _, out, result = trained
     ck = checkpoints.load_checkpoint(out / "model.pt", with_state=True)
     assert isinstance(ck.model, VAE)
-    assert ck.model.config == {"data_dim": 64, "latent_dim": 2, "hidden_dims": [16, 8], "likelihood": "bernoulli",
-                               "sigma_x": 1.0, "learn_sigma_x": False}
+    assert ck.model.config == {
+        "data_dim": 64,
+        "latent_dim": 2,
+        "hidden_dims": [16, 8],
+        "likelihood": "bernoulli",
+        "sigma_x": 1.0,
+        "learn_sigma_x": False,
+    }
     assert ck.metadata["dataset"] == "digits"
     history = json.loads((out / "history.json").read_text())
     assert history == ck.history
@@ -97,45 +126,66 @@ def test_train_writes_checkpoint_history_and_curve(trained):
     assert png.read_bytes()[:8] == PNG_MAGIC
     h, w, _ = matplotlib.image.imread(png).shape
     assert h > 200 and w > 400
-    assert sorted(p.name for p in out.iterdir()) == ["history.json", "model.pt", "training_curve.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "history.json",
+        "model.pt",
+        "training_curve.png",
+    ]
 
 
 def test_evaluate_prints_what_the_library_computes(trained, capsys):
     root, out, _ = trained
-    result = in_process(["evaluate", out / "model.pt", "--K", 20, "--limit", 60, "--no-progress"], capsys)
+    result = in_process(
+        ["evaluate", out / "model.pt", "--K", 20, "--limit", 60, "--no-progress"], capsys
+    )
     assert result.returncode == 0, result.stderr
     numbers = {}
     for name in ("test ELBO", r"IWAE log-likelihood \(K=20\)"):
-        m = re.search(rf"^{name}: (-?\d+\.\d+) nats per example .*; (\d+\.\d+) bits/dim\)$", result.stdout, re.M)
+        m = re.search(
+            rf"^{name}: (-?\d+\.\d+) nats per example .*; (\d+\.\d+) bits/dim\)$",
+            result.stdout,
+            re.M,
+        )
         assert m, result.stdout
         numbers[name] = float(m.group(1))
-        assert float(m.group(2)) == pytest.approx(evaluate.bits_per_dim(float(m.group(1)), 64), abs=1e-4)
+        assert float(m.group(2)) == pytest.approx(
+            evaluate.bits_per_dim(float(m.group(1)), 64), abs=1e-4
+        )
     assert "digits test split, 60 examples, binarized once with seed 0" in result.stdout
-    # The same computation in-process: one fixed binarization, then ELBO and IWAE from one seeded generator.
+    # The same computation in-process: one fixed binarization, then ELBO and IWAE from one seeded
+    # generator.
     model = checkpoints.load_checkpoint(out / "model.pt")
     x, _ = data.load("digits", "test")
     x = torch.bernoulli(x[:60], generator=torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(0)
     elbo = evaluate.test_elbo(model, x, batch_size=100, generator=g).mean().item()
-    iwae = evaluate.iwae_log_likelihood(model, x, K=20, batch_size=100, chunk_size=500, generator=g).mean().item()
+    iwae = (
+        evaluate.iwae_log_likelihood(model, x, K=20, batch_size=100, chunk_size=500, generator=g)
+        .mean()
+        .item()
+    )
     assert numbers["test ELBO"] == pytest.approx(elbo, abs=1e-3)
     assert numbers[r"IWAE log-likelihood \(K=20\)"] == pytest.approx(iwae, abs=1e-3)
 
 
 def test_sample_writes_a_grid_image(trained, capsys):
     root, out, _ = trained
-    result = in_process(["sample", out / "model.pt", "--n", 10, "--out", root / "samples.png", "--seed", 3], capsys)
+    result = in_process(
+        ["sample", out / "model.pt", "--n", 10, "--out", root / "samples.png", "--seed", 3], capsys
+    )
     assert result.returncode == 0, result.stderr
     assert "wrote 10 samples (8x8)" in result.stdout
     image = matplotlib.image.imread(root / "samples.png")
-    # 10 samples -> 4 columns x 3 rows of 8x8 tiles with 1-pixel borders: 28 x 37, scaled by ceil(256/37) = 7.
+    # 10 samples -> 4 columns x 3 rows of 8x8 tiles with 1-pixel borders: 28 x 37, scaled by
+    # ceil(256/37) = 7.
     assert image.shape[:2] == (28 * 7, 37 * 7)
     assert (image[..., 0] == image[..., 1]).all()  # grey-scale
     # the first tile is the decoder mean of the first prior draw with seed 3
     model = checkpoints.load_checkpoint(out / "model.pt")
     first = model.sample(10, generator=torch.Generator().manual_seed(3))[0].reshape(8, 8).numpy()
-    tile = image[7:7 + 8 * 7:7, 7:7 + 8 * 7:7, 0]  # one pixel per scaled block
-    # 8-bit PNG through a 256-entry grey colormap: the value's bin (1/256) plus 8-bit rounding (1/255)
+    tile = image[7 : 7 + 8 * 7 : 7, 7 : 7 + 8 * 7 : 7, 0]  # one pixel per scaled block
+    # 8-bit PNG through a 256-entry grey colormap: the value's bin (1/256) plus 8-bit rounding
+    # (1/255)
     assert abs(tile - first).max() < 2 / 255
 
 
@@ -151,12 +201,27 @@ def test_sample_writes_a_grid_image(trained, capsys):
         (["sample", "m.pt", "--n", "0", "--out", "s.png"], ["--n"]),
         (["train", "--seed", str(2**64), "--out", "x"], ["--seed", "[0, 2**64)"]),
         (["evaluate", "m.pt", "--seed", "-1"], ["--seed"]),
-        (["train", "--dataset", "digits", "--data", "d.npz", "--out", "x"], ["--data", "not allowed with"]),
+        (
+            ["train", "--dataset", "digits", "--data", "d.npz", "--out", "x"],
+            ["--data", "not allowed with"],
+        ),
         (["train", "--image-shape", "8", "--out", "x"], ["--image-shape", "2 arguments"]),
         (["train", "--sigma-x", "0", "--out", "x"], ["--sigma-x", "positive"]),
     ],
-    ids=["dataset", "hidden", "lr", "no-out", "no-command", "command", "n", "seed-65-bits", "seed-negative",
-         "dataset-and-data", "image-shape", "sigma-x"],
+    ids=[
+        "dataset",
+        "hidden",
+        "lr",
+        "no-out",
+        "no-command",
+        "command",
+        "n",
+        "seed-65-bits",
+        "seed-negative",
+        "dataset-and-data",
+        "image-shape",
+        "sigma-x",
+    ],
 )
 def test_usage_errors_are_one_line(argv, fragments, tmp_path):
     result = run(*argv, cwd=tmp_path)
@@ -168,38 +233,65 @@ def test_usage_errors_are_one_line(argv, fragments, tmp_path):
 def test_corrupt_checkpoint_is_one_line_in_a_subprocess(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"PK\x03\x04 definitely not a zip archive")
-    result = run("evaluate", bad, "--k", 5, cwd=tmp_path)  # --k: the former name of --K still parses
+    result = run(
+        "evaluate", bad, "--k", 5, cwd=tmp_path
+    )  # --k: the former name of --K still parses
     assert_one_line_error(result, str(bad), "not a readable vaelib checkpoint")
 
 
 def test_errors_after_parsing_are_one_line(tmp_path, capsys, trained):
     _, out, _ = trained
     missing = tmp_path / "missing.pt"
-    assert_one_line_error(in_process(["evaluate", missing], capsys), "checkpoint not found", str(missing))
-    assert_one_line_error(in_process(["sample", missing, "--out", tmp_path / "s.png"], capsys), "checkpoint not found")
-    assert_one_line_error(in_process(["sample", out / "model.pt", "--out", tmp_path / "s.jpg"], capsys), ".png")
-    assert_one_line_error(in_process(["sample", out / "model.pt", "--out", tmp_path / "no" / "s.png"], capsys), "does not exist")
-    assert_one_line_error(in_process(["train", "--valid-size", 5000, "--out", tmp_path / "r"], capsys), "--valid-size 5000")
+    assert_one_line_error(
+        in_process(["evaluate", missing], capsys), "checkpoint not found", str(missing)
+    )
+    assert_one_line_error(
+        in_process(["sample", missing, "--out", tmp_path / "s.png"], capsys), "checkpoint not found"
+    )
+    assert_one_line_error(
+        in_process(["sample", out / "model.pt", "--out", tmp_path / "s.jpg"], capsys), ".png"
+    )
+    assert_one_line_error(
+        in_process(["sample", out / "model.pt", "--out", tmp_path / "no" / "s.png"], capsys),
+        "does not exist",
+    )
+    assert_one_line_error(
+        in_process(["train", "--valid-size", 5000, "--out", tmp_path / "r"], capsys),
+        "--valid-size 5000",
+    )
     ae = tmp_path / "ae.pt"
-    checkpoints.save_checkpoint(ae, Autoencoder(64, 2, (4,)))  # no dataset recorded, no prior to sample
-    assert_one_line_error(in_process(["sample", ae, "--out", tmp_path / "s.png"], capsys), "Autoencoder", "no prior")
-    assert_one_line_error(in_process(["evaluate", ae], capsys), "does not record its dataset", "--dataset")
+    checkpoints.save_checkpoint(
+        ae, Autoencoder(64, 2, (4,))
+    )  # no dataset recorded, no prior to sample
+    assert_one_line_error(
+        in_process(["sample", ae, "--out", tmp_path / "s.png"], capsys), "Autoencoder", "no prior"
+    )
+    assert_one_line_error(
+        in_process(["evaluate", ae], capsys), "does not record its dataset", "--dataset"
+    )
     if not torch.cuda.is_available():
-        assert_one_line_error(in_process(["evaluate", out / "model.pt", "--device", "cuda"], capsys), "CUDA is not available")
+        assert_one_line_error(
+            in_process(["evaluate", out / "model.pt", "--device", "cuda"], capsys),
+            "CUDA is not available",
+        )
     assert not (tmp_path / "r").exists()
 
 
 def _raise(error):
     def broken(*args, **kwargs):
         raise error
+
     return broken
 
 
-@pytest.mark.parametrize("error", [TypeError("unsupported operand type(s)"), RuntimeError("a bug in vaelib")],
-                         ids=["TypeError", "RuntimeError"])
+@pytest.mark.parametrize(
+    "error",
+    [TypeError("unsupported operand type(s)"), RuntimeError("a bug in vaelib")],
+    ids=["TypeError", "RuntimeError"],
+)
 def test_a_bug_keeps_its_traceback(error, tmp_path, capsys, monkeypatch):
-    """A TypeError or RuntimeError from inside a command is a bug, not a user error: main does not turn it into
-    `vaelib: error: ...` (which would hide where it happened) but lets it propagate."""
+    """A TypeError or RuntimeError from inside a command is a bug, not a user error: main does not
+    turn it into `vaelib: error: ...` (which would hide where it happened) but lets it propagate."""
     monkeypatch.setattr(checkpoints, "load_checkpoint", _raise(error))
     with pytest.raises(type(error), match=re.escape(str(error))):
         main(["sample", str(tmp_path / "m.pt"), "--out", str(tmp_path / "s.png")])
@@ -207,27 +299,45 @@ def test_a_bug_keeps_its_traceback(error, tmp_path, capsys, monkeypatch):
 
 
 def test_a_bug_in_a_subprocess_prints_the_traceback(tmp_path):
-    """`python -m vaelib` with a bug planted in a library function it calls: Python's traceback on stderr, naming
-    the function where it happened, and exit status 1, not the one-line message of an expected error."""
-    plant = ("import runpy, sys, vaelib.train\n"
-             "def load_checkpoint(*args, **kwargs):\n"
-             "    raise RuntimeError('planted bug')\n"
-             "vaelib.checkpoints.load_checkpoint = load_checkpoint\n"
-             "sys.argv = ['vaelib', 'sample', 'm.pt', '--out', 's.png']\n"
-             "runpy.run_module('vaelib', run_name='__main__')\n")
-    result = subprocess.run([sys.executable, "-c", plant], cwd=tmp_path, env=env(), capture_output=True, text=True,
-                            timeout=300)
+    """`python -m vaelib` with a bug planted in a library function it calls: Python's traceback on
+    stderr, naming the function where it happened, and exit status 1, not the one-line message of an
+    expected error."""
+    plant = (
+        "import runpy, sys, vaelib.train\n"
+        "def load_checkpoint(*args, **kwargs):\n"
+        "    raise RuntimeError('planted bug')\n"
+        "vaelib.checkpoints.load_checkpoint = load_checkpoint\n"
+        "sys.argv = ['vaelib', 'sample', 'm.pt', '--out', 's.png']\n"
+        "runpy.run_module('vaelib', run_name='__main__')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", plant],
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1
     assert result.stderr.startswith("Traceback (most recent call last):"), result.stderr
-    assert "in load_checkpoint" in result.stderr and result.stderr.endswith("RuntimeError: planted bug\n")
+    assert "in load_checkpoint" in result.stderr and result.stderr.endswith(
+        "RuntimeError: planted bug\n"
+    )
     assert "vaelib: error" not in result.stderr
 
 
 def test_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
     """Running out of memory is not a bug: one line that says what to lower."""
-    monkeypatch.setattr(checkpoints, "load_checkpoint", _raise(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate")))
-    assert_one_line_error(in_process(["sample", tmp_path / "m.pt", "--out", tmp_path / "s.png"], capsys),
-                          "out of memory", "--batch-size")
+    monkeypatch.setattr(
+        checkpoints,
+        "load_checkpoint",
+        _raise(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate")),
+    )
+    assert_one_line_error(
+        in_process(["sample", tmp_path / "m.pt", "--out", tmp_path / "s.png"], capsys),
+        "out of memory",
+        "--batch-size",
+    )
 
 
 def test_evaluate_takes_K_and_its_former_name_k():
@@ -246,22 +356,38 @@ def test_help_and_import_have_no_side_effects(capsys):
     assert "--latent-dim" in capsys.readouterr().out
 
 
-# -- training that survives interruption (issue 14, item 3) ------------------------------------------
+# -- training that survives interruption (issue 14, item 3)
+# ------------------------------------------
 
-EPOCHS = 200  # an epoch of this tiny model takes about 10 ms on an idle machine: long enough to be stopped mid-run
-RUN = ["--latent-dim", 2, "--hidden", 16, "--batch-size", 128, "--valid-size", 100, "--epochs", EPOCHS, "--seed", 3,
-       "--no-progress"]
+# an epoch of this tiny model takes about 10 ms on an idle machine: long enough to be stopped
+# mid-run
+EPOCHS = 200
+RUN = [
+    "--latent-dim",
+    2,
+    "--hidden",
+    16,
+    "--batch-size",
+    128,
+    "--valid-size",
+    100,
+    "--epochs",
+    EPOCHS,
+    "--seed",
+    3,
+    "--no-progress",
+]
 
 
 def with_epochs(n):
     """RUN with --epochs n."""
     i = RUN.index("--epochs")
-    return [*RUN[:i + 1], n, *RUN[i + 2:]]
+    return [*RUN[: i + 1], n, *RUN[i + 2 :]]
 
 
 def wait_for(condition, proc, what, timeout=600):
-    # generous: importing torch, scikit-learn and matplotlib in three subprocesses at once took over 120 s on a
-    # loaded 2-core machine; a run that ends early is caught at once by the poll below
+    # generous: importing torch, scikit-learn and matplotlib in three subprocesses at once took over
+    # 120 s on a loaded 2-core machine; a run that ends early is caught at once by the poll below
     start = time.monotonic()
     while not condition():
         assert proc.poll() is None, f"the run ended before {what}: {proc.communicate()}"
@@ -275,19 +401,34 @@ def final_state(out):
 
 
 def test_runs_stopped_by_sigint_sigterm_or_sigkill_resume_to_the_same_weights(tmp_path, capsys):
-    """Three CLI runs, stopped mid-run: SIGINT (saves the last complete epoch on the way out, between the checkpoints
-    of --checkpoint-every 4), SIGTERM (the same with no periodic checkpoint; exit status 143) and SIGKILL (nothing
-    runs: the last checkpoint of --checkpoint-every 1 is what is left). `train --resume DIR --epochs N` then finishes
-    each, N = 2 epochs past the latest stop, and each ends with exactly the weights and history of one uninterrupted
-    run of N epochs (bit for bit: same seeds, same generator state, same Adam moments).
+    """Three CLI runs, stopped mid-run: SIGINT (saves the last complete epoch on the way out,
+    between the checkpoints of --checkpoint-every 4), SIGTERM (the same with no periodic checkpoint;
+    exit status 143) and SIGKILL (nothing
+    runs: the last checkpoint of --checkpoint-every 1 is what is left). `train --resume DIR --epochs
+        N` then finishes
+    each, N = 2 epochs past the latest stop, and each ends with exactly the weights and history of
+    one uninterrupted run of N epochs (bit for bit: same seeds, same generator state, same Adam
+    moments).
 
-    The runs ask for 100,000 epochs, so they are mid-run when stopped however fast the machine is, and the work is
-    what they did before the signal plus 2 N epochs (it was 200 epochs per run and 200 more straight: 19 minutes
-    on a loaded machine)."""
-    runs = {"sigint": (signal.SIGINT, 4), "sigterm": (signal.SIGTERM, 0), "sigkill": (signal.SIGKILL, 1)}
+    The runs ask for 100,000 epochs, so they are mid-run when stopped however fast the machine is,
+    and the work is what they did before the signal plus 2 N epochs (it was 200 epochs per run and
+    200 more straight: 19 minutes on a loaded machine)."""
+    runs = {
+        "sigint": (signal.SIGINT, 4),
+        "sigterm": (signal.SIGTERM, 0),
+        "sigkill": (signal.SIGKILL, 1),
+    }
     procs = {}
     for name, (_, every) in runs.items():  # started together: the imports overlap
-        cmd, kw = cli("train", *with_epochs(100_000), "--checkpoint-every", every, "--out", tmp_path / name, cwd=tmp_path)
+        cmd, kw = cli(
+            "train",
+            *with_epochs(100_000),
+            "--checkpoint-every",
+            every,
+            "--out",
+            tmp_path / name,
+            cwd=tmp_path,
+        )
         kw = {k: v for k, v in kw.items() if k not in ("capture_output", "timeout")}
         procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
     for name, (sig, every) in runs.items():
@@ -297,26 +438,44 @@ def test_runs_stopped_by_sigint_sigterm_or_sigkill_resume_to_the_same_weights(tm
             time.sleep(0.15)  # into a later epoch
         else:  # no periodic checkpoint: everything rests on the save on the way out
             assert proc.stdout.readline().startswith("training VAE 64-16-2"), proc.communicate()
-            time.sleep(0.3)  # well inside the run (stopped before the first epoch ends is fine too: it saves epoch 0)
+            time.sleep(
+                0.3
+                # well inside the run (stopped before the first epoch ends is fine too: it saves
+                # epoch 0)
+            )
         assert proc.poll() is None, f"{name}: the run finished before it could be stopped"
         proc.send_signal(sig)
     results = {name: (proc.wait(timeout=120), proc.communicate()) for name, proc in procs.items()}
 
     code, (_, err) = results["sigint"]
     assert code == 130, err
-    assert re.search(r"^vaelib: interrupted; saved the state after epoch \d+ to .*model\.pt; continue with: "
-                     r"python -m vaelib train --resume ", err, re.M), err
+    assert re.search(
+        r"^vaelib: interrupted; saved the state after epoch \d+ to .*model\.pt; continue with: "
+        r"python -m vaelib train --resume ",
+        err,
+        re.M,
+    ), err
     code, (_, err) = results["sigterm"]
     assert code == 128 + 15, err
-    assert re.search(r"^vaelib: terminated \(SIGTERM\); saved the state after epoch \d+", err, re.M), err
+    assert re.search(
+        r"^vaelib: terminated \(SIGTERM\); saved the state after epoch \d+", err, re.M
+    ), err
     assert results["sigkill"][0] == -signal.SIGKILL
 
-    stopped_at = {name: len(checkpoints.load_checkpoint(tmp_path / name / "model.pt", with_state=True).history["epoch"])
-                  for name in runs}
+    stopped_at = {
+        name: len(
+            checkpoints.load_checkpoint(tmp_path / name / "model.pt", with_state=True).history[
+                "epoch"
+            ]
+        )
+        for name in runs
+    }
     total = max(stopped_at.values()) + 2  # every run resumes for at least 2 epochs
     for name in runs:
         out = tmp_path / name
-        if name != "sigkill":  # SIGKILL can land inside a save and leave its .tmp: the next run must clean it (below)
+        if (
+            name != "sigkill"
+        ):  # SIGKILL can land inside a save and leave its .tmp: the next run must clean it (below)
             assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
         result = in_process(["train", "--resume", out, "--epochs", total, "--no-progress"], capsys)
         assert result.returncode == 0, result.stderr
@@ -328,73 +487,151 @@ def test_runs_stopped_by_sigint_sigterm_or_sigkill_resume_to_the_same_weights(tm
     for name in runs:
         model, history = final_state(tmp_path / name)
         sa, sb = model.state_dict(), straight.state_dict()
-        assert all(torch.equal(sa[k], sb[k]) for k in sb), f"{name} (stopped after epoch {stopped_at[name]})"
+        assert all(torch.equal(sa[k], sb[k]) for k in sb), (
+            f"{name} (stopped after epoch {stopped_at[name]})"
+        )
         assert history == straight_history, name
-        assert json.loads((tmp_path / name / "history.json").read_text())["epoch"] == list(range(1, total + 1))
+        assert json.loads((tmp_path / name / "history.json").read_text())["epoch"] == list(
+            range(1, total + 1)
+        )
 
 
 def test_nan_in_training_saves_the_last_finite_state(tmp_path, capsys):
     out = tmp_path / "run"
-    result = in_process(["train", "--latent-dim", 2, "--hidden", 16, "--epochs", 3, "--lr", "1e30", "--no-progress",
-                         "--out", out], capsys)
-    assert_one_line_error(result, "the training loss is nan at epoch 1", "saved the last finite state (after epoch 0)",
-                          "--resume", "--lr 1e+29")
+    result = in_process(
+        [
+            "train",
+            "--latent-dim",
+            2,
+            "--hidden",
+            16,
+            "--epochs",
+            3,
+            "--lr",
+            "1e30",
+            "--no-progress",
+            "--out",
+            out,
+        ],
+        capsys,
+    )
+    assert_one_line_error(
+        result,
+        "the training loss is nan at epoch 1",
+        "saved the last finite state (after epoch 0)",
+        "--resume",
+        "--lr 1e+29",
+    )
     ck = checkpoints.load_checkpoint(out / "model.pt", with_state=True)
     assert all(torch.isfinite(p).all() for p in ck.model.parameters()) and ck.history["epoch"] == []
 
 
 def test_out_is_checked_before_training(tmp_path, capsys):
-    assert_one_line_error(in_process(["train", "--out", ""], capsys), "--out must name a directory, got ''")
-    assert_one_line_error(in_process(["train", "--out", " "], capsys), "--out must name a directory, got ' '")
+    assert_one_line_error(
+        in_process(["train", "--out", ""], capsys), "--out must name a directory, got ''"
+    )
+    assert_one_line_error(
+        in_process(["train", "--out", " "], capsys), "--out must name a directory, got ' '"
+    )
     assert list(tmp_path.iterdir()) == []  # nothing written into the current folder
     a_file = tmp_path / "file"
     a_file.write_text("")
-    assert_one_line_error(in_process(["train", "--out", a_file], capsys), "exists and is not a directory")
-    assert_one_line_error(in_process(["train", "--out", a_file / "sub"], capsys), "is not a writable directory")
+    assert_one_line_error(
+        in_process(["train", "--out", a_file], capsys), "exists and is not a directory"
+    )
+    assert_one_line_error(
+        in_process(["train", "--out", a_file / "sub"], capsys), "is not a writable directory"
+    )
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
-        assert_one_line_error(in_process(["train", "--out", locked], capsys), "is not a writable directory")
+        assert_one_line_error(
+            in_process(["train", "--out", locked], capsys), "is not a writable directory"
+        )
 
 
 def test_resume_continues_only_a_cli_run_with_its_own_settings(tmp_path, capsys, trained):
     _, out, _ = trained
-    assert_one_line_error(in_process(["train", *RUN, "--out", out], capsys), "model.pt exists", "--resume", "--overwrite")
-    assert_one_line_error(in_process(["train", "--resume", out, "--latent-dim", 3], capsys),
-                          "--latent-dim 3 differs from the run's 2")
-    assert_one_line_error(in_process(["train", "--resume", out, "--seed", 1], capsys), "--seed 1 differs from the run's 0")
-    assert_one_line_error(in_process(["train", "--resume", tmp_path], capsys), "no model.pt there to continue")
-    assert_one_line_error(in_process(["train", "--resume", out, "--out", tmp_path], capsys), "leave out --out")
+    assert_one_line_error(
+        in_process(["train", *RUN, "--out", out], capsys),
+        "model.pt exists",
+        "--resume",
+        "--overwrite",
+    )
+    assert_one_line_error(
+        in_process(["train", "--resume", out, "--latent-dim", 3], capsys),
+        "--latent-dim 3 differs from the run's 2",
+    )
+    assert_one_line_error(
+        in_process(["train", "--resume", out, "--seed", 1], capsys),
+        "--seed 1 differs from the run's 0",
+    )
+    assert_one_line_error(
+        in_process(["train", "--resume", tmp_path], capsys), "no model.pt there to continue"
+    )
+    assert_one_line_error(
+        in_process(["train", "--resume", out, "--out", tmp_path], capsys), "leave out --out"
+    )
     lib = tmp_path / "lib"
     lib.mkdir()
     checkpoints.save_checkpoint(lib / "model.pt", VAE(64, 2, (4,)))
-    assert_one_line_error(in_process(["train", "--resume", lib], capsys), "does not record the settings")
-    done = in_process(["train", "--resume", out, "--no-progress"], capsys)  # already at its 2 epochs
-    assert done.returncode == 0 and "resuming VAE 64-16-8-2 (bernoulli) at epoch 2 on digits: 1400 examples, 0 epochs" in done.stdout
+    assert_one_line_error(
+        in_process(["train", "--resume", lib], capsys), "does not record the settings"
+    )
+    done = in_process(
+        ["train", "--resume", out, "--no-progress"], capsys
+    )  # already at its 2 epochs
+    assert (
+        done.returncode == 0
+        and "resuming VAE 64-16-8-2 (bernoulli) at epoch 2 on digits: 1400 examples, 0 epochs"
+        in done.stdout
+    )
 
 
-# -- Gaussian likelihood: sigma_x (issue 9, item 3) --------------------------------------------------
+# -- Gaussian likelihood: sigma_x (issue 9, item 3)
+# --------------------------------------------------
+
 
 def test_default_gaussian_run_learns_sigma_x_and_uses_its_latent_code(tmp_path, capsys):
-    """The default Gaussian run (64-400-20, 10 epochs on digits) learns sigma_x, starting from the data's pixel
-    standard deviation, and keeps active units (Burda et al.: Cov_x E_q[u] > 0.01). With sigma_x fixed at 1 on
-    [0, 1] pixels, the old default, the KL wins: no active unit (notebook 07). Measured: 20 of 20 active units
-    with sigma_x 0.2705 -> 0.267, against 0 (largest Cov_x E_q[u] = 0.003)."""
+    """The default Gaussian run (64-400-20, 10 epochs on digits) learns sigma_x, starting from the
+    data's pixel standard deviation, and keeps active units (Burda et al.: Cov_x E_q[u] > 0.01).
+    With sigma_x fixed at 1 on [0, 1] pixels, the old default, the KL wins: no active unit (notebook
+    07). Measured: 20 of 20 active units with sigma_x 0.2705 -> 0.267, against 0 (largest Cov_x
+    E_q[u] = 0.003)."""
     x, _ = data.load("digits", "train")
     x_test, _ = data.load("digits", "test")
-    result = in_process(["train", "--likelihood", "gaussian", "--no-progress", "--out", tmp_path / "learned"], capsys)
+    result = in_process(
+        ["train", "--likelihood", "gaussian", "--no-progress", "--out", tmp_path / "learned"],
+        capsys,
+    )
     assert result.returncode == 0, result.stderr
     spread = x.double().var(0, correction=0).mean().sqrt().item()  # sqrt(mean_d Var(x_d)) = 0.2705
     assert f"(gaussian, sigma_x learned from {spread:.4g})" in result.stdout
     model = checkpoints.load_checkpoint(tmp_path / "learned" / "model.pt")
-    assert model.config["learn_sigma_x"] is True and model.config["sigma_x"] == float(f"{spread:.4g}")
+    assert model.config["learn_sigma_x"] is True and model.config["sigma_x"] == float(
+        f"{spread:.4g}"
+    )
     assert model.sigma_x != model.config["sigma_x"]  # it moved: learned
     active, _ = evaluate.active_units(model, x_test)
     assert active > 0
-    with warnings.catch_warnings():  # a fixed sigma_x = 1 on [0, 1] data may warn; that is the point
+    with (
+        warnings.catch_warnings()
+    ):  # a fixed sigma_x = 1 on [0, 1] data may warn; that is the point
         warnings.simplefilter("ignore")
-        result = in_process(["train", "--likelihood", "gaussian", "--sigma-x", 1, "--no-learn-sigma-x", "--no-progress",
-                             "--out", tmp_path / "fixed"], capsys)
+        result = in_process(
+            [
+                "train",
+                "--likelihood",
+                "gaussian",
+                "--sigma-x",
+                1,
+                "--no-learn-sigma-x",
+                "--no-progress",
+                "--out",
+                tmp_path / "fixed",
+            ],
+            capsys,
+        )
     assert result.returncode == 0, result.stderr
     fixed = checkpoints.load_checkpoint(tmp_path / "fixed" / "model.pt")
     assert fixed.sigma_x == 1.0 and evaluate.active_units(fixed, x_test)[0] == 0
@@ -402,7 +639,9 @@ def test_default_gaussian_run_learns_sigma_x_and_uses_its_latent_code(tmp_path, 
     assert_one_line_error(result, "--sigma-x and --learn-sigma-x need --likelihood gaussian")
 
 
-# -- your own data (issue 13, item 4) ----------------------------------------------------------------
+# -- your own data (issue 13, item 4)
+# ----------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def npz_file(tmp_path_factory):
@@ -417,36 +656,84 @@ def npz_file(tmp_path_factory):
 
 def test_train_evaluate_and_sample_on_an_npz_file(npz_file, tmp_path, capsys):
     out = tmp_path / "run"
-    result = in_process(["train", "--data", npz_file, "--latent-dim", 2, "--hidden", 16, "--epochs", 2, "--no-progress",
-                         "--out", out], capsys)
+    result = in_process(
+        [
+            "train",
+            "--data",
+            npz_file,
+            "--latent-dim",
+            2,
+            "--hidden",
+            16,
+            "--epochs",
+            2,
+            "--no-progress",
+            "--out",
+            out,
+        ],
+        capsys,
+    )
     assert result.returncode == 0, result.stderr
     assert "on mine.npz: 1500 examples" in result.stdout
     ck = checkpoints.load_checkpoint(out / "model.pt", with_state=True)
     assert ck.metadata["data"] == str(npz_file.resolve()) and ck.metadata["image_shape"] == [4, 16]
     # evaluate reads the data (x_test) from the checkpoint
-    result = in_process(["evaluate", out / "model.pt", "--K", 5, "--limit", 30, "--no-progress"], capsys)
+    result = in_process(
+        ["evaluate", out / "model.pt", "--K", 5, "--limit", 30, "--no-progress"], capsys
+    )
     assert result.returncode == 0, result.stderr
     assert "data: mine.npz test split, 30 examples" in result.stdout
     x = torch.from_numpy(np.load(npz_file)["x_test"][:30].reshape(30, 64).astype(np.float32) / 255)
     x = torch.bernoulli(x, generator=torch.Generator().manual_seed(0))
-    elbo = evaluate.test_elbo(ck.model, x, batch_size=100, generator=torch.Generator().manual_seed(0)).mean().item()
+    elbo = (
+        evaluate.test_elbo(ck.model, x, batch_size=100, generator=torch.Generator().manual_seed(0))
+        .mean()
+        .item()
+    )
     assert f"test ELBO: {elbo:.3f} nats" in result.stdout
     # sample draws 4 x 16 tiles, the shape recorded in the checkpoint
     result = in_process(["sample", out / "model.pt", "--n", 3, "--out", tmp_path / "s.png"], capsys)
     assert result.returncode == 0 and "wrote 3 samples (4x16)" in result.stdout
     image = matplotlib.image.imread(tmp_path / "s.png")
-    scale = -(-256 // (2 * 17 + 1))  # 2 columns of 16-pixel tiles with borders, scaled to >= 256 px wide
+    scale = -(
+        -256 // (2 * 17 + 1)
+    )  # 2 columns of 16-pixel tiles with borders, scaled to >= 256 px wide
     assert image.shape[:2] == ((2 * 5 + 1) * scale, (2 * 17 + 1) * scale)
-    result = in_process(["sample", out / "model.pt", "--n", 3, "--image-shape", 8, 8, "--out", tmp_path / "t.png"], capsys)
+    result = in_process(
+        ["sample", out / "model.pt", "--n", 3, "--image-shape", 8, 8, "--out", tmp_path / "t.png"],
+        capsys,
+    )
     assert result.returncode == 0 and "(8x8)" in result.stdout
-    assert_one_line_error(in_process(["sample", out / "model.pt", "--image-shape", 3, 3, "--out", tmp_path / "u.png"],
-                                     capsys), "--image-shape 3 3 has 9 pixels but the data have 64")
+    assert_one_line_error(
+        in_process(
+            ["sample", out / "model.pt", "--image-shape", 3, 3, "--out", tmp_path / "u.png"], capsys
+        ),
+        "--image-shape 3 3 has 9 pixels but the data have 64",
+    )
     moved = tmp_path / "moved.npz"
     npz_file.rename(moved)
     try:
-        assert_one_line_error(in_process(["evaluate", out / "model.pt"], capsys), "which is not there any more", "--data")
-        result = in_process(["evaluate", out / "model.pt", "--data", moved, "--split", "train", "--K", 2, "--limit", 5,
-                             "--no-progress"], capsys)
+        assert_one_line_error(
+            in_process(["evaluate", out / "model.pt"], capsys),
+            "which is not there any more",
+            "--data",
+        )
+        result = in_process(
+            [
+                "evaluate",
+                out / "model.pt",
+                "--data",
+                moved,
+                "--split",
+                "train",
+                "--K",
+                2,
+                "--limit",
+                5,
+                "--no-progress",
+            ],
+            capsys,
+        )
         assert result.returncode == 0 and "moved.npz train split, 5 examples" in result.stdout
     finally:
         moved.rename(npz_file)
@@ -464,24 +751,56 @@ def test_bad_npz_files_are_one_line_errors(tmp_path, capsys):
     nan[3, 2] = np.nan
     cases = [
         (_npz(tmp_path, "no_train.npz", x=good), ["has no array 'x_train'", "['x']"]),
-        (_npz(tmp_path, "flat.npz", x_train=good[0]), ["x_train has shape (6,)", "(N, D) or (N, H, W)"]),
+        (
+            _npz(tmp_path, "flat.npz", x_train=good[0]),
+            ["x_train has shape (6,)", "(N, D) or (N, H, W)"],
+        ),
         (_npz(tmp_path, "empty.npz", x_train=good[:0]), ["x_train has shape (0, 6)"]),
         (_npz(tmp_path, "nan.npz", x_train=nan), ["x_train contains NaN"]),
-        (_npz(tmp_path, "range.npz", x_train=good * 3), ["values in [", "needs [0, 1]", "--likelihood gaussian"]),
+        (
+            _npz(tmp_path, "range.npz", x_train=good * 3),
+            ["values in [", "needs [0, 1]", "--likelihood gaussian"],
+        ),
         (_npz(tmp_path, "int.npz", x_train=(good * 9).astype(np.int64)), ["dtype int64", "uint8"]),
-        (_npz(tmp_path, "test.npz", x_train=good, x_test=good[:, :5]), ["x_test examples have shape (5,), x_train's (6,)"]),
-        (_npz(tmp_path, "object.npz", x_train=np.array([good, None], dtype=object)), ["Object arrays", "allow_pickle"]),
+        (
+            _npz(tmp_path, "test.npz", x_train=good, x_test=good[:, :5]),
+            ["x_test examples have shape (5,), x_train's (6,)"],
+        ),
+        (
+            _npz(tmp_path, "object.npz", x_train=np.array([good, None], dtype=object)),
+            ["Object arrays", "allow_pickle"],
+        ),
     ]
     text = tmp_path / "text.npz"
     text.write_text("not a zip\n")
     cases.append((text, ["not a readable .npz file"]))
     cases.append((tmp_path / "missing.npz", ["no such file"]))
     for path, fragments in cases:
-        result = in_process(["train", "--data", path, "--epochs", 1, "--no-progress", "--out", tmp_path / "out"], capsys)
+        result = in_process(
+            ["train", "--data", path, "--epochs", 1, "--no-progress", "--out", tmp_path / "out"],
+            capsys,
+        )
         assert_one_line_error(result, str(path.name), *fragments)
     assert not (tmp_path / "out").exists()  # every check runs before the output directory is made
-    result = in_process(["train", "--data", _npz(tmp_path, "wide.npz", x_train=good * 3), "--likelihood", "gaussian",
-                         "--epochs", 1, "--latent-dim", 2, "--hidden", 4, "--no-progress", "--out", tmp_path / "out"], capsys)
+    result = in_process(
+        [
+            "train",
+            "--data",
+            _npz(tmp_path, "wide.npz", x_train=good * 3),
+            "--likelihood",
+            "gaussian",
+            "--epochs",
+            1,
+            "--latent-dim",
+            2,
+            "--hidden",
+            4,
+            "--no-progress",
+            "--out",
+            tmp_path / "out",
+        ],
+        capsys,
+    )
     assert result.returncode == 0, result.stderr  # any finite range for a Gaussian likelihood
 
 
@@ -491,4 +810,6 @@ def test_checkpoint_with_string_metadata_is_one_line(tmp_path, capsys):
     payload["metadata"] = "digits"
     payload["digest"] = checkpoints._digest({k: v for k, v in payload.items() if k != "digest"})
     torch.save(payload, path)
-    assert_one_line_error(in_process(["evaluate", path], capsys), "m.pt: broken checkpoint: metadata is a str")
+    assert_one_line_error(
+        in_process(["evaluate", path], capsys), "m.pt: broken checkpoint: metadata is a str"
+    )

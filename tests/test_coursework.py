@@ -1,10 +1,11 @@
 """A VAE course assignment played end to end with vaelib, on small data (issue 13).
 
 Your own convolutional encoder and decoder for 28 x 28 images, trained with `fit` and evaluated with
-`iwae_log_likelihood`; Gaussian data with a learned per-pixel sigma_x; a beta-VAE read with `kl_per_unit`;
-plots written to a folder of your choice. The images are scikit-learn's 8 x 8 digits scaled up to 28 x 28,
-so the test runs offline anywhere; swap in `data.load("fashion-mnist")` for the real thing.
-The conv modules below are the example for notebook 09's "Going deeper" and the README.
+`iwae_log_likelihood`; Gaussian data with a learned per-pixel sigma_x; a beta-VAE read with
+`kl_per_unit`; plots written to a folder of your choice. The images are scikit-learn's 8 x 8 digits
+scaled up to 28 x 28, so the test runs offline anywhere; swap in `data.load("fashion-mnist")` for
+the real thing. The conv modules below are the example for notebook 09's "Going deeper" and the
+README.
 """
 
 import math
@@ -20,16 +21,19 @@ from vaelib.models import VAE
 
 
 class ConvEncoder(nn.Module):
-    """x (B, 784) -> (B, 2k) = [mu, logvar]: two stride-2 convolutions, 28x28 -> 14x14 -> 7x7, then a linear layer."""
+    """x (B, 784) -> (B, 2k) = [mu, logvar]: two stride-2 convolutions, 28x28 -> 14x14 -> 7x7, then
+    a linear layer."""
 
     def __init__(self, k):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Unflatten(1, (1, 28, 28)),                          # (B, 1, 28, 28)
-            nn.Conv2d(1, 16, 4, stride=2, padding=1), nn.ReLU(),   # (B, 16, 14, 14)
-            nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(),  # (B, 32, 7, 7)
-            nn.Flatten(),                                          # (B, 1568)
-            nn.Linear(32 * 7 * 7, 2 * k),                          # (B, 2k): mu, then logvar
+            nn.Unflatten(1, (1, 28, 28)),  # (B, 1, 28, 28)
+            nn.Conv2d(1, 16, 4, stride=2, padding=1),
+            nn.ReLU(),  # (B, 16, 14, 14)
+            nn.Conv2d(16, 32, 4, stride=2, padding=1),
+            nn.ReLU(),  # (B, 32, 7, 7)
+            nn.Flatten(),  # (B, 1568)
+            nn.Linear(32 * 7 * 7, 2 * k),  # (B, 2k): mu, then logvar
         )
 
     def forward(self, x):
@@ -37,27 +41,38 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """z (..., k) -> (..., 784) logits: a linear layer to 32x7x7, then two stride-2 transposed convolutions."""
+    """z (..., k) -> (..., 784) logits: a linear layer to 32x7x7, then two stride-2 transposed
+    convolutions."""
 
     def __init__(self, k):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(k, 32 * 7 * 7), nn.ReLU(),
-            nn.Unflatten(1, (32, 7, 7)),                                    # (N, 32, 7, 7)
-            nn.ConvTranspose2d(32, 16, 4, stride=2, padding=1), nn.ReLU(),  # (N, 16, 14, 14)
-            nn.ConvTranspose2d(16, 1, 4, stride=2, padding=1),              # (N, 1, 28, 28)
+            nn.Linear(k, 32 * 7 * 7),
+            nn.ReLU(),
+            nn.Unflatten(1, (32, 7, 7)),  # (N, 32, 7, 7)
+            nn.ConvTranspose2d(32, 16, 4, stride=2, padding=1),
+            nn.ReLU(),  # (N, 16, 14, 14)
+            nn.ConvTranspose2d(16, 1, 4, stride=2, padding=1),  # (N, 1, 28, 28)
         )
 
     def forward(self, z):
-        out = self.net(z.reshape(-1, z.shape[-1]))  # convolutions want one batch dim: N = prod(z.shape[:-1])
-        return out.reshape(*z.shape[:-1], 784)      # give back the leading (sample, batch) dims: (..., 784)
+        out = self.net(
+            z.reshape(-1, z.shape[-1])
+        )  # convolutions want one batch dim: N = prod(z.shape[:-1])
+        return out.reshape(
+            *z.shape[:-1], 784
+        )  # give back the leading (sample, batch) dims: (..., 784)
 
 
 @pytest.fixture(scope="module")
 def images28():
-    """Digits scaled to 28 x 28 (bilinear), in [0, 1]: (1500, 784) train and (297, 784) test, with labels."""
+    """Digits scaled to 28 x 28 (bilinear), in [0, 1]: (1500, 784) train and (297, 784) test, with
+    labels."""
+
     def up(x):
-        return F.interpolate(x.reshape(-1, 1, 8, 8), size=(28, 28), mode="bilinear", align_corners=False).reshape(-1, 784)
+        return F.interpolate(
+            x.reshape(-1, 1, 8, 8), size=(28, 28), mode="bilinear", align_corners=False
+        ).reshape(-1, 784)
 
     (x, y), (xt, yt) = data.load("digits", "train"), data.load("digits", "test")
     return up(x).clamp(0, 1), y, up(xt).clamp(0, 1), yt
@@ -71,49 +86,71 @@ def test_conv_vae_trains_with_fit_and_is_evaluated_by_iwae(images28):
     g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
     test_x = torch.bernoulli(xt[:100], generator=g())  # one fixed binarization of the test images
     before = evaluate.test_elbo(model, test_x, generator=g()).mean().item()
-    history = train.fit(model, x[:1000], 2, batch_size=32, lr=3e-3, seed=0, progress=False, device="cpu")
+    history = train.fit(
+        model, x[:1000], 2, batch_size=32, lr=3e-3, seed=0, progress=False, device="cpu"
+    )
     elbo = evaluate.test_elbo(model, test_x, n_samples=16, generator=g())
-    iwae = evaluate.iwae_log_likelihood(model, test_x.numpy(), K=16, chunk_size=8, generator=g())  # numpy works too
+    iwae = evaluate.iwae_log_likelihood(
+        model, test_x.numpy(), K=16, chunk_size=8, generator=g()
+    )  # numpy works too
     assert elbo.shape == iwae.shape == (100,)
-    # Two epochs take the test ELBO from -518 nats (random weights) to -370 (measured); demand half of that gain.
-    assert history["elbo"][-1] > history["elbo"][0] and elbo.mean().item() > before + 75, (before, elbo.mean())
-    # IWAE_K >= ELBO in expectation (Burda et al. 2016, thm. 1); over 100 images the mean gap is positive
-    # well beyond its Monte Carlo error (measured: gap 7.2 nats on average, per-image spread 6.1 nats).
+    # Two epochs take the test ELBO from -518 nats (random weights) to -370 (measured); demand half
+    # of that gain.
+    assert history["elbo"][-1] > history["elbo"][0] and elbo.mean().item() > before + 75, (
+        before,
+        elbo.mean(),
+    )
+    # IWAE_K >= ELBO in expectation (Burda et al. 2016, thm. 1); over 100 images the mean gap is
+    # positive well beyond its Monte Carlo error (measured: gap 7.2 nats on average, per-image
+    # spread 6.1 nats).
     gap = iwae - elbo
     assert gap.mean().item() > 3 * gap.std().item() / math.sqrt(100)
 
 
 def test_conv_vae_saved_and_loaded_into_a_model_you_build(images28, tmp_path):
-    """The config says "custom": a checkpoint cannot rebuild the conv layers, so the weights go into a model you build."""
+    """The config says "custom": a checkpoint cannot rebuild the conv layers, so the weights go into
+    a model you build."""
     x, _, xt, _ = images28
     torch.manual_seed(0)
     model = VAE(784, 8, encoder=ConvEncoder(8), decoder=ConvDecoder(8))
     train.fit(model, x[:200], 1, batch_size=50, seed=0, progress=False, device="cpu")
     checkpoints.save_checkpoint(tmp_path / "conv.pt", model)
     torch.manual_seed(123)  # different initial weights: the file must overwrite all of them
-    loaded = checkpoints.load_checkpoint(tmp_path / "conv.pt", model=VAE(784, 8, encoder=ConvEncoder(8), decoder=ConvDecoder(8)))
+    loaded = checkpoints.load_checkpoint(
+        tmp_path / "conv.pt", model=VAE(784, 8, encoder=ConvEncoder(8), decoder=ConvDecoder(8))
+    )
     test_x = torch.bernoulli(xt[:20], generator=torch.Generator().manual_seed(1))
     g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
-    torch.testing.assert_close(evaluate.iwae_log_likelihood(loaded, test_x, K=8, generator=g()),
-                               evaluate.iwae_log_likelihood(model, test_x, K=8, generator=g()), rtol=0, atol=0)
+    torch.testing.assert_close(
+        evaluate.iwae_log_likelihood(loaded, test_x, K=8, generator=g()),
+        evaluate.iwae_log_likelihood(model, test_x, K=8, generator=g()),
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_a_decoder_that_flattens_the_sample_dimension_is_caught():
     class Flattening(ConvDecoder):
         def forward(self, z):
-            return self.net(z.reshape(-1, z.shape[-1])).reshape(-1, 784)  # (K*B, 784): the classic bug
+            return self.net(z.reshape(-1, z.shape[-1])).reshape(
+                -1, 784
+            )  # (K*B, 784): the classic bug
 
-    with pytest.raises(ValueError, match=r"decoder \(Flattening\).*\(2, 3, 8\) gave a tensor of shape \(6, 784\)"):
+    with pytest.raises(
+        ValueError, match=r"decoder \(Flattening\).*\(2, 3, 8\) gave a tensor of shape \(6, 784\)"
+    ):
         VAE(784, 8, encoder=ConvEncoder(8), decoder=Flattening(8))
 
 
 def test_gaussian_data_with_a_learned_per_pixel_sigma_x():
-    """Factor analysis: x = W z + noise with a different noise level per pixel. A linear VAE with a learned
-    per-pixel sigma_x is exactly that model (decoder N(W z + b, diag sigma_x^2)), and its ELBO can reach the
-    maximum likelihood (a rotation of W makes the posterior covariance diagonal), so its exact log-likelihood
-    must approach scikit-learn's FactorAnalysis maximum; one shared sigma_x (pPCA) cannot.
+    """Factor analysis: x = W z + noise with a different noise level per pixel. A linear VAE with a
+    learned per-pixel sigma_x is exactly that model (decoder N(W z + b, diag sigma_x^2)), and its
+    ELBO can reach the maximum likelihood (a rotation of W makes the posterior covariance diagonal),
+    so its exact log-likelihood must approach scikit-learn's FactorAnalysis maximum; one shared
+    sigma_x (pPCA) cannot.
 
-    Measured (data seeds 0, 1, 2; 60 epochs): per-pixel 0.056, 0.004, 0.075 nats per example below the FA
+    Measured (data seeds 0, 1, 2; 60 epochs): per-pixel 0.056, 0.004, 0.075 nats per example below
+        the FA
     maximum; shared 0.67, 0.67, 0.76 nats below. Tolerances: 0.15 and 0.4 nats.
     """
     import warnings
@@ -125,21 +162,36 @@ def test_gaussian_data_with_a_learned_per_pixel_sigma_x():
     D, k, N = 8, 2, 2000
     W = torch.randn(D, k, generator=g, dtype=torch.float64)
     noise = torch.linspace(0.3, 1.2, D, dtype=torch.float64)
-    x = torch.randn(N, k, generator=g, dtype=torch.float64) @ W.T + noise * torch.randn(N, D, generator=g, dtype=torch.float64)
+    x = torch.randn(N, k, generator=g, dtype=torch.float64) @ W.T + noise * torch.randn(
+        N, D, generator=g, dtype=torch.float64
+    )
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # EM's ConvergenceWarning at tol=1e-10: the optimum is reached regardless
-        best = FactorAnalysis(k, tol=1e-10, max_iter=20000).fit(x.numpy()).score(x.numpy())  # mean log-lik, nats
+        warnings.simplefilter(
+            "ignore"
+        )  # EM's ConvergenceWarning at tol=1e-10: the optimum is reached regardless
+        best = (
+            FactorAnalysis(k, tol=1e-10, max_iter=20000).fit(x.numpy()).score(x.numpy())
+        )  # mean log-lik, nats
 
     def exact_log_likelihood(model):  # the linear decoder's marginal: N(b, W W^T + diag sigma_x^2)
         dec = model.decoder.to_mean
-        s2 = torch.as_tensor(model.sigma_x, dtype=torch.float64) ** 2 * torch.ones(D, dtype=torch.float64)
+        s2 = torch.as_tensor(model.sigma_x, dtype=torch.float64) ** 2 * torch.ones(
+            D, dtype=torch.float64
+        )
         with torch.no_grad():
-            return MultivariateNormal(dec.bias, dec.weight @ dec.weight.T + torch.diag(s2)).log_prob(x).mean().item()
+            return (
+                MultivariateNormal(dec.bias, dec.weight @ dec.weight.T + torch.diag(s2))
+                .log_prob(x)
+                .mean()
+                .item()
+            )
 
     lls = {}
     for name, sigma_x in (("per-pixel", np.full(D, 0.5)), ("shared", 0.5)):
         torch.manual_seed(0)
-        model = VAE(D, k, hidden_dims=(), likelihood="gaussian", sigma_x=sigma_x, learn_sigma_x=True).double()
+        model = VAE(
+            D, k, hidden_dims=(), likelihood="gaussian", sigma_x=sigma_x, learn_sigma_x=True
+        ).double()
         train.fit(model, x, 60, batch_size=100, lr=1e-2, seed=0, progress=False, device="cpu")
         lls[name] = exact_log_likelihood(model)
         if name == "per-pixel":
@@ -147,7 +199,8 @@ def test_gaussian_data_with_a_learned_per_pixel_sigma_x():
     assert lls["per-pixel"] <= best + 1e-3 and best - lls["per-pixel"] < 0.15, (best, lls)
     assert best - lls["shared"] > 0.4, (best, lls)
     assert per_pixel.sigma_x.shape == (D,)
-    # Noisy samples carry the data's per-pixel spread (the decoder means alone would miss the noise).
+    # Noisy samples carry the data's per-pixel spread (the decoder means alone would miss the
+    # noise).
     samples = per_pixel.sample(N, generator=torch.Generator().manual_seed(1), noisy=True)
     np.testing.assert_allclose(samples.std(0).numpy(), x.std(0).numpy(), rtol=0.15)
 
@@ -159,10 +212,12 @@ def test_beta_vae_read_with_kl_per_unit_and_plots_in_a_folder_of_your_choice(ima
         torch.manual_seed(0)
         model = VAE(784, 6, (64,))
         train.fit(model, x[:600], 3, batch_size=50, beta=beta, seed=0, progress=False, device="cpu")
-        kls[beta] = evaluate.kl_per_unit(model, torch.bernoulli(xt, generator=torch.Generator().manual_seed(0)))
-    # A heavier KL weight buys a smaller KL (beta-VAE, Higgins et al. 2017): measured 16.3 nats in total at
-    # beta = 1 and 2.1 at beta = 8, with every unit's KL smaller (units 1-6: 5.14/0.40, 3.43/0.18, 0.18/0.07,
-    # 0.80/0.12, 4.83/0.98, 1.94/0.33).
+        kls[beta] = evaluate.kl_per_unit(
+            model, torch.bernoulli(xt, generator=torch.Generator().manual_seed(0))
+        )
+    # A heavier KL weight buys a smaller KL (beta-VAE, Higgins et al. 2017): measured 16.3 nats in
+    # total at beta = 1 and 2.1 at beta = 8, with every unit's KL smaller (units 1-6: 5.14/0.40,
+    # 3.43/0.18, 0.18/0.07, 0.80/0.12, 4.83/0.98, 1.94/0.33).
     assert kls[8.0].sum() < 0.5 * kls[1.0].sum(), kls
     assert bool((kls[8.0] < kls[1.0]).all()), kls
     torch.manual_seed(0)
@@ -171,7 +226,9 @@ def test_beta_vae_read_with_kl_per_unit_and_plots_in_a_folder_of_your_choice(ima
     mu, _ = two_d.encode(xt)
     out = tmp_path / "my figures"
     figs = {
-        "samples.png": plotting.image_grid(two_d.sample(16, generator=torch.Generator().manual_seed(0))),
+        "samples.png": plotting.image_grid(
+            two_d.sample(16, generator=torch.Generator().manual_seed(0))
+        ),
         "codes.png": plotting.latent_scatter(mu, yt),
         "manifold.pdf": plotting.latent_manifold(two_d, n=8),
         "kl.png": plotting.kl_per_unit(kls[8.0]),
@@ -183,19 +240,43 @@ def test_beta_vae_read_with_kl_per_unit_and_plots_in_a_folder_of_your_choice(ima
 
 
 def test_the_command_line_on_your_own_npz_file(images28, tmp_path, capsys):
-    # The assignment's last step: your images in an .npz file, trained, evaluated and sampled from the command line.
-    # evaluate and sample take the data file and image shape from the checkpoint, not from the command line.
+    # The assignment's last step: your images in an .npz file, trained, evaluated and sampled from
+    # the command line. evaluate and sample take the data file and image shape from the checkpoint,
+    # not from the command line.
     from vaelib.__main__ import main
 
     x, _, xt, _ = images28
     npz = tmp_path / "my_images.npz"
     np.savez(npz, x_train=x[:400].numpy(), x_test=xt[:50].numpy())
     out = tmp_path / "run"
-    assert main(["train", "--data", str(npz), "--image-shape", "28", "28", "--latent-dim", "4", "--hidden", "32",
-                 "--epochs", "2", "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(npz),
+                "--image-shape",
+                "28",
+                "28",
+                "--latent-dim",
+                "4",
+                "--hidden",
+                "32",
+                "--epochs",
+                "2",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["evaluate", str(out / "model.pt"), "--K", "8", "--no-progress"]) == 0
     report = capsys.readouterr().out
     assert "my_images.npz" in report and "50 examples" in report
-    assert main(["sample", str(out / "model.pt"), "--n", "16", "--out", str(tmp_path / "samples.png")]) == 0
+    assert (
+        main(["sample", str(out / "model.pt"), "--n", "16", "--out", str(tmp_path / "samples.png")])
+        == 0
+    )
     assert (tmp_path / "samples.png").stat().st_size > 1000

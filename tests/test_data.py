@@ -1,7 +1,7 @@
 """Tests for vaelib.data: digits split, IDX reader, search path, checksums, downloads, Debian copy.
 
-No test touches the internet: an autouse fixture points VAELIB_MIRRORS at a file:// URL that does not
-exist, and download tests use a local HTTP server on 127.0.0.1 or file:// mirrors, serving small
+No test touches the internet: an autouse fixture points VAELIB_MIRRORS at a file:// URL that does
+not exist, and download tests use a local HTTP server on 127.0.0.1 or file:// mirrors, serving small
 synthetic IDX files whose digests are patched into the checksum table.
 """
 
@@ -34,7 +34,8 @@ DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    """Empty caches, no $VAELIB_DATA, a private user cache, and a mirror that cannot reach the network."""
+    """Empty caches, no $VAELIB_DATA, a private user cache, and a mirror that cannot reach the
+    network."""
     data.clear_cache()
     monkeypatch.delenv("VAELIB_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -51,13 +52,22 @@ def files_under(path):
     return sorted(p for p in Path(path).rglob("*") if p.is_file())
 
 
-# ---------------------------------------------------------------- IDX writer (independent of vaelib)
+# ---------------------------------------------------------------- IDX writer (independent of
+# vaelib)
 
-IDX_CODES = {"uint8": 0x08, "int8": 0x09, "int16": 0x0B, "int32": 0x0C, "float32": 0x0D, "float64": 0x0E}
+IDX_CODES = {
+    "uint8": 0x08,
+    "int8": 0x09,
+    "int16": 0x0B,
+    "int32": 0x0C,
+    "float32": 0x0D,
+    "float64": 0x0E,
+}
 
 
 def idx_bytes(array):
-    """IDX encoding from the format description: 0x0000, type code, ndim; big-endian uint32 sizes; data."""
+    """IDX encoding from the format description: 0x0000, type code, ndim; big-endian uint32 sizes;
+    data."""
     header = struct.pack(">HBB", 0, IDX_CODES[array.dtype.name], array.ndim)
     header += struct.pack(f">{array.ndim}I", *array.shape)
     return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
@@ -74,13 +84,18 @@ def synthetic(n, seed):
 
 @pytest.fixture
 def fake_mnist(monkeypatch):
-    """Synthetic "mnist" (12 train, 5 test images): file name -> (array, IDX bytes); digests registered."""
+    """Synthetic "mnist" (12 train, 5 test images): file name -> (array, IDX bytes); digests
+    registered."""
     files = {}
     for names, (n, seed) in ((TRAIN, (12, 1)), (TEST, (5, 2))):
         for name, array in zip(names, synthetic(n, seed)):
             files[name] = (array, idx_bytes(array))
     for name, (_, raw) in files.items():
-        monkeypatch.setitem(data._CHECKSUMS, ("mnist", name), data.Checksum("sha256", hashlib.sha256(raw).hexdigest()))
+        monkeypatch.setitem(
+            data._CHECKSUMS,
+            ("mnist", name),
+            data.Checksum("sha256", hashlib.sha256(raw).hexdigest()),
+        )
     return files
 
 
@@ -95,11 +110,14 @@ def write_files(directory, files, names=TRAIN + TEST, gz=True):
 
 
 def assert_loaded(x, y, files, names):
-    """x equals the written bytes / 255 (oracle in float64; float32 rounding is below 6e-8), y the labels."""
+    """x equals the written bytes / 255 (oracle in float64; float32 rounding is below 6e-8), y the
+    labels."""
     images, labels = files[names[0]][0], files[names[1]][0]
     assert x.dtype == torch.float32 and y.dtype == torch.int64
     assert x.shape == (len(images), images[0].size) and y.shape == labels.shape
-    np.testing.assert_allclose(x.numpy(), images.reshape(len(images), -1) / 255.0, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(
+        x.numpy(), images.reshape(len(images), -1) / 255.0, rtol=0, atol=1e-7
+    )
     np.testing.assert_array_equal(y.numpy(), labels)
 
 
@@ -140,8 +158,9 @@ def test_digits_shapes_dtypes_and_values():
 
 
 def test_digits_split_is_a_partition_of_the_embedded_set():
-    # Oracle: scikit-learn's own copy. Train and test together equal it as a multiset of (image, label)
-    # rows, and 1500 + 297 = 1797, so every image lands in exactly one split (disjoint, nothing lost).
+    # Oracle: scikit-learn's own copy. Train and test together equal it as a multiset of (image,
+    # label) rows, and 1500 + 297 = 1797, so every image lands in exactly one split (disjoint,
+    # nothing lost).
     digits = load_digits()
     x_tr, y_tr = data.load("digits", "train")
     x_te, y_te = data.load("digits", "test")
@@ -156,13 +175,28 @@ def test_digits_split_is_deterministic():
     data.clear_cache()
     x2, y2 = data.load("digits", "test")
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
-    # Pinned: the first test labels of np.random.RandomState(0).permutation(1797)[1500:], recorded when
-    # the split was defined; a change here means the documented split changed.
+    # Pinned: the first test labels of np.random.RandomState(0).permutation(1797)[1500:], recorded
+    # when the split was defined; a change here means the documented split changed.
     order = np.random.RandomState(0).permutation(1797)
-    assert y1[:10].tolist() == load_digits().target[order[1500:1510]].tolist() == PINNED_DIGITS_TEST_LABELS
+    assert (
+        y1[:10].tolist()
+        == load_digits().target[order[1500:1510]].tolist()
+        == PINNED_DIGITS_TEST_LABELS
+    )
 
 
-PINNED_DIGITS_TEST_LABELS = [2, 2, 9, 8, 8, 3, 6, 0, 4, 4]  # computed with numpy 2.4.6, scikit-learn 1.9.1
+PINNED_DIGITS_TEST_LABELS = [
+    2,
+    2,
+    9,
+    8,
+    8,
+    3,
+    6,
+    0,
+    4,
+    4,
+]  # computed with numpy 2.4.6, scikit-learn 1.9.1
 
 
 def test_load_returns_copies():
@@ -212,15 +246,30 @@ def _bad_idx(kind):
         "zero dims": (good[:3] + b"\x00" + good[4:], "not an IDX file"),
         "empty": (b"", "not an IDX file: 0 bytes, too short for the 4-byte magic number"),
         "short header": (good[:10], "truncated IDX header"),
-        "truncated data": (good[:-1], r"truncated: the header declares shape \(2, 3, 4\) of uint8 = 24 data bytes, the file holds 23"),
+        "truncated data": (
+            good[:-1],
+            r"truncated: the header declares shape \(2, 3, 4\) of uint8 = 24 data bytes, the file "
+            r"holds 23",
+        ),
         "trailing bytes": (good + b"\x00", "trailing bytes"),
         "png": (b"\x89PNG\r\n\x1a\n" + good, "not an IDX file"),
     }[kind]
 
 
 @pytest.mark.parametrize("compress", ["raw", "gz"])
-@pytest.mark.parametrize("kind", ["wrong magic", "unknown type", "zero dims", "empty", "short header",
-                                  "truncated data", "trailing bytes", "png"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "wrong magic",
+        "unknown type",
+        "zero dims",
+        "empty",
+        "short header",
+        "truncated data",
+        "trailing bytes",
+        "png",
+    ],
+)
 def test_read_idx_rejects_bad_content(tmp_path, kind, compress):
     raw, message = _bad_idx(kind)
     path = tmp_path / ("bad-file.gz" if compress == "gz" else "bad-file")
@@ -254,7 +303,8 @@ def test_read_idx_missing_file_is_file_not_found(tmp_path):
         data.read_idx(tmp_path / "nope")
 
 
-# ---------------------------------------------------------------- local files: search order, checksums
+# ---------------------------------------------------------------- local files: search order,
+# checksums
 
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gz", "raw"])
@@ -311,7 +361,9 @@ def test_second_load_comes_from_memory(tmp_path, monkeypatch, fake_mnist):
     write_files(root, fake_mnist)
     reads = []
     real = data._read_bytes
-    monkeypatch.setattr(data, "_read_bytes", lambda path, *a, **kw: reads.append(path) or real(path, *a, **kw))
+    monkeypatch.setattr(
+        data, "_read_bytes", lambda path, *a, **kw: reads.append(path) or real(path, *a, **kw)
+    )
     x1, y1 = data.load("mnist", "test", root=root, download=False)
     x2, y2 = data.load("mnist", "test", root=root, download=False)
     assert len(reads) == 2  # images and labels, read once
@@ -335,8 +387,14 @@ def test_images_and_labels_must_match(tmp_path, monkeypatch, fake_mnist):
     write_files(root, fake_mnist)
     short = idx_bytes(np.arange(4, dtype=np.uint8))
     (root / (TEST[1] + ".gz")).write_bytes(gzip.compress(short))
-    monkeypatch.setitem(data._CHECKSUMS, ("mnist", TEST[1]), data.Checksum("sha256", hashlib.sha256(short).hexdigest()))
-    with pytest.raises(ValueError, match=r"do not match: images have shape \(5, 28, 28\), labels \(4,\)"):
+    monkeypatch.setitem(
+        data._CHECKSUMS,
+        ("mnist", TEST[1]),
+        data.Checksum("sha256", hashlib.sha256(short).hexdigest()),
+    )
+    with pytest.raises(
+        ValueError, match=r"do not match: images have shape \(5, 28, 28\), labels \(4,\)"
+    ):
         data.load("mnist", "test", root=root, download=False)
 
 
@@ -360,7 +418,9 @@ class Mirror:
 
     def __init__(self):
         self.files = {}
-        self.drop = set()  # send a Content-Length 1000 bytes larger than the body, half the body, close
+        self.drop = (
+            set()
+        )  # send a Content-Length 1000 bytes larger than the body, half the body, close
         self.hang = set()  # answer nothing until the test ends
         self.trickle = set()  # send the body at 64 bytes per second (8 bytes every 1/8 s)
         self.requests = []
@@ -414,7 +474,9 @@ def _handler(mirror):
 def mirror():
     m = Mirror()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(m))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+    )
     thread.start()
     m.url = f"http://127.0.0.1:{server.server_address[1]}/"
     yield m
@@ -450,15 +512,24 @@ def test_download_destination(tmp_path, monkeypatch, fake_mnist, mirror, where):
     root = tmp_path / "root" if where == "root" else None
     data.load("mnist", "test", root=root, mirrors=[mirror.url])
     dest = tmp_path / "root" if where == "root" else tmp_path / "env" / "mnist"
-    assert files_under(tmp_path / "root") + files_under(tmp_path / "env") == sorted(dest / (n + ".gz") for n in TEST)
+    assert files_under(tmp_path / "root") + files_under(tmp_path / "env") == sorted(
+        dest / (n + ".gz") for n in TEST
+    )
     assert files_under(tmp_path / "xdg") == []
 
 
 def test_mirrors_from_environment_tried_in_order(tmp_path, monkeypatch, fake_mnist, mirror):
     mirror.serve(fake_mnist, TEST, prefix="good/")
-    monkeypatch.setenv("VAELIB_MIRRORS", f"{closed_port_url()} , {mirror.url}missing/,{mirror.url}good")
+    monkeypatch.setenv(
+        "VAELIB_MIRRORS", f"{closed_port_url()} , {mirror.url}missing/,{mirror.url}good"
+    )
     assert_loaded(*data.load("mnist", "test"), fake_mnist, TEST)
-    assert mirror.requests == [f"missing/{TEST[0]}.gz", f"good/{TEST[0]}.gz", f"missing/{TEST[1]}.gz", f"good/{TEST[1]}.gz"]
+    assert mirror.requests == [
+        f"missing/{TEST[0]}.gz",
+        f"good/{TEST[0]}.gz",
+        f"missing/{TEST[1]}.gz",
+        f"good/{TEST[1]}.gz",
+    ]
 
 
 def test_mirrors_argument_overrides_environment(tmp_path, monkeypatch, fake_mnist, mirror):
@@ -473,7 +544,9 @@ def test_official_mirrors_by_default(monkeypatch):
         "https://ossci-datasets.s3.amazonaws.com/mnist/",
         "https://storage.googleapis.com/cvdf-datasets/mnist/",
     ]
-    assert data._mirror_list("fashion-mnist", None) == ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"]
+    assert data._mirror_list("fashion-mnist", None) == [
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+    ]
 
 
 def test_file_mirror(tmp_path, fake_mnist):
@@ -486,7 +559,11 @@ def test_file_mirror(tmp_path, fake_mnist):
 def test_bad_first_mirror_falls_through_to_good_one(tmp_path, fake_mnist, mirror):
     mirror.serve(fake_mnist, TEST, prefix="bad/", transform=lambda raw: gzip.compress(raw[:-1]))
     mirror.serve(fake_mnist, TEST, prefix="good/")
-    assert_loaded(*data.load("mnist", "test", mirrors=[mirror.url + "bad/", mirror.url + "good/"]), fake_mnist, TEST)
+    assert_loaded(
+        *data.load("mnist", "test", mirrors=[mirror.url + "bad/", mirror.url + "good/"]),
+        fake_mnist,
+        TEST,
+    )
 
 
 def _wrong_content(raw):
@@ -496,9 +573,18 @@ def _wrong_content(raw):
 @pytest.mark.parametrize(
     "failure, error, message",
     [
-        ("wrong checksum", ValueError, r"checksum mismatch for mnist t10k-images-idx3-ubyte \(sha256 of the uncompressed bytes\): expected [0-9a-f]{64}, got [0-9a-f]{64}"),
+        (
+            "wrong checksum",
+            ValueError,
+            r"checksum mismatch for mnist t10k-images-idx3-ubyte \(sha256 of the uncompressed "
+            r"bytes\): expected [0-9a-f]{64}, got [0-9a-f]{64}",
+        ),
         ("truncated gzip", ValueError, r"truncated gzip file"),
-        ("dropped connection", data.DownloadError, r"connection dropped: received \d+ of \d+ bytes"),
+        (
+            "dropped connection",
+            data.DownloadError,
+            r"connection dropped: received \d+ of \d+ bytes",
+        ),
         ("HTTP 404", data.DownloadError, r"HTTPError: HTTP Error 404"),
     ],
 )
@@ -547,7 +633,10 @@ def test_no_network_lists_directories_and_urls(tmp_path, monkeypatch, fake_mnist
 # ---------------------------------------------------------------- the Debian copy of Fashion-MNIST
 
 
-@pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason=f"{DEBIAN_FASHION} not installed (Debian package dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not DEBIAN_FASHION.is_dir(),
+    reason=f"{DEBIAN_FASHION} not installed (Debian package dataset-fashion-mnist)",
+)
 def test_debian_fashion_mnist_test_split():
     x, y = data.load("fashion-mnist", "test", download=False)
     assert x.shape == (10000, 784) and x.dtype == torch.float32
@@ -563,7 +652,9 @@ def test_debian_fashion_mnist_test_split():
 def test_download_must_be_a_bool(tmp_path, fake_mnist, mirror):
     mirror.serve(fake_mnist, TEST)
     for bad in ("no", 0, None):
-        with pytest.raises(TypeError, match=f"download must be True or False, got {type(bad).__name__}"):
+        with pytest.raises(
+            TypeError, match=f"download must be True or False, got {type(bad).__name__}"
+        ):
             data.load("mnist", "test", download=bad, mirrors=[mirror.url])
     assert mirror.requests == []  # "no" used to count as true and download
     assert files_under(tmp_path) == []
@@ -572,14 +663,20 @@ def test_download_must_be_a_bool(tmp_path, fake_mnist, mirror):
 def test_root_must_be_a_directory(tmp_path, mirror):
     afile = tmp_path / "afile"
     afile.write_bytes(b"x")
-    with pytest.raises(ValueError, match="root must be a directory holding the IDX files, got a file: " + re.escape(str(afile))):
+    with pytest.raises(
+        ValueError,
+        match="root must be a directory holding the IDX files, got a file: "
+        + re.escape(str(afile)),
+    ):
         data.load("mnist", "test", root=afile, mirrors=[mirror.url])
     with pytest.raises(TypeError, match="root must be a directory path .* got int"):
         data.load("mnist", "test", root=123)
     assert mirror.requests == []
 
 
-@pytest.mark.parametrize("mirrors", [123, [1, 2], {"a": 1}, b"http://x/"], ids=["int", "list-of-int", "dict", "bytes"])
+@pytest.mark.parametrize(
+    "mirrors", [123, [1, 2], {"a": 1}, b"http://x/"], ids=["int", "list-of-int", "dict", "bytes"]
+)
 def test_mirrors_must_be_urls(mirrors):
     with pytest.raises(TypeError, match="mirrors must be a base URL"):
         data.load("mnist", "test", mirrors=mirrors)
@@ -591,7 +688,8 @@ def test_bad_deadline_is_an_error(deadline):
         data.load("mnist", "test", deadline=deadline)
 
 
-# ---------------------------------------------------------------- bounded downloads and decompression
+# ---------------------------------------------------------------- bounded downloads and
+# decompression
 
 
 def test_trickling_server_hits_the_deadline(tmp_path, fake_mnist, mirror):
@@ -599,25 +697,31 @@ def test_trickling_server_hits_the_deadline(tmp_path, fake_mnist, mirror):
     mirror.serve(fake_mnist, TEST)
     mirror.trickle.add(TEST[0] + ".gz")
     start = time.monotonic()
-    with pytest.raises(data.DownloadError, match=r"download timed out: the deadline of 1 s passed after \d+ bytes"):
+    with pytest.raises(
+        data.DownloadError, match=r"download timed out: the deadline of 1 s passed after \d+ bytes"
+    ):
         data.load("mnist", "test", mirrors=[mirror.url], timeout=5.0, deadline=1.0)
     assert time.monotonic() - start < 4.0  # the deadline plus at most one read
     assert files_under(tmp_path / "xdg") == []
 
 
 def gzip_bomb(header_shape, gigabytes):
-    """A multi-member gzip: an IDX header declaring `header_shape` (uint8) and then `gigabytes` GB of zeros.
+    """A multi-member gzip: an IDX header declaring `header_shape` (uint8) and then `gigabytes` GB
+    of zeros.
 
-    gzip readers concatenate members, so 64 MB of zeros compressed once (~65 KB) and repeated gives a file
-    of a few MB that inflates to GBs, built in well under a second.
+    gzip readers concatenate members, so 64 MB of zeros compressed once (~65 KB) and repeated gives
+    a file of a few MB that inflates to GBs, built in well under a second.
     """
-    header = struct.pack(">HBB", 0, 0x08, len(header_shape)) + struct.pack(f">{len(header_shape)}I", *header_shape)
+    header = struct.pack(">HBB", 0, 0x08, len(header_shape)) + struct.pack(
+        f">{len(header_shape)}I", *header_shape
+    )
     zeros = gzip.compress(bytes(64 << 20), compresslevel=9, mtime=0)
     return gzip.compress(header, mtime=0) + zeros * (gigabytes * 16)
 
 
 def peak_traced(fn):
-    """Run fn() (expected to raise ValueError); return (the error, peak Python heap in bytes during it)."""
+    """Run fn() (expected to raise ValueError); return (the error, peak Python heap in bytes during
+    it)."""
     tracemalloc.start()
     try:
         with pytest.raises(ValueError) as info:
@@ -633,7 +737,11 @@ def test_gzip_bomb_fails_fast_with_bounded_memory(tmp_path):
     assert path.stat().st_size < 5 << 20  # a few MB on disk, 3 GB inflated
     start = time.monotonic()
     error, peak = peak_traced(lambda: data.read_idx(path))
-    assert re.match(re.escape(str(path)) + r": trailing bytes: the header declares shape \(2, 3, 4\) = 24 data bytes", str(error))
+    assert re.match(
+        re.escape(str(path))
+        + r": trailing bytes: the header declares shape \(2, 3, 4\) = 24 data bytes",
+        str(error),
+    )
     assert peak < 4 << 20 and time.monotonic() - start < 5.0  # before: all 3 GB inflated in memory
 
 
@@ -649,8 +757,8 @@ def test_idx_header_declaring_too_much_is_refused_before_reading(tmp_path):
 
 @pytest.mark.parametrize("where", ["local", "downloaded"])
 def test_gzip_bomb_named_like_a_dataset_file(tmp_path, fake_mnist, mirror, where):
-    # The header declares the real t10k-labels shape (10000,), then 1 GB of zeros follows: at most the
-    # 10008 declared bytes and one more are inflated, locally and after a download.
+    # The header declares the real t10k-labels shape (10000,), then 1 GB of zeros follows: at most
+    # the 10008 declared bytes and one more are inflated, locally and after a download.
     bomb = gzip_bomb((10000,), gigabytes=1)
     root = tmp_path / "root"
     write_files(root, fake_mnist, names=TEST[:1])
@@ -681,9 +789,13 @@ def test_orphan_part_files_are_removed_at_the_next_download(tmp_path, fake_mnist
     mirror.serve(fake_mnist, TEST)
     cache = cache_dir(tmp_path)
     cache.mkdir(parents=True)
-    orphan = cache / f".{TEST[0]}.gz.k1ll3d.part"  # what a killed download leaves (the name mkstemp gives)
+    orphan = (
+        cache / f".{TEST[0]}.gz.k1ll3d.part"
+    )  # what a killed download leaves (the name mkstemp gives)
     orphan.write_bytes(b"partial")
-    live = cache / f".{TEST[1]}.gz.l1ve00.part"  # another process's download in progress: locked, kept
+    live = (
+        cache / f".{TEST[1]}.gz.l1ve00.part"
+    )  # another process's download in progress: locked, kept
     live.write_bytes(b"in progress")
     other = cache / ".unrelated.part"
     other.write_bytes(b"")
@@ -696,13 +808,15 @@ def test_orphan_part_files_are_removed_at_the_next_download(tmp_path, fake_mnist
 
 
 def test_part_file_of_a_killed_download_is_cleaned(tmp_path, fake_mnist, mirror):
-    # A real kill: a child process starts the download from a trickling server and is killed with SIGKILL.
+    # A real kill: a child process starts the download from a trickling server and is killed with
+    # SIGKILL.
     mirror.serve(fake_mnist, TEST)
     mirror.trickle.add(TEST[0] + ".gz")
     cache = cache_dir(tmp_path)
     code = (
         "import hashlib, sys; from vaelib import data\n"
-        f"data._CHECKSUMS[('mnist', {TEST[0]!r})] = data.Checksum('sha256', {data._CHECKSUMS[('mnist', TEST[0])].digest!r})\n"
+        f"data._CHECKSUMS[('mnist', {TEST[0]!r})] = data.Checksum('sha256', "
+        f"{data._CHECKSUMS[('mnist', TEST[0])].digest!r})\n"
         f"data.load('mnist', 'test', mirrors=[{mirror.url!r}], deadline=60)\n"
     )
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"))
@@ -732,11 +846,14 @@ def test_downloaded_files_are_world_readable(tmp_path, fake_mnist, mirror):
     finally:
         os.umask(old)
     for n in TEST:
-        assert stat.S_IMODE((cache_dir(tmp_path) / (n + ".gz")).stat().st_mode) == 0o644  # not mkstemp's 0600
+        assert (
+            stat.S_IMODE((cache_dir(tmp_path) / (n + ".gz")).stat().st_mode) == 0o644
+        )  # not mkstemp's 0600
 
 
 def test_download_through_a_symlink_keeps_the_link(tmp_path, fake_mnist, mirror):
-    # The cache entry is a (dangling) link into a shared data directory: the download fills the target.
+    # The cache entry is a (dangling) link into a shared data directory: the download fills the
+    # target.
     mirror.serve(fake_mnist, TEST)
     shared = tmp_path / "shared"
     shared.mkdir()

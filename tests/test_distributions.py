@@ -1,4 +1,5 @@
-"""distributions: each formula against scipy.stats or torch.distributions, plus two-route identities."""
+"""distributions: each formula against scipy.stats or torch.distributions, plus two-route
+identities."""
 
 import math
 
@@ -19,7 +20,9 @@ TOL = {torch.float32: dict(rtol=1e-5, atol=1e-4), torch.float64: dict(rtol=1e-12
 
 
 def rand(shape, dtype, seed, scale=1.0):
-    return scale * torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+    return scale * torch.randn(
+        shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    ).to(dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
@@ -35,7 +38,9 @@ def test_log_normal_matches_scipy(shape, dtype):
 def test_log_normal_matches_torch_distributions_with_broadcasting():
     x = rand((7, 3, 4), torch.float64, 0)  # (K, B, D) samples against (B, D) parameters
     mu, logvar = rand((3, 4), torch.float64, 1), rand((3, 4), torch.float64, 2)
-    ref = torch.distributions.Independent(torch.distributions.Normal(mu, torch.exp(0.5 * logvar)), 1)
+    ref = torch.distributions.Independent(
+        torch.distributions.Normal(mu, torch.exp(0.5 * logvar)), 1
+    )
     torch.testing.assert_close(D.log_normal(x, mu, logvar), ref.log_prob(x), rtol=1e-12, atol=1e-12)
 
 
@@ -52,15 +57,20 @@ def test_log_bernoulli_matches_scipy_on_binary_data(shape, dtype):
 def test_log_bernoulli_is_minus_bce_with_logits_on_grey_values():
     logits = rand((6, 10), torch.float64, 5, scale=4.0)
     x = torch.rand(6, 10, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
-    want = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+    want = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(
+        -1
+    )
     torch.testing.assert_close(D.log_bernoulli(x, logits), want, rtol=1e-12, atol=1e-12)
 
 
 def test_log_bernoulli_is_stable_at_extreme_logits():
-    # log sigmoid(-200) = -200 - log(1 + e^-200) = -200 to double precision; sigmoid-then-log gives -inf.
+    # log sigmoid(-200) = -200 - log(1 + e^-200) = -200 to double precision; sigmoid-then-log gives
+    # -inf.
     x = torch.tensor([[1.0, 0.0, 1.0, 0.0]], dtype=torch.float64)
     logits = torch.tensor([[-200.0, 200.0, 200.0, -200.0]], dtype=torch.float64)
-    torch.testing.assert_close(D.log_bernoulli(x, logits), torch.tensor([-400.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        D.log_bernoulli(x, logits), torch.tensor([-400.0], dtype=torch.float64)
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
@@ -78,15 +88,25 @@ def test_kl_normal_matches_torch_distributions(shape, dtype):
 def test_kl_normal_default_prior_is_standard_normal():
     mq, lq = rand((4, 3), torch.float64, 0), rand((4, 3), torch.float64, 1)
     zeros = torch.zeros(4, 3, dtype=torch.float64)
-    torch.testing.assert_close(D.kl_normal(mq, lq), D.kl_normal(mq, lq, zeros, zeros), rtol=1e-14, atol=1e-14)
-    torch.testing.assert_close(D.kl_normal(mq, lq), D.kl_normal(mq, lq, mu_p=zeros), rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(
+        D.kl_normal(mq, lq), D.kl_normal(mq, lq, zeros, zeros), rtol=1e-14, atol=1e-14
+    )
+    torch.testing.assert_close(
+        D.kl_normal(mq, lq), D.kl_normal(mq, lq, mu_p=zeros), rtol=1e-14, atol=1e-14
+    )
 
 
 def test_kl_normal_matches_monte_carlo(gen):
-    # KL = E_q[log q - log p]; 200k samples of a 3-D term with std ~1.5 give a standard error ~0.004.
-    mq, lq = torch.tensor([0.5, -1.0, 0.2], dtype=torch.float64), torch.tensor([-0.5, 0.3, 0.0], dtype=torch.float64)
+    # KL = E_q[log q - log p]; 200k samples of a 3-D term with std ~1.5 give a standard error
+    # ~0.004.
+    mq, lq = (
+        torch.tensor([0.5, -1.0, 0.2], dtype=torch.float64),
+        torch.tensor([-0.5, 0.3, 0.0], dtype=torch.float64),
+    )
     z = D.sample_normal(mq, lq, n=200_000, generator=gen)
-    terms = D.log_normal(z, mq, lq) - D.log_normal(z, torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
+    terms = D.log_normal(z, mq, lq) - D.log_normal(
+        z, torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    )
     se = terms.std() / math.sqrt(terms.numel())
     assert abs(terms.mean() - D.kl_normal(mq[None], lq[None])[0]) < 4 * se
 
@@ -103,7 +123,9 @@ finite = st.floats(-5, 5, allow_nan=False, allow_infinity=False)
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(finite, finite, finite, finite), min_size=1, max_size=6))
 def test_kl_normal_is_nonnegative_and_zero_only_at_equality(rows):
-    mq, lq, mp, lp = (torch.tensor([r[i] for r in rows], dtype=torch.float64)[None] for i in range(4))
+    mq, lq, mp, lp = (
+        torch.tensor([r[i] for r in rows], dtype=torch.float64)[None] for i in range(4)
+    )
     assert D.kl_normal(mq, lq, mp, lp).item() >= -1e-12
     assert abs(D.kl_normal(mq, lq, mq, lq).item()) < 1e-12
 
@@ -130,20 +152,30 @@ def test_sample_normal_is_reproducible_and_n_none_keeps_shape():
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("mu_dtype, logvar_dtype", [(torch.float32, torch.float64), (torch.float64, torch.float32)],
-                         ids=["mu32-logvar64", "mu64-logvar32"])
-def test_sample_normal_of_mixed_precision_draws_its_noise_in_the_promoted_dtype(mu_dtype, logvar_dtype):
-    # Two routes to the same draws: mixed-precision arguments, or both promoted to float64 first. Same seed, same
-    # float64 noise, so the same samples: bit for bit when logvar is float64; to float32 rounding of
-    # sigma = exp(logvar / 2) (computed in logvar's dtype, 6e-8 relative, |sigma eps| < 15 here) when it is float32.
-    # Noise drawn in mu's dtype (float32) would be other numbers, each one a float32 value: 24 bits instead of 53.
+@pytest.mark.parametrize(
+    "mu_dtype, logvar_dtype",
+    [(torch.float32, torch.float64), (torch.float64, torch.float32)],
+    ids=["mu32-logvar64", "mu64-logvar32"],
+)
+def test_sample_normal_of_mixed_precision_draws_its_noise_in_the_promoted_dtype(
+    mu_dtype, logvar_dtype
+):
+    # Two routes to the same draws: mixed-precision arguments, or both promoted to float64 first.
+    # Same seed, same float64 noise, so the same samples: bit for bit when logvar is float64; to
+    # float32 rounding of sigma = exp(logvar / 2) (computed in logvar's dtype, 6e-8 relative, |sigma
+    # eps| < 15 here) when it is float32. Noise drawn in mu's dtype (float32) would be other
+    # numbers, each one a float32 value: 24 bits instead of 53.
     mu, logvar = rand((4, 3), torch.float64, 0), rand((4, 3), torch.float64, 1).clamp(-2, 2)
     mu, logvar = mu.to(mu_dtype), logvar.to(logvar_dtype)
     mixed = D.sample_normal(mu, logvar, 1000, torch.Generator().manual_seed(5))
     promoted = D.sample_normal(mu.double(), logvar.double(), 1000, torch.Generator().manual_seed(5))
     assert mixed.dtype == torch.float64
-    torch.testing.assert_close(mixed, promoted, rtol=0, atol=0 if logvar_dtype == torch.float64 else 1e-6)
-    eps = (mixed - mu.double()) * torch.exp(-0.5 * logvar.double())  # the noise, up to float64 rounding
+    torch.testing.assert_close(
+        mixed, promoted, rtol=0, atol=0 if logvar_dtype == torch.float64 else 1e-6
+    )
+    eps = (mixed - mu.double()) * torch.exp(
+        -0.5 * logvar.double()
+    )  # the noise, up to float64 rounding
     assert (eps.float().double() != eps).float().mean() > 0.99  # not float32 numbers
 
 
@@ -157,7 +189,9 @@ def test_log_mvnormal_matches_scipy_and_diagonal_route():
     want = stats.multivariate_normal(mean.numpy(), cov.numpy()).logpdf(x.numpy())
     np.testing.assert_allclose(D.log_mvnormal(x, mean, cov).numpy(), want, rtol=1e-12)
     logvar = rand((3,), torch.float64, 3)
-    torch.testing.assert_close(D.log_mvnormal(x, mean, torch.diag(torch.exp(logvar))), D.log_normal(x, mean, logvar))
+    torch.testing.assert_close(
+        D.log_mvnormal(x, mean, torch.diag(torch.exp(logvar))), D.log_normal(x, mean, logvar)
+    )
 
 
 def test_kl_mvnormal_matches_torch_and_diagonal_route():
@@ -168,7 +202,10 @@ def test_kl_mvnormal_matches_torch_and_diagonal_route():
     torch.testing.assert_close(D.kl_mvnormal(mq, cq, mp, cp), want, rtol=1e-11, atol=1e-11)
     lq, lp = rand((3,), torch.float64, 4), rand((3,), torch.float64, 5)
     torch.testing.assert_close(
-        D.kl_mvnormal(mq, torch.diag(lq.exp()), mp, torch.diag(lp.exp())), D.kl_normal(mq, lq, mp, lp), rtol=1e-12, atol=1e-12
+        D.kl_mvnormal(mq, torch.diag(lq.exp()), mp, torch.diag(lp.exp())),
+        D.kl_normal(mq, lq, mp, lp),
+        rtol=1e-12,
+        atol=1e-12,
     )
 
 
@@ -222,7 +259,9 @@ def test_log_normal_with_extreme_logvar_is_finite_and_exact(dtype, logvar, diff)
     got = D.log_normal(x, mu, lv)
     ref = stats.norm.logpdf(x.double().numpy(), mu.double().numpy(), np.exp(logvar / 2)).sum(-1)
     assert torch.isfinite(got).all()
-    np.testing.assert_allclose(got.double().numpy(), ref, rtol=1e-6 if dtype == torch.float32 else 1e-12)
+    np.testing.assert_allclose(
+        got.double().numpy(), ref, rtol=1e-6 if dtype == torch.float32 else 1e-12
+    )
 
 
 def test_extreme_logvar_keeps_gradients_finite():
@@ -239,14 +278,19 @@ def test_kl_normal_with_extreme_prior_logvar():
     m = torch.tensor([[0.3, -2.0]])
     lq, lp = torch.full((1, 2), -199.0), torch.full((1, 2), -200.0)
     expected = 2 * 0.5 * (-1.0 + math.exp(1.0) - 1.0)
-    torch.testing.assert_close(D.kl_normal(m, lq, m, lp), torch.tensor([expected]), rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        D.kl_normal(m, lq, m, lp), torch.tensor([expected]), rtol=1e-5, atol=0
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 def test_half_precision_is_refused_by_name(dtype):
     good = torch.zeros(2, 3, dtype=torch.float64)
     half = torch.zeros(2, 3, dtype=dtype)
-    msg = rf"must be a floating-point tensor \(float32 or float64\), got dtype {dtype}.*half precision"
+    msg = (
+        rf"must be a floating-point tensor \(float32 or float64\), got dtype {dtype}.*half "
+        rf"precision"
+    )
     with pytest.raises(TypeError, match="x " + msg):
         D.log_normal(half, good, good)
     with pytest.raises(TypeError, match="mean " + msg):
@@ -260,8 +304,12 @@ def test_half_precision_is_refused_by_name(dtype):
 def test_log_mvnormal_refuses_a_non_symmetric_covariance():
     good = torch.zeros(2, 3, dtype=torch.float64)
     cov = torch.tensor([[2.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
-    with pytest.raises(ValueError, match=r"cov must be symmetric, got max \|cov - cov\^T\| = 0.5 \(shape \(3, 3\)"):
-        D.log_mvnormal(good, good, cov)  # used to read the lower triangle only: a silent wrong density
+    with pytest.raises(
+        ValueError, match=r"cov must be symmetric, got max \|cov - cov\^T\| = 0.5 \(shape \(3, 3\)"
+    ):
+        D.log_mvnormal(
+            good, good, cov
+        )  # used to read the lower triangle only: a silent wrong density
     with pytest.raises(ValueError, match=r"cov_q must be symmetric"):
         D.kl_mvnormal(good, cov, good, torch.eye(3, dtype=torch.float64))
 
@@ -274,8 +322,14 @@ def test_log_mvnormal_accepts_rounding_asymmetry(dtype):
     A = torch.randn(5, 5, generator=g, dtype=torch.float64)
     cov64 = A @ A.T + torch.eye(5, dtype=torch.float64)
     cov = cov64.to(dtype)
-    cov = cov + torch.triu(torch.full_like(cov, 4 * torch.finfo(dtype).eps), 1) * cov.abs().max()  # tiny asymmetry
+    cov = (
+        cov + torch.triu(torch.full_like(cov, 4 * torch.finfo(dtype).eps), 1) * cov.abs().max()
+    )  # tiny asymmetry
     x = torch.randn(4, 5, generator=g, dtype=torch.float64)
-    ref = stats.multivariate_normal(np.zeros(5), (0.5 * (cov + cov.T)).double().numpy()).logpdf(x.numpy())
+    ref = stats.multivariate_normal(np.zeros(5), (0.5 * (cov + cov.T)).double().numpy()).logpdf(
+        x.numpy()
+    )
     got = D.log_mvnormal(x.to(dtype), torch.zeros(5, dtype=dtype), cov)
-    np.testing.assert_allclose(got.double().numpy(), ref, rtol=1e-4 if dtype == torch.float32 else 1e-10)
+    np.testing.assert_allclose(
+        got.double().numpy(), ref, rtol=1e-4 if dtype == torch.float32 else 1e-10
+    )

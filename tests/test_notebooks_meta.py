@@ -1,4 +1,5 @@
-"""The committed notebooks follow the series' rules: run top to bottom, end with a check cell, save figures.
+"""The committed notebooks follow the series' rules: run top to bottom, end with a check cell, save
+figures.
 
 nbval (make test) re-executes them; these checks are about what is committed and what a reader sees.
 """
@@ -19,36 +20,56 @@ def code_cells(nb):
 
 def test_notebooks_are_numbered_consecutively():
     numbers = [int(p.name[:2]) for p in NOTEBOOKS]
-    assert numbers == list(range(0, len(numbers))), f"notebook numbers {numbers} (00_start_here, then 01, 02, ...)"
+    assert numbers == list(range(0, len(numbers))), (
+        f"notebook numbers {numbers} (00_start_here, then 01, 02, ...)"
+    )
 
 
-# The reader's budget for a notebook's core path (everything before the first "Going deeper" heading):
-# at most 2,000 words of prose and 200 lines of visible code. Hidden cells and the check cell do not count.
+# The reader's budget for a notebook's core path (everything before the first "Going deeper"
+# heading): at most 2,000 words of prose and 200 lines of visible code. Hidden cells and the check
+# cell do not count.
 CORE_WORDS, CORE_LINES = 2000, 200
 
 
 def core_path(nb):
-    """(words of markdown, non-blank lines of visible code) before the first 'Going deeper' heading."""
+    """(words of markdown, non-blank lines of visible code) before the first 'Going deeper'
+    heading."""
     words = lines = 0
     for cell in nb["cells"]:
         src = "".join(cell["source"])
         if cell["cell_type"] == "markdown":
-            if any(l.startswith("#") and l.lstrip("#").strip().lower().startswith("going deeper") for l in src.splitlines()):
+            if any(
+                line.startswith("#") and line.lstrip("#").strip().lower().startswith("going deeper")
+                for line in src.splitlines()
+            ):
                 break
             words += len(src.split())
         elif cell["cell_type"] == "code":
-            if cell.get("metadata", {}).get("jupyter", {}).get("source_hidden") or "NBVAL_CHECK_OUTPUT" in src:
+            if (
+                cell.get("metadata", {}).get("jupyter", {}).get("source_hidden")
+                or "NBVAL_CHECK_OUTPUT" in src
+            ):
                 continue
-            lines += sum(1 for l in src.splitlines() if l.strip())
+            lines += sum(1 for line in src.splitlines() if line.strip())
     return words, lines
 
 
 def test_core_path_counter_stops_at_going_deeper_and_skips_hidden_code():
     md = lambda s: {"cell_type": "markdown", "source": [s]}
-    code = lambda s, hidden=False: {"cell_type": "code", "source": [s],
-                                    "metadata": {"jupyter": {"source_hidden": True}} if hidden else {}}
-    nb = {"cells": [md("# T\none two three"), code("a = 1\n\nb = 2"), code("x\ny\nz", hidden=True),
-                    md("## Going deeper: more\nfour five"), code("c = 3")]}
+    code = lambda s, hidden=False: {
+        "cell_type": "code",
+        "source": [s],
+        "metadata": {"jupyter": {"source_hidden": True}} if hidden else {},
+    }
+    nb = {
+        "cells": [
+            md("# T\none two three"),
+            code("a = 1\n\nb = 2"),
+            code("x\ny\nz", hidden=True),
+            md("## Going deeper: more\nfour five"),
+            code("c = 3"),
+        ]
+    }
     assert core_path(nb) == (5, 2)  # "#" counts as a word, as in the before-stop hook
 
 
@@ -62,8 +83,10 @@ def test_core_path_fits_the_readers_budget(path, record_property):
     record_property("core_path", (words, lines))
     BUDGET_TABLE[path.stem] = (words, lines)
     assert words <= CORE_WORDS and lines <= CORE_LINES, (
-        f"{path.name}: core path {words} words and {lines} visible code lines; the budget is {CORE_WORDS} and "
-        f"{CORE_LINES}: move material under a 'Going deeper: ...' heading or hide long cells")
+        f"{path.name}: core path {words} words and {lines} visible code lines; the budget is "
+        f"{CORE_WORDS} and "
+        f"{CORE_LINES}: move material under a 'Going deeper: ...' heading or hide long cells"
+    )
 
 
 BUDGET_TABLE = {}
@@ -83,10 +106,14 @@ def test_notebook_is_committed_as_the_run_command_left_it(path):
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
     cells = code_cells(nb)
     counts = [c["execution_count"] for c in cells]
-    assert counts == list(range(1, len(cells) + 1)), "re-run the notebook top to bottom with `make run`"
+    assert counts == list(range(1, len(cells) + 1)), (
+        "re-run the notebook top to bottom with `make run`"
+    )
     errors = [o for c in cells for o in c.get("outputs", []) if o["output_type"] == "error"]
     assert not errors, f"stored error output: {errors[0].get('ename')}"
-    assert path.stat().st_size < 2_000_000, f"{path.name} is {path.stat().st_size / 1e6:.1f} MB with outputs"
+    assert path.stat().st_size < 2_000_000, (
+        f"{path.name} is {path.stat().st_size / 1e6:.1f} MB with outputs"
+    )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -95,14 +122,21 @@ def test_notebook_structure(path):
     cells = code_cells(nb)
     markdown = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
     first = "".join(cells[0]["source"])
-    assert "from vaelib" in first and "import *" not in first, "the first code cell imports from vaelib explicitly"
+    assert "from vaelib" in first and "import *" not in first, (
+        "the first code cell imports from vaelib explicitly"
+    )
     last = "".join(cells[-1]["source"])
-    assert last.lstrip().startswith("# NBVAL_CHECK_OUTPUT") and "assert" in last, "the last cell is the check cell"
+    assert last.lstrip().startswith("# NBVAL_CHECK_OUTPUT") and "assert" in last, (
+        "the last cell is the check cell"
+    )
     assert cells[-1].get("outputs"), "the check cell's printed output is committed"
     for heading in ("## Summary", "## Exercises", "## References"):
         assert heading in markdown, f"missing section {heading!r}"
-    assert not re.search(r"^\s*class\s+(VAE|Autoencoder|LinearGaussian|NonlinearGaussian)\b", "\n".join(
-        "".join(c["source"]) for c in cells), re.M), "a notebook never redefines a vaelib class"
+    assert not re.search(
+        r"^\s*class\s+(VAE|Autoencoder|LinearGaussian|NonlinearGaussian)\b",
+        "\n".join("".join(c["source"]) for c in cells),
+        re.M,
+    ), "a notebook never redefines a vaelib class"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -112,5 +146,9 @@ def test_notebook_saves_at_least_two_figures_that_exist(path):
     assert len(names) >= 2, f"{path.name} saves {len(names)} figure(s) with savefig"
     for name in names:
         if "{" not in name:
-            assert name.startswith(path.name[:3]), f"figure {name} should be named after its notebook"
-            assert (REPO / "figures" / f"{name}.png").exists(), f"figures/{name}.png is not committed"
+            assert name.startswith(path.name[:3]), (
+                f"figure {name} should be named after its notebook"
+            )
+            assert (REPO / "figures" / f"{name}.png").exists(), (
+                f"figures/{name}.png is not committed"
+            )

@@ -1,7 +1,9 @@
-"""plotting: savefig writes atomically where asked (series names into figures/, outside the repo in quick mode,
-any other name as a path); the plots return figures whose drawn data is checked against the numbers they show.
+"""plotting: savefig writes atomically where asked (series names into figures/, outside the repo in
+    quick mode, any other name as a path); the plots return figures whose drawn data is checked
+    against the numbers they show.
 
-Oracles: scipy.stats.norm.ppf for the manifold grid, the model's own decoder for the manifold images, the
+Oracles: scipy.stats.norm.ppf for the manifold grid, the model's own decoder for the manifold
+    images, the
 input arrays for the image grid, scatter and bar chart."""
 
 import os
@@ -58,13 +60,20 @@ def test_default_dir_is_repo_figures(monkeypatch):
 
 @pytest.mark.parametrize(
     "name, written",
-    [("example", "example.png"), ("01_bad name", "01_bad name.png"), ("out/deep/fig.pdf", "out/deep/fig.pdf"),
-     ("plots/x.svg", "plots/x.svg"), ("01_x.png", "01_x.png")],
+    [
+        ("example", "example.png"),
+        ("01_bad name", "01_bad name.png"),
+        ("out/deep/fig.pdf", "out/deep/fig.pdf"),
+        ("plots/x.svg", "plots/x.svg"),
+        ("01_x.png", "01_x.png"),
+    ],
     ids=["no-extension", "space", "pdf-in-new-folders", "svg", "series-like-with-extension"],
 )
 def test_any_other_name_is_a_path_written_where_asked(name, written, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("VAELIB_FIGURES", str(tmp_path / "series"))  # must not be used for these names
+    monkeypatch.setenv(
+        "VAELIB_FIGURES", str(tmp_path / "series")
+    )  # must not be used for these names
     fig = small_figure()
     path = plotting.savefig(fig, name)
     plt.close(fig)
@@ -72,7 +81,9 @@ def test_any_other_name_is_a_path_written_where_asked(name, written, tmp_path, m
     head = path.read_bytes()[:5]
     assert head == {".png": b"\x89PNG\r", ".pdf": b"%PDF-", ".svg": b"<?xml"}[path.suffix]
     assert not (tmp_path / "series").exists()
-    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temporary file left
+    assert not [
+        p for p in path.parent.iterdir() if p.name.startswith(".")
+    ]  # no temporary file left
 
 
 def test_absolute_path_and_pathlike(tmp_path):
@@ -85,9 +96,12 @@ def test_absolute_path_and_pathlike(tmp_path):
 
 @pytest.mark.parametrize(
     "name, error, match",
-    [("", ValueError, r"name must be a file name or path"), ("out/", ValueError, r"name must be a file name or path"),
-     ("x.notaformat", ValueError, r"extension '.notaformat'; expected one of .*\.png"),
-     (3, TypeError, r"name must be a str or path, got int")],
+    [
+        ("", ValueError, r"name must be a file name or path"),
+        ("out/", ValueError, r"name must be a file name or path"),
+        ("x.notaformat", ValueError, r"extension '.notaformat'; expected one of .*\.png"),
+        (3, TypeError, r"name must be a str or path, got int"),
+    ],
     ids=["empty", "folder-slash", "extension", "type"],
 )
 def test_bad_names_are_rejected(name, error, match, tmp_path, monkeypatch):
@@ -110,7 +124,8 @@ def test_existing_folder_and_package_folder_are_refused(tmp_path):
 
 
 def test_installed_vaelib_writes_series_figures_under_the_current_folder(tmp_path, monkeypatch):
-    """Installed (not run from its checkout), vaelib never writes next to itself in site-packages."""
+    """Installed (not run from its checkout), vaelib never writes next to itself in
+    site-packages."""
     site = tmp_path / "site-packages" / "vaelib"
     site.mkdir(parents=True)
     monkeypatch.setattr(plotting, "_PACKAGE_DIR", site)
@@ -159,7 +174,8 @@ def test_failed_savefig_leaves_the_old_figure_and_no_temporary_file(tmp_path, mo
 
 
 def test_vae_architecture_counts_the_weights_of_the_model_it_draws():
-    # The boxes print weight counts by formula; they must add up to the parameters of the VAE they describe.
+    # The boxes print weight counts by formula; they must add up to the parameters of the VAE they
+    # describe.
     import re
 
     import matplotlib.pyplot as plt
@@ -175,7 +191,9 @@ def test_vae_architecture_counts_the_weights_of_the_model_it_draws():
     plt.close(fig)
 
 
-# -- plots ----------------------------------------------------------------------------------------------
+# -- plots
+# ----------------------------------------------------------------------------------------------
+
 
 def rendered_pixels(fig):
     fig.canvas.draw()
@@ -188,10 +206,14 @@ def test_make_grid_places_each_image_and_pads_with_nan():
     assert grid.shape == (3 * 3 - 1, 2 * 4 - 1)  # 3 rows of (2 + 1) - 1, 2 columns of (3 + 1) - 1
     for i in range(5):
         r, c = divmod(i, 2)
-        np.testing.assert_array_equal(grid[3 * r:3 * r + 2, 4 * c:4 * c + 3], images[i].reshape(2, 3))
+        np.testing.assert_array_equal(
+            grid[3 * r : 3 * r + 2, 4 * c : 4 * c + 3], images[i].reshape(2, 3)
+        )
     assert np.isnan(grid[2]).all() and np.isnan(grid[:, 3]).all()  # padding row and column
     assert np.isnan(grid[6:, 4:]).all()  # the sixth slot is empty
-    np.testing.assert_array_equal(plotting.make_grid(images.reshape(5, 2, 3), ncols=2), grid)  # (N, H, W) input
+    np.testing.assert_array_equal(
+        plotting.make_grid(images.reshape(5, 2, 3), ncols=2), grid
+    )  # (N, H, W) input
 
 
 def test_image_grid_shows_the_grid_and_draws_real_pixels():
@@ -199,17 +221,25 @@ def test_image_grid_shows_the_grid_and_draws_real_pixels():
     images = torch.rand(9, 16, generator=g)  # 9 images of 4 x 4 (square: shape inferred)
     fig = plotting.image_grid(images, title="samples")
     shown = fig.axes[0].images[0]
-    np.testing.assert_array_equal(np.ma.filled(shown.get_array(), np.nan), plotting.make_grid(images))
+    np.testing.assert_array_equal(
+        np.ma.filled(shown.get_array(), np.nan), plotting.make_grid(images)
+    )
     assert shown.get_clim() == (0.0, 1.0)  # probabilities: the full [0, 1] range, not stretched
     pixels = rendered_pixels(fig)
-    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20  # many grey levels drawn, not a blank canvas
+    assert (
+        len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20
+    )  # many grey levels drawn, not a blank canvas
     plt.close(fig)
     fig = plotting.image_grid(images * 4 - 2)  # outside [0, 1]: the data range
-    assert fig.axes[0].images[0].get_clim() == pytest.approx((float((images * 4 - 2).min()), float((images * 4 - 2).max())))
+    assert fig.axes[0].images[0].get_clim() == pytest.approx(
+        (float((images * 4 - 2).min()), float((images * 4 - 2).max()))
+    )
     plt.close(fig)
     with pytest.raises(ValueError, match=r"D = 15 pixels, not a square number: pass image_shape"):
         plotting.image_grid(torch.rand(2, 15))
-    with pytest.raises(ValueError, match=r"image_shape \(3, 4\) has 12 pixels but the images have D = 15"):
+    with pytest.raises(
+        ValueError, match=r"image_shape \(3, 4\) has 12 pixels but the images have D = 15"
+    ):
         plotting.image_grid(torch.rand(2, 15), image_shape=(3, 4))
 
 
@@ -244,8 +274,12 @@ def test_manifold_codes_sit_at_normal_quantiles_of_equal_prior_mass():
     assert (codes[:, :, 0] == codes[0, :, 0]).all() and (codes[:, :, 1].T == codes[:, 0, 1]).all()
     # Equal prior mass: the bins between consecutive quantile midpoints each hold 1/n of N(0, 1).
     edges = scipy.stats.norm.cdf(np.concatenate([[-np.inf], (q[1:] + q[:-1]) / 2, [np.inf]]))
-    assert np.all(np.abs(np.diff(edges) - 1 / n) < 0.1 / n)  # midpoints of quantiles are near the bin edges
-    np.testing.assert_allclose(scipy.stats.norm.cdf(q), (np.arange(n) + 0.5) / n, rtol=0, atol=1e-12)
+    assert np.all(
+        np.abs(np.diff(edges) - 1 / n) < 0.1 / n
+    )  # midpoints of quantiles are near the bin edges
+    np.testing.assert_allclose(
+        scipy.stats.norm.cdf(q), (np.arange(n) + 0.5) / n, rtol=0, atol=1e-12
+    )
 
 
 def test_latent_manifold_draws_the_decoder_means_on_the_grid():
@@ -262,7 +296,12 @@ def test_latent_manifold_draws_the_decoder_means_on_the_grid():
     assert shown.shape == (3 * n, 4 * n)
     for r in range(n):
         for c in range(n):
-            np.testing.assert_allclose(shown[3 * r:3 * r + 3, 4 * c:4 * c + 4], means[r, c].reshape(3, 4), rtol=0, atol=1e-12)
+            np.testing.assert_allclose(
+                shown[3 * r : 3 * r + 3, 4 * c : 4 * c + 4],
+                means[r, c].reshape(3, 4),
+                rtol=0,
+                atol=1e-12,
+            )
     assert fig.axes[0].get_xticklabels()[0].get_text() == f"{scipy.stats.norm.ppf(0.5 / n):.2f}"
     plt.close(fig)
     with pytest.raises(ValueError, match=r"needs a 2-D latent space, the model has latent_dim = 3"):

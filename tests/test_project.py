@@ -9,7 +9,10 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-CONDA_NAMES = {"torch": "pytorch", "playwright": "playwright-python"}  # PyPI name -> conda-forge name where they differ
+CONDA_NAMES = {
+    "torch": "pytorch",
+    "playwright": "playwright-python",
+}  # PyPI name -> conda-forge name where they differ
 
 
 def canonical(name):
@@ -21,7 +24,8 @@ def requirement_name(req):
 
 
 def pyproject_requirements():
-    """PyPI names of the runtime dependencies and the dev and docs extras (the Makefile installs both)."""
+    """PyPI names of the runtime dependencies and the dev and docs extras (the Makefile installs
+    both)."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     return {requirement_name(r) for r in project["dependencies"] + extras["dev"] + extras["docs"]}
@@ -35,11 +39,19 @@ def pyproject_packages():
 def test_environment_yml_names_the_same_packages_as_pyproject():
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     assert env["channels"][0] == "conda-forge" and "defaults" not in env["channels"]
-    conda = {requirement_name(d) for d in env["dependencies"] if isinstance(d, str)} - {"python", "pip"}
+    conda = {requirement_name(d) for d in env["dependencies"] if isinstance(d, str)} - {
+        "python",
+        "pip",
+    }
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert "-e ." in pip_section  # vaelib itself, editable
-    conda |= {requirement_name(d) for d in pip_section if d != "-e ."}  # packages that only PyPI has
-    assert conda == pyproject_packages(), f"only in environment.yml: {conda - pyproject_packages()}; only in pyproject: {pyproject_packages() - conda}"
+    conda |= {
+        requirement_name(d) for d in pip_section if d != "-e ."
+    }  # packages that only PyPI has
+    assert conda == pyproject_packages(), (
+        f"only in environment.yml: {conda - pyproject_packages()}; only in pyproject: "
+        f"{pyproject_packages() - conda}"
+    )
     assert any(d.startswith("python=3.11") for d in env["dependencies"] if isinstance(d, str))
 
 
@@ -72,11 +84,14 @@ def test_importing_vaelib_runs_nothing():
         "import sys, torch; s = torch.random.get_rng_state().clone();"
         "import vaelib, vaelib.distributions, vaelib.toy, vaelib.estimators, vaelib.plotting;"
         "import importlib, pkgutil;"
-        "[importlib.import_module('vaelib.' + m.name) for m in pkgutil.iter_modules(vaelib.__path__)];"
+        "[importlib.import_module('vaelib.' + m.name) for m in "
+        "pkgutil.iter_modules(vaelib.__path__)];"
         "assert torch.equal(s, torch.random.get_rng_state()), 'RNG state changed';"
         "print('ok')"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 

@@ -1,14 +1,16 @@
-"""Property-based robustness tests (issue 14): random shapes, dtypes and values at the public functions.
+"""Property-based robustness tests (issue 14): random shapes, dtypes and values at the public
+functions.
 
 Two properties, checked for each public function of distributions, estimators, toy, mcmc and
 evaluate.bits_per_dim:
-- garbage in (any shape, float16/bfloat16/float32/float64/int64/bool, NaN, +-inf, huge, empty, or not a
-  tensor at all): the call returns, with no NaN in the result, or raises ValueError/TypeError whose
-  message names one of the function's arguments. Any other exception, or a NaN, fails.
+- garbage in (any shape, float16/bfloat16/float32/float64/int64/bool, NaN, +-inf, huge, empty, or
+  not a tensor at all): the call returns, with no NaN in the result, or raises ValueError/TypeError
+  whose message names one of the function's arguments. Any other exception, or a NaN, fails.
 - valid in (float32/float64, consistent shapes, moderate finite values): the result is finite.
 Examples are capped (max_examples) so the file runs in a few seconds. conftest.py makes hypothesis
 deterministic (the same examples on every run); to search afresh, draw at random with many examples:
-  VAELIB_PROPERTY_EXAMPLES=2000 pytest tests/test_properties.py --hypothesis-profile=fuzz --hypothesis-seed=N
+  VAELIB_PROPERTY_EXAMPLES=2000 pytest tests/test_properties.py --hypothesis-profile=fuzz
+  --hypothesis-seed=N
 """
 
 import inspect
@@ -29,7 +31,9 @@ from vaelib.models import VAE, Autoencoder
 # VAELIB_PROPERTY_EXAMPLES=2000 searches harder (minutes); the default keeps the file fast.
 _N = int(os.environ.get("VAELIB_PROPERTY_EXAMPLES", "60"))
 FUZZ = settings(max_examples=_N, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-VALID = settings(max_examples=max(1, 2 * _N // 3), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+VALID = settings(
+    max_examples=max(1, 2 * _N // 3), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64, torch.bool]
 SPECIAL = {
@@ -77,12 +81,15 @@ def ints():
 
 
 def call_ok(fn, *args, names, **kwargs):
-    """Call fn; pass if it returns without NaN or raises ValueError/TypeError naming one of `names`."""
+    """Call fn; pass if it returns without NaN or raises ValueError/TypeError naming one of
+    `names`."""
     try:
         out = fn(*args, **kwargs)
     except (ValueError, TypeError) as e:
         message = str(e)
-        assert any(n in message for n in names), f"{type(e).__name__} does not name an argument of {names}: {message}"
+        assert any(n in message for n in names), (
+            f"{type(e).__name__} does not name an argument of {names}: {message}"
+        )
         return None
     for t in out if isinstance(out, tuple) else (out,):
         if isinstance(t, torch.Tensor) and t.is_floating_point():
@@ -95,7 +102,8 @@ def names_of(fn):
 
 
 def test_hypothesis_draws_the_same_examples_on_every_run(request):
-    # conftest.py loads a derandomized profile, so `make test` is reproducible; the fuzz profile is random on purpose.
+    # conftest.py loads a derandomized profile, so `make test` is reproducible; the fuzz profile is
+    # random on purpose.
     if request.config.getoption("hypothesis_profile", None) not in (None, "deterministic"):
         pytest.skip("a random hypothesis profile was asked for")
     seen = []
@@ -111,7 +119,8 @@ def test_hypothesis_draws_the_same_examples_on_every_run(request):
     assert seen == first and len(set(first)) > 5
 
 
-# ---------------------------------------------------------------- garbage in: clear error or a result
+# ---------------------------------------------------------------- garbage in: clear error or a
+# result
 
 
 @FUZZ
@@ -127,7 +136,12 @@ def test_log_bernoulli_fuzz(x, logits):
 
 
 @FUZZ
-@given(a=anything(), b=anything(), c=st.one_of(st.none(), anything()), d=st.one_of(st.none(), anything()))
+@given(
+    a=anything(),
+    b=anything(),
+    c=st.one_of(st.none(), anything()),
+    d=st.one_of(st.none(), anything()),
+)
 def test_kl_normal_fuzz(a, b, c, d):
     call_ok(D.kl_normal, a, b, c, d, names=["mu_q", "logvar_q", "mu_p", "logvar_p"])
 
@@ -157,14 +171,19 @@ def test_log_mean_exp_fuzz(log_w, dim):
 
 
 def _lg_log_joint(x, z):
-    return toy.LinearGaussian(torch.ones(3, 1, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0.5).log_joint(x, z)
+    return toy.LinearGaussian(
+        torch.ones(3, 1, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0.5
+    ).log_joint(x, z)
 
 
 @FUZZ
 @given(
     estimator=st.sampled_from([E.elbo, E.iwae_bound, E.importance_log_evidence]),
     log_joint=st.sampled_from([_lg_log_joint, None, "f", 3]),
-    x=anything(), mu=anything(), logvar=anything(), K=ints(),
+    x=anything(),
+    mu=anything(),
+    logvar=anything(),
+    K=ints(),
 )
 def test_bounds_fuzz(estimator, log_joint, x, mu, logvar, K):
     # the log_joint's own checks name "x" and "z" (z comes from mu and logvar)
@@ -174,21 +193,36 @@ def test_bounds_fuzz(estimator, log_joint, x, mu, logvar, K):
 @FUZZ
 @given(x=anything(), latent_dim=ints(), n=ints())
 def test_prior_log_evidence_fuzz(x, latent_dim, n):
-    call_ok(E.prior_log_evidence, _lg_log_joint, x, latent_dim, n, names=names_of(E.prior_log_evidence) + ["z"])
+    call_ok(
+        E.prior_log_evidence,
+        _lg_log_joint,
+        x,
+        latent_dim,
+        n,
+        names=names_of(E.prior_log_evidence) + ["z"],
+    )
 
 
 @FUZZ
 @given(
     estimator=st.sampled_from([E.score_function_grad, E.pathwise_grad]),
-    mu=anything(), logvar=anything(), n=ints(),
+    mu=anything(),
+    logvar=anything(),
+    n=ints(),
     reduce=st.sampled_from([True, False, "no", 0, None]),
 )
 def test_gradient_estimators_fuzz(estimator, mu, logvar, n, reduce):
-    call_ok(estimator, lambda z: (z**2).sum(-1), mu, logvar, n, reduce=reduce, names=names_of(estimator))
+    call_ok(
+        estimator, lambda z: (z**2).sum(-1), mu, logvar, n, reduce=reduce, names=names_of(estimator)
+    )
 
 
 @FUZZ
-@given(W=anything(), b=anything(), noise_std=st.sampled_from([0.5, 0.0, -1.0, float("nan"), "1", torch.tensor(0.3)]))
+@given(
+    W=anything(),
+    b=anything(),
+    noise_std=st.sampled_from([0.5, 0.0, -1.0, float("nan"), "1", torch.tensor(0.3)]),
+)
 def test_linear_gaussian_fuzz(W, b, noise_std):
     model = call_ok(toy.LinearGaussian, W, b, noise_std, names=["W", "b", "noise_std"])
     if model is not None:
@@ -202,7 +236,11 @@ def test_linear_gaussian_fuzz(W, b, noise_std):
 @given(x=anything(), z=anything(), mu=anything(), logvar=anything())
 def test_linear_gaussian_methods_fuzz(x, z, mu, logvar):
     g = torch.Generator().manual_seed(0)
-    model = toy.LinearGaussian(torch.randn(3, 2, generator=g, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0.7)
+    model = toy.LinearGaussian(
+        torch.randn(3, 2, generator=g, dtype=torch.float64),
+        torch.zeros(3, dtype=torch.float64),
+        0.7,
+    )
     for method, args, names in [
         (model.log_evidence, (x,), ["x"]),
         (model.log_joint, (x, z), ["x", "z", "mean_of_z"]),
@@ -216,17 +254,37 @@ def test_linear_gaussian_methods_fuzz(x, z, mu, logvar):
 @FUZZ
 @given(x=anything(), W=anything())
 def test_nonlinear_gaussian_fuzz(x, W):
-    model = call_ok(toy.NonlinearGaussian, W, torch.zeros(2, dtype=torch.float64), 0.5, 1.0, 7.0, 41, names=["W", "b"])
+    model = call_ok(
+        toy.NonlinearGaussian,
+        W,
+        torch.zeros(2, dtype=torch.float64),
+        0.5,
+        1.0,
+        7.0,
+        41,
+        names=["W", "b"],
+    )
     if model is None:
-        model = toy.NonlinearGaussian(torch.ones(2, 1, dtype=torch.float64), torch.zeros(2, dtype=torch.float64), 0.5, grid_points=41)
+        model = toy.NonlinearGaussian(
+            torch.ones(2, 1, dtype=torch.float64),
+            torch.zeros(2, dtype=torch.float64),
+            0.5,
+            grid_points=41,
+        )
     call_ok(model.log_evidence, x, names=["x"])
 
 
 @FUZZ
 @given(x=anything())
 def test_autocorrelation_and_ess_fuzz(x):
-    # NaN is the documented answer for a sequence that is constant along dim 0 (no variance to normalise).
-    constant = isinstance(x, torch.Tensor) and x.dim() >= 1 and x.shape[0] >= 1 and bool((x == x[:1]).all(0).any())
+    # NaN is the documented answer for a sequence that is constant along dim 0 (no variance to
+    # normalise).
+    constant = (
+        isinstance(x, torch.Tensor)
+        and x.dim() >= 1
+        and x.shape[0] >= 1
+        and bool((x == x[:1]).all(0).any())
+    )
     for fn, names in ((mcmc.autocorrelation, ["x"]), (mcmc.effective_sample_size, ["samples"])):
         if constant:
             try:
@@ -238,10 +296,16 @@ def test_autocorrelation_and_ess_fuzz(x):
 
 
 @FUZZ
-@given(z0=anything(), n_steps=ints(), step=st.one_of(anything(), st.sampled_from([0.5, -1.0, 0.0]))) 
+@given(z0=anything(), n_steps=ints(), step=st.one_of(anything(), st.sampled_from([0.5, -1.0, 0.0])))
 def test_metropolis_hastings_fuzz(z0, n_steps, step):
-    call_ok(mcmc.metropolis_hastings, lambda z: -0.5 * (z**2).sum(-1), z0, n_steps, step,
-            names=names_of(mcmc.metropolis_hastings))
+    call_ok(
+        mcmc.metropolis_hastings,
+        lambda z: -0.5 * (z**2).sum(-1),
+        z0,
+        n_steps,
+        step,
+        names=names_of(mcmc.metropolis_hastings),
+    )
 
 
 @FUZZ
@@ -315,12 +379,17 @@ def test_valid_chains_give_finite_diagnostics(case, n):
     assert ess.dtype == dtype and torch.isfinite(ess).all() and (ess > 0).all()
 
 
-# ---------------------------------------------------------------- the model losses on an empty batch
+# ---------------------------------------------------------------- the model losses on an empty
+# batch
 
 
-@pytest.mark.parametrize("model", [VAE(4, 2, hidden_dims=(3,)), Autoencoder(4, 2, hidden_dims=(3,))], ids=["VAE", "AE"])
+@pytest.mark.parametrize(
+    "model", [VAE(4, 2, hidden_dims=(3,)), Autoencoder(4, 2, hidden_dims=(3,))], ids=["VAE", "AE"]
+)
 def test_loss_of_an_empty_batch_is_an_error(model):
-    with pytest.raises(ValueError, match=r"x must hold at least one example, got an empty batch of shape \(0, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"x must hold at least one example, got an empty batch of shape \(0, 4\)"
+    ):
         model.loss(torch.zeros(0, 4))  # the mean over no examples was NaN
     assert torch.isfinite(model.loss(torch.full((1, 4), 0.5)))
 
@@ -337,12 +406,20 @@ def test_extreme_logvar_is_exact_in_both_precisions():
 
 
 def test_autocorrelation_and_ess_of_huge_values():
-    # Both are scale-free; before, float32 values near 1e30 overflowed the sum of squares (inf / inf = NaN).
+    # Both are scale-free; before, float32 values near 1e30 overflowed the sum of squares (inf / inf
+    # = NaN).
     x = torch.randn(64, 2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for factor in (1e30, 1e-30):
         big = (x * factor).float()
-        torch.testing.assert_close(mcmc.autocorrelation(big), mcmc.autocorrelation(x).float(), rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(mcmc.effective_sample_size(big), mcmc.effective_sample_size(x).float(), rtol=1e-4, atol=0)
+        torch.testing.assert_close(
+            mcmc.autocorrelation(big), mcmc.autocorrelation(x).float(), rtol=1e-4, atol=1e-5
+        )
+        torch.testing.assert_close(
+            mcmc.effective_sample_size(big),
+            mcmc.effective_sample_size(x).float(),
+            rtol=1e-4,
+            atol=0,
+        )
 
 
 def test_empty_series_is_an_error():
@@ -360,7 +437,9 @@ def test_logvar_whose_standard_deviation_overflows_is_an_error():
         D.sample_normal(mu, logvar)
     with pytest.raises(ValueError, match=r"logvar must be below 177.4"):
         E.score_function_grad(lambda z: z.sum(-1), mu, logvar, 2)  # was a silent NaN
-    assert torch.isfinite(D.sample_normal(mu.double(), logvar.double())).all()  # 200 is fine in float64
+    assert torch.isfinite(
+        D.sample_normal(mu.double(), logvar.double())
+    ).all()  # 200 is fine in float64
 
 
 def test_gradient_estimate_needs_finite_f():

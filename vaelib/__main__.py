@@ -1,25 +1,30 @@
 """The command line: python -m vaelib {train, evaluate, sample}.
 
-    python -m vaelib train --dataset digits --latent-dim 20 --hidden 400 --epochs 10 --out runs/digits
-        writes runs/digits/model.pt (checkpoint), history.json (per-epoch nats) and training_curve.png;
-        model.pt is written every --checkpoint-every epochs too, and when the run is stopped (Ctrl-C,
-        SIGTERM, a NaN): `train --resume runs/digits` continues it to the same weights as one run
+    python -m vaelib train --dataset digits --latent-dim 20 --hidden 400 --epochs 10 --out
+    runs/digits
+        writes runs/digits/model.pt (checkpoint), history.json (per-epoch nats) and
+        training_curve.png; model.pt is written every --checkpoint-every epochs too, and when the
+        run is stopped (Ctrl-C, SIGTERM, a NaN): `train --resume runs/digits` continues it to the
+        same weights as one run
     python -m vaelib train --data mine.npz --likelihood gaussian --image-shape 28 20 --out runs/mine
-        your own data: x_train (and optionally x_test) in an .npz file; sigma_x is learned by default
+        your own data: x_train (and optionally x_test) in an .npz file; sigma_x is learned by
+        default
     python -m vaelib evaluate runs/digits/model.pt --K 5000
         prints the test ELBO and the importance-weighted log-likelihood (nats per example, bits/dim)
         on the data the model was trained on (recorded in the checkpoint)
     python -m vaelib sample runs/digits/model.pt --n 64 --out samples.png
         writes a grid of decoded samples from the prior (image shape recorded in the checkpoint)
 
-Expected failures (bad arguments, unknown datasets, missing or corrupt checkpoints, missing data files, a NaN
-in training, running out of memory) print one line `vaelib: error: ...` on stderr and exit with a non-zero
-status, never a traceback. Anything else (a TypeError or RuntimeError from a bug) keeps its traceback.
-Ctrl-C exits with status 130 and SIGTERM with 143, after saving the training state.
-Nothing happens at import time; the heavy modules (torch, data, matplotlib) load inside the commands. The choices
-of --likelihood come from `vaelib.registry.LIKELIHOODS`, which does not import torch.
+Expected failures (bad arguments, unknown datasets, missing or corrupt checkpoints, missing data
+files, a NaN in training, running out of memory) print one line `vaelib: error: ...` on stderr and
+exit with a non-zero status, never a traceback. Anything else (a TypeError or RuntimeError from a
+bug) keeps its traceback. Ctrl-C exits with status 130 and SIGTERM with 143, after saving the
+training state. Nothing happens at import time; the heavy modules (torch, data, matplotlib) load
+inside the commands. The choices of --likelihood come from `vaelib.registry.LIKELIHOODS`, which does
+not import torch.
 
-(Longer than most modules: the three commands, their arguments and their error paths read best in one place.)
+(Longer than most modules: the three commands, their arguments and their error paths read best in
+one place.)
 """
 
 import argparse
@@ -52,7 +57,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _number(convert, ok, expected, expected_finite=None):
-    """An argparse type: `convert` the text, then accept it only if `ok(value)`; errors say what was expected."""
+    """An argparse type: `convert` the text, then accept it only if `ok(value)`; errors say what was
+    expected."""
 
     def parse(text):
         try:
@@ -60,7 +66,9 @@ def _number(convert, ok, expected, expected_finite=None):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
         if not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {expected_finite or expected}, got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected {expected_finite or expected}, got {text!r}"
+            )
         return value
 
     return parse
@@ -69,14 +77,32 @@ def _number(convert, ok, expected, expected_finite=None):
 _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 _seed = _number(int, lambda v: 0 <= v < 2**64, "an integer seed", "an integer in [0, 2**64)")
-_positive_float = _number(float, lambda v: v > 0 and math.isfinite(v), "a positive number", "a finite positive number")
-_nonnegative_float = _number(float, lambda v: v >= 0 and math.isfinite(v), "a number >= 0", "a finite number >= 0")
+_positive_float = _number(
+    float, lambda v: v > 0 and math.isfinite(v), "a positive number", "a finite positive number"
+)
+_nonnegative_float = _number(
+    float, lambda v: v >= 0 and math.isfinite(v), "a number >= 0", "a finite number >= 0"
+)
 
-# train's options, their defaults and whether `--resume` may change them (the rest come from the checkpoint)
+# train's options, their defaults and whether `--resume` may change them (the rest come from the
+# checkpoint)
 TRAIN_DEFAULTS = {
-    "dataset": "digits", "data": None, "image_shape": None, "model": "vae", "latent_dim": 20, "hidden": [400],
-    "epochs": 10, "likelihood": "bernoulli", "sigma_x": None, "learn_sigma_x": None, "batch_size": 128, "lr": 1e-3,
-    "beta": 1.0, "warmup_epochs": 0, "valid_size": 0, "seed": 0,
+    "dataset": "digits",
+    "data": None,
+    "image_shape": None,
+    "model": "vae",
+    "latent_dim": 20,
+    "hidden": [400],
+    "epochs": 10,
+    "likelihood": "bernoulli",
+    "sigma_x": None,
+    "learn_sigma_x": None,
+    "batch_size": 128,
+    "lr": 1e-3,
+    "beta": 1.0,
+    "warmup_epochs": 0,
+    "valid_size": 0,
+    "seed": 0,
 }
 RESUME_MAY_CHANGE = ("epochs", "lr")  # a new --lr continues the run, but not bit for bit
 CHECKPOINT_EVERY = 1
@@ -88,7 +114,9 @@ def _hidden_list(text):
     try:
         return [_positive_int(p) for p in parts]
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected positive integer widths such as 400 or 400,200, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected positive integer widths such as 400 or 400,200, got {text!r}"
+        ) from None
 
 
 def build_parser():
@@ -96,81 +124,227 @@ def build_parser():
     parser = _Parser(prog=PROG, description="Train, evaluate and sample VAEs (vaelib).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,sample}")
 
-    p = sub.add_parser("train", help="train a VAE or autoencoder; write model.pt, history.json, training_curve.png",
-                       description="Train a model with vaelib.train.fit and write DIR/model.pt, DIR/history.json "
-                       "and DIR/training_curve.png. DIR/model.pt is also written every --checkpoint-every epochs "
-                       "and when the run is stopped (Ctrl-C, SIGTERM, a NaN); continue it with --resume DIR, "
-                       "which gives the same weights as an uninterrupted run.")
+    p = sub.add_parser(
+        "train",
+        help="train a VAE or autoencoder; write model.pt, history.json, training_curve.png",
+        description="Train a model with vaelib.train.fit and write DIR/model.pt, DIR/history.json "
+        "and DIR/training_curve.png. DIR/model.pt is also written every --checkpoint-every epochs "
+        "and when the run is stopped (Ctrl-C, SIGTERM, a NaN); continue it with --resume DIR, "
+        "which gives the same weights as an uninterrupted run.",
+    )
     data = p.add_mutually_exclusive_group()
-    data.add_argument("--dataset", choices=DATASETS, default=None, help="training data (default: digits, offline)")
-    data.add_argument("--data", metavar="FILE.npz", default=None,
-                      help="your own data: an .npz file with x_train (N, D) or (N, H, W) and optionally x_test, "
-                      "float values (in [0, 1] for --likelihood bernoulli) or uint8 pixels (divided by 255)")
-    p.add_argument("--image-shape", type=_positive_int, nargs=2, metavar=("H", "W"), default=None,
-                   help="height and width of one example, for image grids of non-square data (default: from "
-                   "(N, H, W) data, else square)")
-    p.add_argument("--model", choices=("vae", "autoencoder"), default=None, help="model type (default: vae)")
-    p.add_argument("--latent-dim", type=_positive_int, default=None, metavar="k", help="latent dimensions k (default: 20)")
-    p.add_argument("--hidden", type=_hidden_list, action="append", metavar="H",
-                   help="hidden layer width; repeat or give a comma list for several layers (default: 400)")
-    p.add_argument("--epochs", type=_nonnegative_int, default=None, metavar="N",
-                   help="epochs in total (default: 10); with --resume, the new total")
-    p.add_argument("--likelihood", choices=LIKELIHOODS.names(), default=None,
-                   help="p(x|z): " + "; ".join(f"{n}: {LIKELIHOODS.help(n)}" for n in LIKELIHOODS.names())
-                   + " (default: bernoulli)")
-    p.add_argument("--sigma-x", type=_positive_float, default=None, metavar="S",
-                   help="sigma_x of a likelihood with a scale (gaussian): fixed, or the initial value when learned (default: the "
-                   "training data's pixel standard deviation, sqrt of the mean per-pixel variance: the sigma_x of a "
-                   "decoder that predicts the mean image)")
-    p.add_argument("--learn-sigma-x", action=argparse.BooleanOptionalAction, default=None,
-                   help="learn sigma_x with the weights (default: on for a likelihood with a scale; a fixed sigma_x = 1 "
-                   "on [0, 1] images makes the KL win and the latent code unused)")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="minibatch size (default: 128)")
-    p.add_argument("--lr", type=_positive_float, default=None,
-                   help="Adam learning rate (default: 1e-3); with --resume, a new rate from there on")
-    p.add_argument("--beta", type=_nonnegative_float, default=None, help="KL weight (default: 1, the ELBO)")
-    p.add_argument("--warmup-epochs", type=_nonnegative_int, default=None, help="linear KL warm-up epochs (default: 0)")
-    p.add_argument("--valid-size", type=_nonnegative_int, default=None, metavar="M",
-                   help="hold out M training examples for a per-epoch validation ELBO (default: 0)")
-    p.add_argument("--seed", type=_seed, default=None, help="seed of the initial weights and of training (default: 0)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
-    p.add_argument("--out", metavar="DIR", default=None, help="output directory (created if missing); required "
-                   "unless --resume")
-    p.add_argument("--resume", metavar="DIR", default=None,
-                   help="continue the run whose checkpoint is DIR/model.pt, with its settings, up to --epochs in total")
-    p.add_argument("--overwrite", action="store_true", help="start afresh even if --out already holds a model.pt")
-    p.add_argument("--checkpoint-every", type=_nonnegative_int, default=CHECKPOINT_EVERY, metavar="N",
-                   help=f"write DIR/model.pt every N epochs, 0 = only at the end and when stopped (default: {CHECKPOINT_EVERY})")
+    data.add_argument(
+        "--dataset", choices=DATASETS, default=None, help="training data (default: digits, offline)"
+    )
+    data.add_argument(
+        "--data",
+        metavar="FILE.npz",
+        default=None,
+        help="your own data: an .npz file with x_train (N, D) or (N, H, W) and optionally x_test, "
+        "float values (in [0, 1] for --likelihood bernoulli) or uint8 pixels (divided by 255)",
+    )
+    p.add_argument(
+        "--image-shape",
+        type=_positive_int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="height and width of one example, for image grids of non-square data (default: from "
+        "(N, H, W) data, else square)",
+    )
+    p.add_argument(
+        "--model", choices=("vae", "autoencoder"), default=None, help="model type (default: vae)"
+    )
+    p.add_argument(
+        "--latent-dim",
+        type=_positive_int,
+        default=None,
+        metavar="k",
+        help="latent dimensions k (default: 20)",
+    )
+    p.add_argument(
+        "--hidden",
+        type=_hidden_list,
+        action="append",
+        metavar="H",
+        help="hidden layer width; repeat or give a comma list for several layers (default: 400)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=_nonnegative_int,
+        default=None,
+        metavar="N",
+        help="epochs in total (default: 10); with --resume, the new total",
+    )
+    p.add_argument(
+        "--likelihood",
+        choices=LIKELIHOODS.names(),
+        default=None,
+        help="p(x|z): "
+        + "; ".join(f"{n}: {LIKELIHOODS.help(n)}" for n in LIKELIHOODS.names())
+        + " (default: bernoulli)",
+    )
+    p.add_argument(
+        "--sigma-x",
+        type=_positive_float,
+        default=None,
+        metavar="S",
+        help="sigma_x of a likelihood with a scale (gaussian): fixed, or the initial value when "
+        "learned (default: the "
+        "training data's pixel standard deviation, sqrt of the mean per-pixel variance: the "
+        "sigma_x of a "
+        "decoder that predicts the mean image)",
+    )
+    p.add_argument(
+        "--learn-sigma-x",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="learn sigma_x with the weights (default: on for a likelihood with a scale; a fixed "
+        "sigma_x = 1 "
+        "on [0, 1] images makes the KL win and the latent code unused)",
+    )
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="minibatch size (default: 128)"
+    )
+    p.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=None,
+        help="Adam learning rate (default: 1e-3); with --resume, a new rate from there on",
+    )
+    p.add_argument(
+        "--beta", type=_nonnegative_float, default=None, help="KL weight (default: 1, the ELBO)"
+    )
+    p.add_argument(
+        "--warmup-epochs",
+        type=_nonnegative_int,
+        default=None,
+        help="linear KL warm-up epochs (default: 0)",
+    )
+    p.add_argument(
+        "--valid-size",
+        type=_nonnegative_int,
+        default=None,
+        metavar="M",
+        help="hold out M training examples for a per-epoch validation ELBO (default: 0)",
+    )
+    p.add_argument(
+        "--seed",
+        type=_seed,
+        default=None,
+        help="seed of the initial weights and of training (default: 0)",
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda or cuda:N (default: cuda when available, else cpu)",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="output directory (created if missing); required unless --resume",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="DIR",
+        default=None,
+        help="continue the run whose checkpoint is DIR/model.pt, with its settings, up to --epochs "
+        "in total",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh even if --out already holds a model.pt",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=_nonnegative_int,
+        default=CHECKPOINT_EVERY,
+        metavar="N",
+        help="write DIR/model.pt every N epochs, 0 = only at the end and when stopped (default: "
+        f"{CHECKPOINT_EVERY})",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="print test ELBO and importance-weighted log-likelihood",
-                       description="Evaluate a checkpoint on a dataset split: test ELBO and the importance-weighted "
-                       "log-likelihood estimate (Burda et al. 2016), in nats per example and bits per dimension. "
-                       "Bernoulli models are evaluated on one fixed binarization of the images (seeded). "
-                       "The data default to those the model was trained on (recorded in the checkpoint).")
+    p = sub.add_parser(
+        "evaluate",
+        help="print test ELBO and importance-weighted log-likelihood",
+        description="Evaluate a checkpoint on a dataset split: test ELBO and the "
+        "importance-weighted "
+        "log-likelihood estimate (Burda et al. 2016), in nats per example and bits per dimension. "
+        "Bernoulli models are evaluated on one fixed binarization of the images (seeded). "
+        "The data default to those the model was trained on (recorded in the checkpoint).",
+    )
     p.add_argument("checkpoint", metavar="CKPT", help="a model.pt written by 'train'")
     data = p.add_mutually_exclusive_group()
-    data.add_argument("--dataset", choices=DATASETS, default=None, help="default: the data the model was trained on")
-    data.add_argument("--data", metavar="FILE.npz", default=None, help="an .npz file with x_train and/or x_test")
+    data.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default=None,
+        help="default: the data the model was trained on",
+    )
+    data.add_argument(
+        "--data", metavar="FILE.npz", default=None, help="an .npz file with x_train and/or x_test"
+    )
     p.add_argument("--split", choices=("train", "test"), default="test", help="default: test")
-    p.add_argument("--K", "--k", dest="K", type=_positive_int, default=5000, metavar="K",
-                   help="importance samples per example, K (default: 5000; --k is an alias)")
-    p.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="evaluate the first N examples only")
-    p.add_argument("--batch-size", type=_positive_int, default=100, help="examples per pass (default: 100)")
-    p.add_argument("--chunk-size", type=_positive_int, default=500, help="importance samples per pass (default: 500)")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the binarization and the samples (default: 0)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    p.add_argument(
+        "--K",
+        "--k",
+        dest="K",
+        type=_positive_int,
+        default=5000,
+        metavar="K",
+        help="importance samples per example, K (default: 5000; --k is an alias)",
+    )
+    p.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="evaluate the first N examples only",
+    )
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=100, help="examples per pass (default: 100)"
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=_positive_int,
+        default=500,
+        help="importance samples per pass (default: 500)",
+    )
+    p.add_argument(
+        "--seed",
+        type=_seed,
+        default=0,
+        help="seed of the binarization and the samples (default: 0)",
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda or cuda:N (default: cuda when available, else cpu)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("sample", help="write a grid of samples from the prior as a PNG",
-                       description="Decode z ~ N(0, I) and write the decoder means (pixel probabilities) as a grid image.")
+    p = sub.add_parser(
+        "sample",
+        help="write a grid of samples from the prior as a PNG",
+        description="Decode z ~ N(0, I) and write the decoder means (pixel probabilities) as a "
+        "grid image.",
+    )
     p.add_argument("checkpoint", metavar="CKPT", help="a VAE model.pt written by 'train'")
     p.add_argument("--n", type=_positive_int, default=64, help="number of samples (default: 64)")
     p.add_argument("--out", required=True, metavar="FILE.png", help="PNG file to write")
-    p.add_argument("--image-shape", type=_positive_int, nargs=2, metavar=("H", "W"), default=None,
-                   help="height and width of one sample (default: recorded in the checkpoint, else square)")
+    p.add_argument(
+        "--image-shape",
+        type=_positive_int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="height and width of one sample (default: recorded in the checkpoint, else square)",
+    )
     p.add_argument("--seed", type=_seed, default=0, help="seed of z (default: 0)")
     p.set_defaults(func=cmd_sample)
     return parser
@@ -184,7 +358,9 @@ def main(argv=None):
     except SystemExit as e:  # --help (0) or a usage error already reported on one line (2)
         return e.code if isinstance(e.code, int) else 2
     if args.func is cmd_train and args.out is None and args.resume is None:
-        return _usage_error(parser, "train", "the following arguments are required: --out (or --resume DIR)")
+        return _usage_error(
+            parser, "train", "the following arguments are required: --out (or --resume DIR)"
+        )
     try:
         args.func(args)
     except _Stopped as e:
@@ -197,36 +373,50 @@ def main(argv=None):
         print("vaelib: interrupted", file=sys.stderr)
         return 130
     except EXPECTED_ERRORS as e:
-        message = " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+        message = (
+            " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+            or type(e).__name__
+        )
         print(f"vaelib: error: {message}", file=sys.stderr)
         return 1
     except Exception as e:
         if _out_of_memory(e):
-            print(f"vaelib: error: out of memory ({type(e).__name__}); lower --batch-size (and --chunk-size for "
-                  "evaluate), or use --device cpu", file=sys.stderr)
+            print(
+                f"vaelib: error: out of memory ({type(e).__name__}); lower --batch-size (and "
+                f"--chunk-size for "
+                "evaluate), or use --device cpu",
+                file=sys.stderr,
+            )
             return 1
         raise  # a bug: Python prints the traceback and exits with status 1
     return 0
 
 
-# The errors the commands and the library raise on purpose, with a message meant for the user: CLIError (bad
-# arguments, unusable --out or --data), ValueError (the library's checks: broken or corrupt checkpoints, unknown
-# devices, corrupt IDX files), OSError (missing files, failed downloads, a full or read-only disk) and
-# FloatingPointError (a NaN in training). A TypeError or RuntimeError reaching main is a bug: it keeps its traceback.
+# The errors the commands and the library raise on purpose, with a message meant for the user:
+# CLIError (bad arguments, unusable --out or --data), ValueError (the library's checks: broken or
+# corrupt checkpoints, unknown devices, corrupt IDX files), OSError (missing files, failed
+# downloads, a full or read-only disk) and FloatingPointError (a NaN in training). A TypeError or
+# RuntimeError reaching main is a bug: it keeps its traceback.
 EXPECTED_ERRORS = (CLIError, ValueError, OSError, FloatingPointError)
 
 
 def _out_of_memory(e):
-    """True for torch's out-of-memory error (CPU allocations raise a RuntimeError that says so): not a bug."""
-    torch = sys.modules.get("torch")  # not imported here: if the command never loaded torch, this is no torch error
+    """True for torch's out-of-memory error (CPU allocations raise a RuntimeError that says so): not
+    a bug."""
+    torch = sys.modules.get(
+        "torch"
+    )  # not imported here: if the command never loaded torch, this is no torch error
     if torch is None:
         return False
     return isinstance(e, torch.OutOfMemoryError) or (
-        type(e) is RuntimeError and "DefaultCPUAllocator: can't allocate memory" in str(e))
+        type(e) is RuntimeError and "DefaultCPUAllocator: can't allocate memory" in str(e)
+    )
 
 
 def _usage_error(parser, command, message):
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[
+        command
+    ]
     try:
         sub.error(message)
     except SystemExit as e:
@@ -234,7 +424,8 @@ def _usage_error(parser, command, message):
 
 
 class _Terminated(KeyboardInterrupt):
-    """SIGTERM, turned into an exception so that training stops the way Ctrl-C stops it (and saves)."""
+    """SIGTERM, turned into an exception so that training stops the way Ctrl-C stops it (and
+    saves)."""
 
 
 class _Stopped(Exception):
@@ -251,17 +442,22 @@ def _raise_terminated(signum, frame):
 
 @contextlib.contextmanager
 def _signals_deferred():
-    """Hold SIGINT and SIGTERM while a file is written; they arrive (and stop the run) right after it.
+    """Hold SIGINT and SIGTERM while a file is written; they arrive (and stop the run) right after
+    it.
 
-    Python-level handlers note the signal and the previous handler runs once the write is done. (Blocking the
-    signals with pthread_sigmask in the main thread alone let the kernel hand a Ctrl-C to one of torch's worker
-    threads, and about one run in eight then finished as if never interrupted.)
+    Python-level handlers note the signal and the previous handler runs once the write is done.
+    (Blocking the signals with pthread_sigmask in the main thread alone let the kernel hand a Ctrl-C
+    to one of torch's worker threads, and about one run in eight then finished as if never
+    interrupted.)
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught = []
-    old = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {
+        s: signal.signal(s, lambda signum, frame: caught.append(signum))
+        for s in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
@@ -270,17 +466,23 @@ def _signals_deferred():
         if caught:
             handler = old[caught[0]]
             if callable(handler):
-                handler(caught[0], None)  # default_int_handler raises KeyboardInterrupt; cmd_train's raises _Terminated
+                handler(
+                    caught[0], None
+                )  # default_int_handler raises KeyboardInterrupt; cmd_train's raises _Terminated
             elif handler == signal.SIG_DFL:
                 os.kill(os.getpid(), caught[0])
 
 
-# -- train ------------------------------------------------------------------------------------------
+# -- train
+# ------------------------------------------------------------------------------------------
+
 
 def cmd_train(args):
     if threading.current_thread() is not threading.main_thread():
         return _train(args)
-    old = signal.signal(signal.SIGTERM, _raise_terminated)  # SIGTERM stops training like Ctrl-C: it saves first
+    old = signal.signal(
+        signal.SIGTERM, _raise_terminated
+    )  # SIGTERM stops training like Ctrl-C: it saves first
     try:
         return _train(args)
     finally:
@@ -308,7 +510,8 @@ def _out_dir(text, option="--out"):
 
 
 def _settings(args):
-    """(settings, checkpoint or None, out): the run's settings, fresh or from the checkpoint of --resume."""
+    """(settings, checkpoint or None, out): the run's settings, fresh or from the checkpoint of
+    --resume."""
     from vaelib import checkpoints
 
     explicit = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
@@ -330,14 +533,21 @@ def _settings(args):
             settings["dataset"] = None
         scaled = LIKELIHOODS.scale(settings["likelihood"]) is not None
         if not scaled and ("sigma_x" in explicit or explicit.get("learn_sigma_x")):
-            with_scale = " or ".join(f"--likelihood {n}" for n in LIKELIHOODS.names() if LIKELIHOODS.scale(n))
-            raise CLIError(f"--sigma-x and --learn-sigma-x need {with_scale} (a {settings['likelihood'].capitalize()} "
-                           "likelihood has no sigma_x)")
+            with_scale = " or ".join(
+                f"--likelihood {n}" for n in LIKELIHOODS.names() if LIKELIHOODS.scale(n)
+            )
+            raise CLIError(
+                f"--sigma-x and --learn-sigma-x need {with_scale} (a "
+                f"{settings['likelihood'].capitalize()} "
+                "likelihood has no sigma_x)"
+            )
         if settings["learn_sigma_x"] is None:
             settings["learn_sigma_x"] = scaled
         return settings, None, Path(args.out)
     if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
-        raise CLIError(f"--resume {args.resume} writes into that directory; leave out --out (got {args.out})")
+        raise CLIError(
+            f"--resume {args.resume} writes into that directory; leave out --out (got {args.out})"
+        )
     if not args.resume.strip():
         raise CLIError("--resume must name a directory, got ''")
     path = Path(args.resume) / "model.pt"
@@ -346,12 +556,20 @@ def _settings(args):
     ck = checkpoints.load_checkpoint(path, with_state=True)
     saved = (ck.metadata or {}).get("train_args")
     if not isinstance(saved, dict) or set(saved) != set(TRAIN_DEFAULTS):
-        raise CLIError(f"{path} does not record the settings of a 'python -m vaelib train' run, so --resume cannot "
-                       "continue it; resume it in Python with vaelib.train.fit(model, x, epochs, history=checkpoint.history)")
+        raise CLIError(
+            f"{path} does not record the settings of a 'python -m vaelib train' run, so --resume "
+            f"cannot "
+            "continue it; resume it in Python with vaelib.train.fit(model, x, epochs, "
+            "history=checkpoint.history)"
+        )
     for key, value in explicit.items():
         if key not in RESUME_MAY_CHANGE and value != saved[key]:
-            raise CLIError(f"{_option(key)} {value} differs from the run's {saved[key]}: --resume continues a run "
-                           "with its own settings (only --epochs, --lr, --device, --checkpoint-every and --no-progress may change)")
+            raise CLIError(
+                f"{_option(key)} {value} differs from the run's {saved[key]}: --resume continues a "
+                f"run "
+                "with its own settings (only --epochs, --lr, --device, --checkpoint-every and "
+                "--no-progress may change)"
+            )
     settings = dict(saved, **{k: explicit[k] for k in RESUME_MAY_CHANGE if k in explicit})
     return settings, ck, Path(args.resume)
 
@@ -367,30 +585,42 @@ def _train(args):
         x, _, file_shape = _load_npz(settings["data"], settings["likelihood"])
         source, data_sha256 = Path(settings["data"]).name, _file_sha256(settings["data"])
         if ck is not None and data_sha256 != ck.metadata.get("data_sha256"):
-            raise CLIError(f"--resume: {settings['data']} changed since the run started (its SHA-256 differs); "
-                           "resuming on other data would not continue the same run")
+            raise CLIError(
+                f"--resume: {settings['data']} changed since the run started (its SHA-256 "
+                f"differs); "
+                "resuming on other data would not continue the same run"
+            )
     else:
         x, _ = data.load(settings["dataset"], "train")  # (N, D) in [0, 1]
         source, data_sha256, file_shape = settings["dataset"], None, None
     image_shape = _image_shape(settings["image_shape"] or file_shape, x.shape[1], "--image-shape")
     if settings["valid_size"] >= x.shape[0]:
-        raise CLIError(f"--valid-size {settings['valid_size']} must be smaller than the {x.shape[0]} training examples")
+        raise CLIError(
+            f"--valid-size {settings['valid_size']} must be smaller than the {x.shape[0]} training "
+            f"examples"
+        )
     valid_x = None
     if settings["valid_size"]:
-        order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(settings["seed"]))
-        valid_x, x = x[order[: settings["valid_size"]]], x[order[settings["valid_size"]:]]
+        order = torch.randperm(
+            x.shape[0], generator=torch.Generator().manual_seed(settings["seed"])
+        )
+        valid_x, x = x[order[: settings["valid_size"]]], x[order[settings["valid_size"] :]]
 
     if ck is None:
         if LIKELIHOODS.scale(settings["likelihood"]) is not None and settings["sigma_x"] is None:
-            # sigma_x of the best constant decoder (the mean image): sqrt(mean_d Var(x_d)). Starting at 1 on [0, 1]
-            # pixels the KL wins before sigma_x can shrink (no active unit after the default 10 epochs on digits).
+            # sigma_x of the best constant decoder (the mean image): sqrt(mean_d Var(x_d)). Starting
+            # at 1 on [0, 1] pixels the KL wins before sigma_x can shrink (no active unit after the
+            # default 10 epochs on digits).
             spread = x.double().var(0, correction=0).mean().sqrt().item()
             settings["sigma_x"] = float(f"{spread:.4g}") if spread > 0 else 1.0
         model = _build_model(settings, x.shape[1])
         out = _out_dir(str(out))
         if (out / "model.pt").exists() and not args.overwrite:
-            raise CLIError(f"{out / 'model.pt'} exists: continue that run with --resume {out}, or start afresh with "
-                           "--overwrite (or another --out)")
+            raise CLIError(
+                f"{out / 'model.pt'} exists: continue that run with --resume {out}, or start "
+                f"afresh with "
+                "--overwrite (or another --out)"
+            )
         done, state = 0, {}
     else:
         model = ck.model
@@ -398,9 +628,15 @@ def _train(args):
         done = len((ck.history or {}).get("epoch", []))
         state = dict(history=ck.history)  # carries the optimizer and generator state
     epochs = max(0, settings["epochs"] - done)
-    metadata = {"dataset": settings["dataset"], "data": settings["data"], "data_sha256": data_sha256,
-                "image_shape": image_shape, "seed": settings["seed"], "valid_size": settings["valid_size"],
-                "train_args": settings}
+    metadata = {
+        "dataset": settings["dataset"],
+        "data": settings["data"],
+        "data_sha256": data_sha256,
+        "image_shape": image_shape,
+        "seed": settings["seed"],
+        "valid_size": settings["valid_size"],
+        "train_args": settings,
+    }
     path = out / "model.pt"
 
     def save(model, history):
@@ -413,14 +649,29 @@ def _train(args):
             save(model, history)
 
     hidden = "-".join(map(str, settings["hidden"]))
-    what = f"{type(model).__name__} {x.shape[1]}-{hidden}-{settings['latent_dim']} ({_likelihood_text(model)})"
+    what = (
+        f"{type(model).__name__} {x.shape[1]}-{hidden}-{settings['latent_dim']} "
+        f"({_likelihood_text(model)})"
+    )
     action = f"resuming {what} at epoch {done}" if ck is not None else f"training {what}"
-    print(f"{action} on {source}: {x.shape[0]} examples, {epochs} epochs, device {device}", flush=True)
+    print(
+        f"{action} on {source}: {x.shape[0]} examples, {epochs} epochs, device {device}", flush=True
+    )
     try:
         history = train.fit(
-            model, x, epochs, batch_size=settings["batch_size"], lr=settings["lr"], seed=settings["seed"],
-            device=device, valid_x=valid_x, progress=not args.no_progress, beta=settings["beta"],
-            warmup_epochs=settings["warmup_epochs"], on_epoch_end=every, **state,
+            model,
+            x,
+            epochs,
+            batch_size=settings["batch_size"],
+            lr=settings["lr"],
+            seed=settings["seed"],
+            device=device,
+            valid_x=valid_x,
+            progress=not args.no_progress,
+            beta=settings["beta"],
+            warmup_epochs=settings["warmup_epochs"],
+            on_epoch_end=every,
+            **state,
         )
     except KeyboardInterrupt as e:
         history = getattr(e, "history", None)
@@ -428,15 +679,25 @@ def _train(args):
             raise
         save(model, history)
         n = history["epoch"][-1] if history["epoch"] else 0
-        how, code = ("terminated (SIGTERM)", 128 + 15) if isinstance(e, _Terminated) else ("interrupted", 130)
-        raise _Stopped(f"vaelib: {how}; saved the state after epoch {n} to {path}; continue with: "
-                       f"{PROG} train --resume {out}", code) from None
+        how, code = (
+            ("terminated (SIGTERM)", 128 + 15)
+            if isinstance(e, _Terminated)
+            else ("interrupted", 130)
+        )
+        raise _Stopped(
+            f"vaelib: {how}; saved the state after epoch {n} to {path}; continue with: "
+            f"{PROG} train --resume {out}",
+            code,
+        ) from None
     except FloatingPointError as e:
         save(model, e.history)
         n = e.history["epoch"][-1] if e.history["epoch"] else 0
         first = str(e).split("; the model is back")[0]
-        raise CLIError(f"{first}; saved the last finite state (after epoch {n}) to {path}; continue with a lower "
-                       f"learning rate: {PROG} train --resume {out} --lr {settings['lr'] / 10:g}") from None
+        raise CLIError(
+            f"{first}; saved the last finite state (after epoch {n}) to {path}; continue with a "
+            f"lower "
+            f"learning rate: {PROG} train --resume {out} --lr {settings['lr'] / 10:g}"
+        ) from None
     save(model, history)
     _plot_history(history, out / "training_curve.png", f"{type(model).__name__} on {source}")
     if history["epoch"]:
@@ -466,7 +727,10 @@ def _likelihood_text(model):
     if model.sigma_x is None:
         return model.likelihood
     learned = model.config.get("learn_sigma_x", False)
-    return f"{model.likelihood}, sigma_x {'learned from ' if learned else ''}{_sigma_text(model, initial=True)}"
+    return (
+        f"{model.likelihood}, sigma_x "
+        f"{'learned from ' if learned else ''}{_sigma_text(model, initial=True)}"
+    )
 
 
 def _sigma_text(model, initial=False):
@@ -478,7 +742,8 @@ def _sigma_text(model, initial=False):
 
 
 def _image_shape(shape, data_dim, option):
-    """[H, W] with H W = data_dim: the given shape, else the square one, else None (no image grids)."""
+    """[H, W] with H W = data_dim: the given shape, else the square one, else None (no image
+    grids)."""
     from vaelib.plotting import resolve_image_shape
 
     try:
@@ -487,7 +752,9 @@ def _image_shape(shape, data_dim, option):
         if shape is None:
             return None
         h, w = shape
-        raise CLIError(f"{option} {h} {w} has {h * w} pixels but the data have {data_dim} per example") from None
+        raise CLIError(
+            f"{option} {h} {w} has {h * w} pixels but the data have {data_dim} per example"
+        ) from None
 
 
 def _file_sha256(path):
@@ -507,10 +774,18 @@ def _load_npz(path, likelihood):
     except (ValueError, OSError) as e:
         raise CLIError(f"--data {e}") from None
     for name, x in (("x_train", x_train), ("x_test", x_test)):
-        if x is not None and LIKELIHOODS.get(likelihood).unit_interval and (x.min() < 0 or x.max() > 1):
-            raise CLIError(f"--data {Path(path)}: {name} has values in [{x.min():.4g}, {x.max():.4g}]; --likelihood "
-                           f"{likelihood} needs [0, 1] (rescale the data or use a likelihood for real values, e.g. "
-                           "--likelihood gaussian)")
+        if (
+            x is not None
+            and LIKELIHOODS.get(likelihood).unit_interval
+            and (x.min() < 0 or x.max() > 1)
+        ):
+            raise CLIError(
+                f"--data {Path(path)}: {name} has values in [{x.min():.4g}, {x.max():.4g}]; "
+                f"--likelihood "
+                f"{likelihood} needs [0, 1] (rescale the data or use a likelihood for real values, "
+                f"e.g. "
+                "--likelihood gaussian)"
+            )
     return x_train, x_test, image_shape
 
 
@@ -527,7 +802,8 @@ def _save_figure(fig, path):
 
 
 def _plot_history(history, path, title):
-    """Training curve: ELBO, reconstruction term (and validation ELBO) and KL per epoch, in nats per example."""
+    """Training curve: ELBO, reconstruction term (and validation ELBO) and KL per epoch, in nats per
+    example."""
     import matplotlib
     import numpy as np
     from matplotlib.figure import Figure
@@ -543,12 +819,19 @@ def _plot_history(history, path, title):
             fig = Figure(figsize=(10, 4))
             ax, ax_kl = fig.subplots(1, 2)
             ax.plot(epoch, series("elbo"), marker="o", label="ELBO (train)")
-            ax.plot(epoch, series("log_px_z"), marker="o", label="reconstruction E_q[log p(x|z)] (train)")
+            ax.plot(
+                epoch,
+                series("log_px_z"),
+                marker="o",
+                label="reconstruction E_q[log p(x|z)] (train)",
+            )
             if "valid_elbo" in history:
                 ax.plot(epoch, series("valid_elbo"), marker="o", label="ELBO (validation)")
             ax.set_title(f"{title}: ELBO")
             ax.set_ylabel("nats per example")
-            ax_kl.plot(epoch, series("kl"), marker="o", color="C2", label="KL(q(z|x) || p(z)) (train)")
+            ax_kl.plot(
+                epoch, series("kl"), marker="o", color="C2", label="KL(q(z|x) || p(z)) (train)"
+            )
             ax_kl.set_title("KL term")
             ax_kl.set_ylabel("nats per example")
             axes = (ax, ax_kl)
@@ -557,7 +840,9 @@ def _plot_history(history, path, title):
             ax = fig.subplots()
             ax.plot(epoch, series("log_px_z"), marker="o", label="log p(x|z) (train)")
             if "valid_log_px_z" in history:
-                ax.plot(epoch, series("valid_log_px_z"), marker="o", label="log p(x|z) (validation)")
+                ax.plot(
+                    epoch, series("valid_log_px_z"), marker="o", label="log p(x|z) (validation)"
+                )
             ax.set_title(f"{title}: reconstruction log-likelihood")
             ax.set_ylabel("nats per example")
             axes = (ax,)
@@ -567,7 +852,9 @@ def _plot_history(history, path, title):
         _save_figure(fig, path)
 
 
-# -- evaluate ---------------------------------------------------------------------------------------
+# -- evaluate
+# ---------------------------------------------------------------------------------------
+
 
 def _load(path):
     from vaelib import checkpoints
@@ -576,21 +863,27 @@ def _load(path):
 
 
 def _evaluation_data(args, metadata, likelihood):
-    """(x, description): the split to evaluate, from --data/--dataset or else what the checkpoint records."""
+    """(x, description): the split to evaluate, from --data/--dataset or else what the checkpoint
+    records."""
     from vaelib import data
 
     if args.data is None and args.dataset is None:
         recorded = metadata.get("data")
         if isinstance(recorded, str):
             if not Path(recorded).is_file():
-                raise CLIError(f"{args.checkpoint} was trained on {recorded}, which is not there any more; "
-                               "pass --data FILE.npz or --dataset")
+                raise CLIError(
+                    f"{args.checkpoint} was trained on {recorded}, which is not there any more; "
+                    "pass --data FILE.npz or --dataset"
+                )
             args.data = recorded
         elif metadata.get("dataset") in DATASETS:
             args.dataset = metadata["dataset"]
         else:
-            raise CLIError(f"{args.checkpoint} does not record its dataset; pass --dataset {{{','.join(DATASETS)}}} "
-                           "or --data FILE.npz")
+            raise CLIError(
+                f"{args.checkpoint} does not record its dataset; pass --dataset "
+                f"{{{','.join(DATASETS)}}} "
+                "or --data FILE.npz"
+            )
     if args.dataset is not None:
         x, _ = data.load(args.dataset, args.split)
         return x, args.dataset
@@ -612,37 +905,65 @@ def cmd_evaluate(args):
     if args.limit is not None:
         x = x[: args.limit]
     if x.shape[1] != model.data_dim:
-        raise CLIError(f"the model expects data_dim {model.data_dim} but {dataset} has {x.shape[1]} values per example")
+        raise CLIError(
+            f"the model expects data_dim {model.data_dim} but {dataset} has {x.shape[1]} values "
+            f"per example"
+        )
     model.to(device)
     note = ""
     if LIKELIHOODS.get(model.likelihood).binarize:
-        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(args.seed))  # one fixed binarization
+        x = torch.bernoulli(
+            x, generator=torch.Generator().manual_seed(args.seed)
+        )  # one fixed binarization
         note = f", binarized once with seed {args.seed}"
     D = model.data_dim
-    print(f"checkpoint: {args.checkpoint} ({type(model).__name__}, "
-          f"{'-'.join(map(str, [D, *(model.hidden_dims or []), model.latent_dim]))}, {_likelihood_text(model)})")
+    print(
+        f"checkpoint: {args.checkpoint} ({type(model).__name__}, "
+        f"{'-'.join(map(str, [D, *(model.hidden_dims or []), model.latent_dim]))}, "
+        f"{_likelihood_text(model)})"
+    )
     print(f"data: {dataset} {args.split} split, {x.shape[0]} examples{note}")
 
     def report(name, values):
         mean = values.mean().item()
         sem = values.std().item() / math.sqrt(len(values)) if len(values) > 1 else float("nan")
         bpd = evaluate.bits_per_dim(mean, D)
-        print(f"{name}: {mean:.3f} nats per example (+- {sem:.3f} standard error over examples; {bpd:.4f} bits/dim)")
+        print(
+            f"{name}: {mean:.3f} nats per example (+- {sem:.3f} standard error over examples; "
+            f"{bpd:.4f} bits/dim)"
+        )
 
     gen = torch.Generator(device=device).manual_seed(args.seed)
     if isinstance(model, models.Autoencoder):
         with torch.no_grad():
-            values = torch.cat([model.reconstruction_log_likelihood(xb.to(device)) for xb in x.split(args.batch_size)])
+            values = torch.cat(
+                [
+                    model.reconstruction_log_likelihood(xb.to(device))
+                    for xb in x.split(args.batch_size)
+                ]
+            )
         report("reconstruction log p(x|z)", values.cpu())
         print("an autoencoder has no prior: no ELBO or log-likelihood to report")
         return
-    report(f"{args.split} ELBO", evaluate.test_elbo(model, x, batch_size=args.batch_size, generator=gen))
-    iwae = evaluate.iwae_log_likelihood(model, x, K=args.K, batch_size=args.batch_size, chunk_size=args.chunk_size,
-                                        generator=gen, progress=not args.no_progress)
+    report(
+        f"{args.split} ELBO",
+        evaluate.test_elbo(model, x, batch_size=args.batch_size, generator=gen),
+    )
+    iwae = evaluate.iwae_log_likelihood(
+        model,
+        x,
+        K=args.K,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        generator=gen,
+        progress=not args.no_progress,
+    )
     report(f"IWAE log-likelihood (K={args.K})", iwae)
 
 
-# -- sample -----------------------------------------------------------------------------------------
+# -- sample
+# -----------------------------------------------------------------------------------------
+
 
 def cmd_sample(args):
     import numpy as np
@@ -659,17 +980,27 @@ def cmd_sample(args):
     ckpt = _load(args.checkpoint)
     model = ckpt.model
     if not isinstance(model, models.VAE):
-        raise CLIError(f"{args.checkpoint} holds an {type(model).__name__}, which has no prior to sample from; use a VAE")
+        raise CLIError(
+            f"{args.checkpoint} holds an {type(model).__name__}, which has no prior to sample "
+            f"from; use a VAE"
+        )
     recorded = (ckpt.metadata or {}).get("image_shape")
-    shape = args.image_shape or (recorded if isinstance(recorded, list) and len(recorded) == 2 else None)
+    shape = args.image_shape or (
+        recorded if isinstance(recorded, list) and len(recorded) == 2 else None
+    )
     shape = _image_shape(shape, model.data_dim, "--image-shape")
     if shape is None:
-        raise CLIError(f"cannot show data_dim {model.data_dim} as square images (not a perfect square) and the "
-                       "checkpoint records no image shape; pass --image-shape H W")
+        raise CLIError(
+            f"cannot show data_dim {model.data_dim} as square images (not a perfect square) and "
+            f"the "
+            "checkpoint records no image shape; pass --image-shape H W"
+        )
     height, width = shape
     images = model.sample(args.n, generator=torch.Generator().manual_seed(args.seed))  # (n, D)
     grid = make_grid(images.clamp(0, 1), (height, width))  # NaN between the images
-    grid = np.nan_to_num(np.pad(grid, 1, constant_values=np.nan), nan=1.0)  # white borders, outside too
+    grid = np.nan_to_num(
+        np.pad(grid, 1, constant_values=np.nan), nan=1.0
+    )  # white borders, outside too
     scale = max(1, math.ceil(256 / grid.shape[1]))  # at least ~256 pixels wide
     grid = np.kron(grid, np.ones((scale, scale)))
     _save_image(grid, out)
@@ -682,7 +1013,10 @@ def _save_image(grid, path):
     from vaelib._atomic import atomic_write
 
     # pixel probability 1 is white (MNIST convention); the borders between images are white too
-    atomic_write(path, lambda f: matplotlib.image.imsave(f, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png"))
+    atomic_write(
+        path,
+        lambda f: matplotlib.image.imsave(f, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png"),
+    )
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """Atomic file writes: the one implementation behind every file vaelib and its scripts write.
 
-Checkpoints (train.save_checkpoint), the command line's outputs, figures (plotting.savefig), widget caches,
-dataset downloads (data.py, suffix ".part"), executed notebooks (scripts/run_notebooks.py) and benchmark
-results all go through `atomic_file` (or its callback form `atomic_write`). The bytes go into a temporary
-file ".<name>.<random><suffix>" beside the final file, which is flushed, fsync'ed and renamed over `path`
-with os.replace only when the writer finishes, so `path` is always the old file or the complete new one.
-On top of that:
+Checkpoints (train.save_checkpoint), the command line's outputs, figures (plotting.savefig), widget
+caches, dataset downloads (data.py, suffix ".part"), executed notebooks (scripts/run_notebooks.py)
+and benchmark results all go through `atomic_file` (or its callback form `atomic_write`). The bytes
+go into a temporary file ".<name>.<random><suffix>" beside the final file, which is flushed,
+fsync'ed and renamed over `path` with os.replace only when the writer finishes, so `path` is always
+the old file or the complete new one. On top of that:
 - the temporary file holds an exclusive flock while it is written; a temporary file of the same name
-  pattern that nobody holds a lock on was left by a killed process, and is removed at the next write;
+  pattern that nobody holds a lock on was left by a killed process, and is removed at the next
+  write;
 - the new file keeps the permissions of the file it replaces; a new file gets 0666 minus the umask
   (0644 under the usual umask 022), not mkstemp's 0600;
 - when `path` is a symbolic link, the link's target is replaced and the link kept.
@@ -35,15 +36,20 @@ def _umask():
 
 
 def clean_orphans(directory, prefix, suffix):
-    """Remove the temporary files `directory/<prefix>*<suffix>` left by killed writers; return their paths.
+    """Remove the temporary files `directory/<prefix>*<suffix>` left by killed writers; return their
+    paths.
 
-    A file whose writer is alive is locked (flock) and kept. Errors (a file already gone, no permission,
-    no flock on this file system) leave the file alone: cleaning is best effort and never fails the write
-    that triggered it.
+    A file whose writer is alive is locked (flock) and kept. Errors (a file already gone, no
+    permission, no flock on this file system) leave the file alone: cleaning is best effort and
+    never fails the write that triggered it.
     """
     removed = []
     try:
-        candidates = [p for p in Path(directory).iterdir() if p.name.startswith(prefix) and p.name.endswith(suffix)]
+        candidates = [
+            p
+            for p in Path(directory).iterdir()
+            if p.name.startswith(prefix) and p.name.endswith(suffix)
+        ]
     except OSError:
         return removed
     for p in candidates:
@@ -67,7 +73,8 @@ def clean_orphans(directory, prefix, suffix):
 
 @contextlib.contextmanager
 def atomic_file(path, suffix=".tmp", mode="wb"):
-    """Context manager yielding (open temporary file, its Path); on a normal exit the file replaces `path`.
+    """Context manager yielding (open temporary file, its Path); on a normal exit the file replaces
+    `path`.
 
     The block may read the temporary file back (flush first) and raise to reject it: any exception
     (KeyboardInterrupt included) removes the temporary file and leaves `path` untouched.
@@ -89,7 +96,9 @@ def atomic_file(path, suffix=".tmp", mode="wb"):
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             if fcntl is not None:
-                with contextlib.suppress(OSError):  # a file system without flock: write all the same
+                with contextlib.suppress(
+                    OSError
+                ):  # a file system without flock: write all the same
                     fcntl.flock(f, fcntl.LOCK_EX)  # held until the file is closed, after the rename
             yield f, tmp
             f.flush()
@@ -101,6 +110,7 @@ def atomic_file(path, suffix=".tmp", mode="wb"):
 
 
 def atomic_write(path, write, mode="wb", suffix=".tmp"):
-    """`atomic_file` for a callback: `write(f)` writes into the temporary file, which then replaces `path`."""
+    """`atomic_file` for a callback: `write(f)` writes into the temporary file, which then replaces
+    `path`."""
     with atomic_file(path, suffix, mode) as (f, _):
         write(f)

@@ -1,14 +1,14 @@
 """The aggregate posterior and ELBO surgery: where the average KL of the ELBO goes.
 
-N encoder Gaussians q(z | x_n) = N(mu_n, diag exp(logvar_n)) (`logvar` = log sigma^2; the caller runs
-`model.encode`) define the aggregate posterior q(z) = (1/N) sum_n q(z | x_n). With the uniform
+N encoder Gaussians q(z | x_n) = N(mu_n, diag exp(logvar_n)) (`logvar` = log sigma^2; the caller
+runs `model.encode`) define the aggregate posterior q(z) = (1/N) sum_n q(z | x_n). With the uniform
 distribution over the N data points, the average KL term of the ELBO (the "rate") splits exactly as
 
     (1/N) sum_n KL(q(z | x_n) || p(z)) = I_q(x; z) + KL(q(z) || p(z)),   p(z) = N(0, I),
     I_q(x; z) = (1/N) sum_n KL(q(z | x_n) || q(z)),   0 <= I_q <= log N
 
-(Hoffman & Johnson 2016, "ELBO surgery", eq. 2; Alemi et al. 2018). `surgery_quadrature` computes the three
-terms by independent routes for k in {1, 2}, so the identity is a check; `surgery_mc` and
+(Hoffman & Johnson 2016, "ELBO surgery", eq. 2; Alemi et al. 2018). `surgery_quadrature` computes
+the three terms by independent routes for k in {1, 2}, so the identity is a check; `surgery_mc` and
 `surgery_minibatch` estimate I_q and KL(q(z) || p(z)) with Monte Carlo standard errors for any k.
 Shapes: mu, logvar (N, k); z (P, k). All values in nats.
 """
@@ -22,8 +22,11 @@ import torch
 from vaelib import _validate
 from vaelib.distributions import LOG_2PI, _log_normal, _sample_normal, kl_normal
 
-_BOX_SD = 10.0  # quadrature boxes reach 10 sd past every component: tail mass 2e-23 per side, far below 1e-12 nats
-_RTOL = 1e-14  # quadrature: relative tolerance on top of atol, about 50 float64 epsilons (a KL of 300 nats has no 1e-12 digits)
+# quadrature boxes reach 10 sd past every component: tail mass 2e-23 per side, far below 1e-12 nats
+_BOX_SD = 10.0
+# quadrature: relative tolerance on top of atol, about 50 float64 epsilons (a KL of 300 nats has no
+# 1e-12 digits)
+_RTOL = 1e-14
 
 
 def _log_std_normal(z):
@@ -32,7 +35,8 @@ def _log_std_normal(z):
 
 
 class Surgery(NamedTuple):
-    """The three terms of ELBO surgery in nats (floats); `error`: the quadrature's own error estimate."""
+    """The three terms of ELBO surgery in nats (floats); `error`: the quadrature's own error
+    estimate."""
 
     average_kl: float  # (1/N) sum_n KL(q(z|x_n) || p(z)), closed form
     mutual_info: float  # I_q(x; z)
@@ -41,15 +45,17 @@ class Surgery(NamedTuple):
 
 
 class SurgeryEstimate(NamedTuple):
-    """Monte Carlo estimates with standard errors (nats). average_kl is exact; the estimates' bias is not in the
-    ``_se`` fields."""
+    """Monte Carlo estimates with standard errors (nats). average_kl is exact; the estimates' bias
+    is not in the ``_se`` fields."""
 
     average_kl: float  # (1/N) sum_n KL(q(z|x_n) || p(z)), closed form over all N
     mutual_info: float
     mutual_info_se: float
     marginal_kl: float
     marginal_kl_se: float
-    marginal_kl_per_dim: torch.Tensor  # (k,) KL(q(z_j) || N(0, 1)) of each coordinate's marginal mixture
+    marginal_kl_per_dim: (
+        torch.Tensor
+    )  # (k,) KL(q(z_j) || N(0, 1)) of each coordinate's marginal mixture
     marginal_kl_per_dim_se: torch.Tensor  # (k,)
 
 
@@ -65,21 +71,30 @@ def _check_codes(mu, logvar):
 
 
 def _log_mixture(z, mu, logvar, log_w, chunk_size):
-    """log sum_c w_pc N(z_p; mu_c, sigma_c) jointly (P,) and per coordinate (P, k), chunked over points and components.
+    """log sum_c w_pc N(z_p; mu_c, sigma_c) jointly (P,) and per coordinate (P, k), chunked over
+    points and components.
 
-    log_w: a float (the same weight for every component) or a (P, C) tensor. Memory: chunk_size^2 * k numbers.
+    log_w: a float (the same weight for every component) or a (P, C) tensor. Memory: chunk_size^2 *
+        k numbers.
     """
     P, C, k = z.shape[0], mu.shape[0], mu.shape[1]
     joint, per_dim = [], []
     for p0 in range(0, P, chunk_size):
         zc = z[p0 : p0 + chunk_size]
-        acc = torch.full((zc.shape[0],), -math.inf, dtype=z.dtype, device=z.device)  # running logsumexp
+        acc = torch.full(
+            (zc.shape[0],), -math.inf, dtype=z.dtype, device=z.device
+        )  # running logsumexp
         acc_dim = torch.full((zc.shape[0], k), -math.inf, dtype=z.dtype, device=z.device)
         for c0 in range(0, C, chunk_size):
             c1 = c0 + chunk_size
-            # one-dimensional log-densities: the trailing size-1 event dimension makes _log_normal per coordinate
-            lnd = _log_normal(zc[:, None, :, None], mu[None, c0:c1, :, None], logvar[None, c0:c1, :, None])  # (Pc, Cc, k)
-            w = log_w if isinstance(log_w, float) else log_w[p0 : p0 + chunk_size, c0:c1]  # float or (Pc, Cc)
+            # one-dimensional log-densities: the trailing size-1 event dimension makes _log_normal
+            # per coordinate
+            lnd = _log_normal(
+                zc[:, None, :, None], mu[None, c0:c1, :, None], logvar[None, c0:c1, :, None]
+            )  # (Pc, Cc, k)
+            w = (
+                log_w if isinstance(log_w, float) else log_w[p0 : p0 + chunk_size, c0:c1]
+            )  # float or (Pc, Cc)
             acc = torch.logaddexp(acc, torch.logsumexp(lnd.sum(-1) + w, 1))
             w_dim = w if isinstance(w, float) else w[..., None]  # (Pc, Cc, 1)
             acc_dim = torch.logaddexp(acc_dim, torch.logsumexp(lnd + w_dim, 1))
@@ -103,26 +118,32 @@ def log_qz(z, mu, logvar, chunk_size=512):
     _check_codes(mu, logvar)
     _validate.tensor("z", z, min_dim=2)
     if z.dim() != 2 or z.shape[1] != mu.shape[1]:
-        raise ValueError(f"z must have shape (P, k) with k={mu.shape[1]} (as mu), got {tuple(z.shape)}")
+        raise ValueError(
+            f"z must have shape (P, k) with k={mu.shape[1]} (as mu), got {tuple(z.shape)}"
+        )
     _validate.count("chunk_size", chunk_size)
     return _log_mixture(z, mu, logvar, -math.log(mu.shape[0]), chunk_size)[0]
 
 
 def surgery_quadrature(mu, logvar, atol=1e-12):
-    """ELBO surgery for k in {1, 2} with each term by its own route: closed form, and two adaptive quadratures.
+    """ELBO surgery for k in {1, 2} with each term by its own route: closed form, and two adaptive
+    quadratures.
 
-    average_kl = (1/N) sum_n KL(q_n || N(0, I)) in closed form;
-    marginal_kl = int q(z) [log q(z) - log p(z)] dz over z (scipy.integrate.cubature on a box 10 sd past every mean);
-    mutual_info = (1/N) sum_n int N(u; 0, I) [log q_n(z) - log q(z)] du with z = mu_n + sigma_n u, over u per component.
-    The quadratures use different nodes, so average_kl = mutual_info + marginal_kl holds to about the sum of their
-    errors (`error`, about 2 atol when converged) only if every term is right (Hoffman & Johnson 2016, eq. 2).
-    A third integral, of q(z) itself, must give 1 (else RuntimeError): adaptive rules can step over a narrow component.
-    Cost: both quadratures evaluate N Gaussians per node, the mutual information N^2 per node: measured on one loaded
+    average_kl = (1/N) sum_n KL(q_n || N(0, I)) in closed form; marginal_kl = int q(z) [log q(z) -
+    log p(z)] dz over z (scipy.integrate.cubature on a box 10 sd past every mean); mutual_info =
+    (1/N) sum_n int N(u; 0, I) [log q_n(z) - log q(z)] du with z = mu_n + sigma_n u, over u per
+    component. The quadratures use different nodes, so average_kl = mutual_info + marginal_kl holds
+    to about the sum of their errors (`error`, about 2 atol when converged) only if every term is
+    right (Hoffman & Johnson 2016, eq. 2). A third integral, of q(z) itself, must give 1 (else
+    RuntimeError): adaptive rules can step over a narrow component.
+    Cost: both quadratures evaluate N Gaussians per node, the mutual information N^2 per node:
+        measured on one loaded
     core, k = 1 N = 20 takes 0.5 s; k = 2 N = 5 about 10 s (Gauss-Kronrod product rule).
 
     Args:
         mu, logvar: (N, k) the encoder Gaussians, k in {1, 2}; computed in float64.
-        atol: absolute error asked of each quadrature, in nats (plus 1e-14 relative: float64 round-off).
+        atol: absolute error asked of each quadrature, in nats (plus 1e-14 relative: float64
+            round-off).
     Returns:
         Surgery(average_kl, mutual_info, marginal_kl, error), floats in nats.
     """
@@ -131,22 +152,31 @@ def surgery_quadrature(mu, logvar, atol=1e-12):
     _check_codes(mu, logvar)
     N, k = mu.shape
     if k not in (1, 2):
-        raise ValueError(f"surgery_quadrature integrates over z in 1 or 2 dimensions: mu must be (N, 1) or (N, 2), got {tuple(mu.shape)}")
+        raise ValueError(
+            "surgery_quadrature integrates over z in 1 or 2 dimensions: mu must be (N, 1) or (N, "
+            f"2), got {tuple(mu.shape)}"
+        )
     atol = _validate.positive_scalar("atol", atol)
     mu, logvar = mu.detach().to("cpu", torch.float64), logvar.detach().to("cpu", torch.float64)
     sd = torch.exp(0.5 * logvar)
     rule = "gk21" if k == 1 else "gk15"
 
-    def marginal_integrand(z):  # z (P, k) numpy -> (P, 2): q(z) [log q(z) - log p(z)], and q(z) to check its mass
+    def marginal_integrand(
+        z,
+    ):  # z (P, k) numpy -> (P, 2): q(z) [log q(z) - log p(z)], and q(z) to check its mass
         z = torch.from_numpy(z)
         lq = _log_mixture(z, mu, logvar, -math.log(N), 4096)[0]
         q = torch.exp(lq)
         return torch.stack([q * (lq - _log_std_normal(z).sum(-1)), q], -1).numpy()
 
-    def information_integrand(u):  # u (P, k) numpy -> (P,): the average over components of N(u) [log q_n - log q](z)
+    def information_integrand(
+        u,
+    ):  # u (P, k) numpy -> (P,): the average over components of N(u) [log q_n - log q](z)
         u = torch.from_numpy(u)
         z = mu + sd * u[:, None, :]  # (P, N, k): component n's point for node u
-        lq = _log_mixture(z.reshape(-1, k), mu, logvar, -math.log(N), 4096)[0].reshape(z.shape[:2])  # (P, N)
+        lq = _log_mixture(z.reshape(-1, k), mu, logvar, -math.log(N), 4096)[0].reshape(
+            z.shape[:2]
+        )  # (P, N)
         log_qn = _log_normal(z, mu, logvar)  # (P, N)
         return (torch.exp(_log_std_normal(u).sum(-1)) * (log_qn - lq).mean(1)).numpy()
 
@@ -156,11 +186,19 @@ def surgery_quadrature(mu, logvar, atol=1e-12):
     information = cubature(information_integrand, -box, box, rule=rule, atol=atol, rtol=_RTOL)
     for name, res in (("marginal_kl", marginal), ("mutual_info", information)):
         if res.status != "converged":
-            raise RuntimeError(f"the quadrature of {name} did not converge to atol={atol:g} (estimated error {np.max(res.error):.3g})")
-    mass = float(marginal.estimate[1])  # int q(z) dz = 1 unless the adaptive rule stepped over a narrow component
+            raise RuntimeError(
+                f"the quadrature of {name} did not converge to atol={atol:g} (estimated error "
+                f"{np.max(res.error):.3g})"
+            )
+    mass = float(
+        marginal.estimate[1]
+    )  # int q(z) dz = 1 unless the adaptive rule stepped over a narrow component
     if abs(mass - 1.0) > 1e3 * atol:
-        raise RuntimeError(f"the quadrature over z found mass {mass:.12f} of q(z), not 1: components too narrow for "
-                           "their spread; use surgery_mc")
+        raise RuntimeError(
+            f"the quadrature over z found mass {mass:.12f} of q(z), not 1: components too narrow "
+            f"for "
+            "their spread; use surgery_mc"
+        )
     return Surgery(
         average_kl=float(kl_normal(mu, logvar).mean()),
         mutual_info=float(information.estimate),
@@ -170,10 +208,17 @@ def surgery_quadrature(mu, logvar, atol=1e-12):
 
 
 def _estimate(average_kl, log_qz_x, log_qz, log_qz_dim, z, groups):
-    """Means and standard errors of log q(z|x) - log q(z) and log q(z) - log p(z), over `groups` iid rows."""
+    """Means and standard errors of log q(z|x) - log q(z) and log q(z) - log p(z), over `groups` iid
+    rows."""
     log_pz_dim = _log_std_normal(z)  # (P, k) log N(z_j; 0, 1)
-    terms = {"mi": log_qz_x - log_qz, "kl": log_qz - log_pz_dim.sum(-1), "dim": log_qz_dim - log_pz_dim}
-    terms = {name: t.reshape(groups, -1, *t.shape[1:]).mean(1) for name, t in terms.items()}  # (G,) or (G, k)
+    terms = {
+        "mi": log_qz_x - log_qz,
+        "kl": log_qz - log_pz_dim.sum(-1),
+        "dim": log_qz_dim - log_pz_dim,
+    }
+    terms = {
+        name: t.reshape(groups, -1, *t.shape[1:]).mean(1) for name, t in terms.items()
+    }  # (G,) or (G, k)
     se = {name: t.std(0, correction=1) / math.sqrt(groups) for name, t in terms.items()}
     return SurgeryEstimate(
         average_kl=average_kl,
@@ -188,12 +233,14 @@ def _estimate(average_kl, log_qz_x, log_qz, log_qz_dim, z, groups):
 
 @torch.no_grad()
 def surgery_mc(mu, logvar, n_samples, generator=None, chunk_size=512):
-    """Unbiased Monte Carlo ELBO surgery with the exact aggregate density (all N components): cost O(n_samples N k).
+    """Unbiased Monte Carlo ELBO surgery with the exact aggregate density (all N components): cost
+    O(n_samples N k).
 
-    (n_i, z_i) ~ q(n) q(z | x_n), q(n) = 1/N, i = 1..M;  I_q ~= mean_i [log q(z_i | x_{n_i}) - log q(z_i)],
-    KL(q(z) || p(z)) ~= mean_i [log q(z_i) - log p(z_i)], log q by `log_qz`; standard errors std / sqrt(M).
-    Each term is also given per coordinate j: KL(q(z_j) || N(0, 1)) with the one-dimensional marginal mixture
-    (their sum falls short of marginal_kl by the total correlation; Chen et al. 2018, eq. 2).
+    (n_i, z_i) ~ q(n) q(z | x_n), q(n) = 1/N, i = 1..M;  I_q ~= mean_i [log q(z_i | x_{n_i}) - log
+    q(z_i)], KL(q(z) || p(z)) ~= mean_i [log q(z_i) - log p(z_i)], log q by `log_qz`; standard
+    errors std / sqrt(M). Each term is also given per coordinate j: KL(q(z_j) || N(0, 1)) with the
+    one-dimensional marginal mixture (their sum falls short of marginal_kl by the total correlation;
+    Chen et al. 2018, eq. 2).
 
     Args:
         mu, logvar: (N, k) the encoder Gaussians.
@@ -211,25 +258,37 @@ def surgery_mc(mu, logvar, n_samples, generator=None, chunk_size=512):
     n = torch.randint(N, (n_samples,), generator=generator, device=mu.device)  # (M,)
     z = _sample_normal(mu[n], logvar[n], generator=generator)  # (M, k)
     log_qz_all, log_qz_dim = _log_mixture(z, mu, logvar, -math.log(N), chunk_size)
-    return _estimate(float(kl_normal(mu, logvar).mean()), _log_normal(z, mu[n], logvar[n]), log_qz_all, log_qz_dim, z, n_samples)
+    return _estimate(
+        float(kl_normal(mu, logvar).mean()),
+        _log_normal(z, mu[n], logvar[n]),
+        log_qz_all,
+        log_qz_dim,
+        z,
+        n_samples,
+    )
 
 
 @torch.no_grad()
 def surgery_minibatch(mu, logvar, batch_size, n_batches, generator=None, weighting="importance"):
-    """Minibatch ELBO surgery: log q(z) from the M components of a random minibatch only, cost O(n_batches M^2 k).
+    """Minibatch ELBO surgery: log q(z) from the M components of a random minibatch only, cost
+    O(n_batches M^2 k).
 
     A batch is M indices drawn without replacement, z_i ~ q(z | x_i) for each, and
     q(z_i) ~= w_own q(z_i | x_i) + w_other sum_{j != i} q(z_i | x_j):
 
-    - weighting="importance": w_own = 1/N, w_other = (N - 1) / (N (M - 1)). The estimate of q(z_i) is unbiased
-      (the M - 1 others are a uniform sample of the N - 1 other components), so by Jensen E[log q-hat] <= log q:
-      I_q is biased up and KL(q(z) || p(z)) down, both by the same amount, shrinking as M grows (exact at M = N);
-      I_q-hat <= log N holds for every draw. This is the aim of Chen et al. 2018's minibatch stratified sampling
-      (appendix C), whose weights assume a stratified batch; these weights are for a uniformly random batch.
-    - weighting="uniform": w_own = w_other = 1/M, the plain minibatch mixture. It over-weights each point's own
-      component N/M times, so I_q-hat <= log M for every draw: with separated codes it reports log M, not log N.
+    - weighting="importance": w_own = 1/N, w_other = (N - 1) / (N (M - 1)). The estimate of q(z_i)
+      is unbiased (the M - 1 others are a uniform sample of the N - 1 other components), so by
+      Jensen E[log q-hat] <= log q:
+      I_q is biased up and KL(q(z) || p(z)) down, both by the same amount, shrinking as M grows
+      (exact at M = N); I_q-hat <= log N holds for every draw. This is the aim of Chen et al. 2018's
+      minibatch stratified sampling (appendix C), whose weights assume a stratified batch; these
+      weights are for a uniformly random batch.
+    - weighting="uniform": w_own = w_other = 1/M, the plain minibatch mixture. It over-weights each
+      point's own component N/M times, so I_q-hat <= log M for every draw: with separated codes it
+      reports log M, not log N.
 
-    Standard errors: the spread of the n_batches batch means (MC noise only; the bias above is not in them).
+    Standard errors: the spread of the n_batches batch means (MC noise only; the bias above is not
+    in them).
 
     Args:
         mu, logvar: (N, k) the encoder Gaussians.
@@ -252,7 +311,9 @@ def surgery_minibatch(mu, logvar, batch_size, n_batches, generator=None, weighti
     if weighting == "uniform":
         log_w = torch.full((M, M), -math.log(M), dtype=mu.dtype, device=mu.device)
     else:
-        log_w = torch.full((M, M), math.log((N - 1) / (N * (M - 1))), dtype=mu.dtype, device=mu.device)
+        log_w = torch.full(
+            (M, M), math.log((N - 1) / (N * (M - 1))), dtype=mu.dtype, device=mu.device
+        )
         log_w.fill_diagonal_(-math.log(N))
     rows = {"log_qz_x": [], "log_qz": [], "log_qz_dim": [], "z": []}
     for _ in range(n_batches):
@@ -261,5 +322,7 @@ def surgery_minibatch(mu, logvar, batch_size, n_batches, generator=None, weighti
         log_qz_b, log_qz_dim = _log_mixture(z, mu[idx], logvar[idx], log_w, M)
         for name, t in zip(rows, (_log_normal(z, mu[idx], logvar[idx]), log_qz_b, log_qz_dim, z)):
             rows[name].append(t)
-    rows = {name: torch.cat(t) for name, t in rows.items()}  # batch after batch: (n_batches * M, ...)
+    rows = {
+        name: torch.cat(t) for name, t in rows.items()
+    }  # batch after batch: (n_batches * M, ...)
     return _estimate(float(kl_normal(mu, logvar).mean()), *rows.values(), n_batches)

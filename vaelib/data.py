@@ -1,11 +1,13 @@
-"""Datasets for the series: embedded digits, MNIST and Fashion-MNIST; your own arrays from an .npz file (`load_npz`).
+"""Datasets for the series: embedded digits, MNIST and Fashion-MNIST; your own arrays from an .npz
+file (`load_npz`).
 
-(Longer than most modules: finding, downloading and verifying the IDX files, with their error paths, is most of it.)
+(Longer than most modules: finding, downloading and verifying the IDX files, with their error paths,
+is most of it.)
 
 Every dataset loads as `x` float32 (N, D) with pixel values in [0, 1] and `y` int64 (N,).
 
-- `digits`: scikit-learn's embedded 8x8 digits (1797 images, D = 64, pixel values 0..16 divided by 16).
-  Works offline; the default wherever images are needed without data or network.
+- `digits`: scikit-learn's embedded 8x8 digits (1797 images, D = 64, pixel values 0..16 divided by
+  16). Works offline; the default wherever images are needed without data or network.
 - `mnist`, `fashion-mnist`: the 28x28 IDX files (D = 784, bytes 0..255 divided by 255), read gzipped
   or raw. Each file is searched for, in order, in
 
@@ -20,8 +22,8 @@ Every dataset loads as `x` float32 (N, D) with pixel values in [0, 1] and `y` in
   environment variable `VAELIB_MIRRORS` (comma-separated base URLs, http(s):// or file://).
 
 Every file, found or downloaded, is verified by the SHA-256 of its uncompressed bytes, so a
-recompressed copy (the Debian one) verifies the same as the upstream `.gz`. Decoded arrays are kept in
-memory per process: a second `load` of the same files is a copy, not a re-read.
+recompressed copy (the Debian one) verifies the same as the upstream `.gz`. Decoded arrays are kept
+in memory per process: a second `load` of the same files is a copy, not a re-read.
 """
 
 import gzip
@@ -59,8 +61,8 @@ _IDX_FILES = {
 
 
 class Checksum(NamedTuple):
-    """An expected digest of a file's uncompressed IDX bytes (the same for a raw file, the upstream .gz and
-    any recompressed copy)."""
+    """An expected digest of a file's uncompressed IDX bytes (the same for a raw file, the upstream
+    .gz and any recompressed copy)."""
 
     algorithm: str
     digest: str
@@ -69,28 +71,36 @@ class Checksum(NamedTuple):
 # (dataset, file) -> Checksum. Sources:
 # - fashion-mnist: SHA-256 of the uncompressed files as given in the design document; they match the
 #   Debian copy in /usr/share/datasets/fashion-mnist/ after gunzip.
-# - mnist: SHA-256 of the uncompressed files (47040016, 60008, 7840016 and 10008 bytes), as published
-#   in several independent projects that pin the decompressed MNIST files. The upstream .gz files are
-#   also known by MD5 (train-images f68b3c2dcbeaaa9fbdd348bbdeb94873, train-labels
-#   d53e105ee54ea40749a09fcbcd1e9432, t10k-images 9fb629c4189551a2d022fa330f9573f3, t10k-labels
-#   ec29112dd5afa0611ce80d1b7f02629c); those cover the compressed bytes only, so they are not used.
+# - mnist: SHA-256 of the uncompressed files (47040016, 60008, 7840016 and 10008 bytes), as
+# published in several independent projects that pin the decompressed MNIST files. The upstream .gz
+# files are also known by MD5 (train-images f68b3c2dcbeaaa9fbdd348bbdeb94873, train-labels
+# d53e105ee54ea40749a09fcbcd1e9432, t10k-images 9fb629c4189551a2d022fa330f9573f3, t10k-labels
+# ec29112dd5afa0611ce80d1b7f02629c); those cover the compressed bytes only, so they are not used.
 _CHECKSUMS = {
     ("mnist", "train-images-idx3-ubyte"): Checksum(
-        "sha256", "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
+        "sha256", "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"
+    ),
     ("mnist", "train-labels-idx1-ubyte"): Checksum(
-        "sha256", "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
+        "sha256", "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"
+    ),
     ("mnist", "t10k-images-idx3-ubyte"): Checksum(
-        "sha256", "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
+        "sha256", "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"
+    ),
     ("mnist", "t10k-labels-idx1-ubyte"): Checksum(
-        "sha256", "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+        "sha256", "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"
+    ),
     ("fashion-mnist", "train-images-idx3-ubyte"): Checksum(
-        "sha256", "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+        "sha256", "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"
+    ),
     ("fashion-mnist", "train-labels-idx1-ubyte"): Checksum(
-        "sha256", "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+        "sha256", "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"
+    ),
     ("fashion-mnist", "t10k-images-idx3-ubyte"): Checksum(
-        "sha256", "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+        "sha256", "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"
+    ),
     ("fashion-mnist", "t10k-labels-idx1-ubyte"): Checksum(
-        "sha256", "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+        "sha256", "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"
+    ),
 }
 
 # Base URLs, tried in order; "<base><file>.gz" is fetched.
@@ -120,8 +130,8 @@ _MAX_BYTES = {
 # read_idx's default limit for other IDX files.
 MAX_IDX_BYTES = 1 << 30
 
-# Decoded tensors per (name, split) for digits, per (name, split, (path, size, mtime) of both files) for the
-# IDX datasets: an unchanged file is read, parsed and hashed once per process.
+# Decoded tensors per (name, split) for digits, per (name, split, (path, size, mtime) of both files)
+# for the IDX datasets: an unchanged file is read, parsed and hashed once per process.
 _ARRAYS = {}
 
 
@@ -151,13 +161,15 @@ def load(name, split="train", root=None, download=True, mirrors=None, timeout=30
             DownloadError (a server trickling bytes never trips `timeout` alone).
 
     Returns:
-        x: float32 tensor (N, D), D = 64 for digits and 784 for the 28x28 datasets, values in [0, 1].
+        x: float32 tensor (N, D), D = 64 for digits and 784 for the 28x28 datasets, values in [0,
+            1].
         y: int64 tensor (N,), class labels 0..9.
 
     Raises:
         ValueError: unknown name or split; a file that is corrupt, truncated or fails its checksum.
         FileNotFoundError: a file is missing and `download=False`.
-        DownloadError: a file is missing and every mirror failed (the message lists where to put it).
+        DownloadError: a file is missing and every mirror failed (the message lists where to put
+            it).
     """
     if name not in DATASETS:
         raise ValueError(f"name must be one of {', '.join(map(repr, DATASETS))}, got {name!r}")
@@ -166,12 +178,18 @@ def load(name, split="train", root=None, download=True, mirrors=None, timeout=30
     _validate.flag("download", download)
     if root is not None:
         if not isinstance(root, (str, os.PathLike)):
-            raise TypeError(f"root must be a directory path (str or os.PathLike) or None, got {type(root).__name__}")
+            raise TypeError(
+                "root must be a directory path (str or os.PathLike) or None, got "
+                f"{type(root).__name__}"
+            )
         if Path(root).exists() and not Path(root).is_dir():
             raise ValueError(f"root must be a directory holding the IDX files, got a file: {root}")
     if mirrors is not None and not isinstance(mirrors, str):
         if not isinstance(mirrors, (list, tuple)) or not all(isinstance(m, str) for m in mirrors):
-            raise TypeError(f"mirrors must be a base URL, a comma-separated string or a list of URL strings, got {mirrors!r}")
+            raise TypeError(
+                "mirrors must be a base URL, a comma-separated string or a list of URL strings, "
+                f"got {mirrors!r}"
+            )
     if name == "digits":
         return _load_digits(split)
     timeout = _validate.positive_scalar("timeout", timeout)
@@ -199,17 +217,19 @@ def load(name, split="train", root=None, download=True, mirrors=None, timeout=30
 def load_npz(path):
     """Your own data from an .npz file: x_train, x_test (optional) and the image shape.
 
-    Accepted arrays: float (converted to float32), bool, or uint8 pixels (divided by 255); (N, D) or (N, H, W) with
-    N >= 1; finite; x_test with the same example shape as x_train. The values' range is the caller's to check
-    (a Bernoulli likelihood needs [0, 1]).
+    Accepted arrays: float (converted to float32), bool, or uint8 pixels (divided by 255); (N, D) or
+    (N, H, W) with N >= 1; finite; x_test with the same example shape as x_train. The values' range
+    is the caller's to check (a Bernoulli likelihood needs [0, 1]).
 
     Args:
         path: an .npz file written by np.savez(path, x_train=..., x_test=...).
     Returns:
-        x_train: float32 tensor (N, D); x_test: (M, D) or None; image_shape: [H, W] for (N, H, W) arrays, else None.
+        x_train: float32 tensor (N, D); x_test: (M, D) or None; image_shape: [H, W] for (N, H, W)
+            arrays, else None.
     Raises:
         FileNotFoundError: no file at `path`.
-        ValueError: not a readable .npz file, no x_train, or an array of another dtype, shape or with NaN/inf.
+        ValueError: not a readable .npz file, no x_train, or an array of another dtype, shape or
+            with NaN/inf.
     """
     import zipfile
 
@@ -219,22 +239,32 @@ def load_npz(path):
     with open(p, "rb") as f:
         magic = f.read(6)
     if magic[:4] != b"PK\x03\x04" and magic != b"\x93NUMPY":
-        raise ValueError(f"{p}: not a readable .npz file (no zip header); save one with np.savez(FILE, x_train=...)")
+        raise ValueError(
+            f"{p}: not a readable .npz file (no zip header); save one with np.savez(FILE, "
+            f"x_train=...)"
+        )
     try:
         with np.load(p, allow_pickle=False) as npz:
             if not hasattr(npz, "files"):
-                raise ValueError(f"{p}: a single .npy array, expected an .npz file with x_train (np.savez)")
+                raise ValueError(
+                    f"{p}: a single .npy array, expected an .npz file with x_train (np.savez)"
+                )
             names = list(npz.files)
             arrays = {k: npz[k] for k in ("x_train", "x_test") if k in names}
-    except ValueError as e:  # ours, or object arrays: "Object arrays cannot be loaded when allow_pickle=False"
+    except (
+        ValueError
+    ) as e:  # ours, or object arrays: "Object arrays cannot be loaded when allow_pickle=False"
         if str(e).startswith(f"{p}:"):
             raise
         raise ValueError(f"{p}: {' '.join(str(e).split())}; save plain numeric arrays") from None
     except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{p}: not a readable .npz file ({type(e).__name__}: {e})") from None
     if "x_train" not in arrays:
-        raise ValueError(f"{p} has no array 'x_train' (it holds {names}); save it with np.savez(FILE, x_train=..., "
-                         "x_test=...)")
+        raise ValueError(
+            f"{p} has no array 'x_train' (it holds {names}); save it with np.savez(FILE, "
+            f"x_train=..., "
+            "x_test=...)"
+        )
     out = {}
     for name, a in arrays.items():
         where = f"{p}: {name}"
@@ -243,17 +273,24 @@ def load_npz(path):
         elif a.dtype.kind == "b" or a.dtype.kind == "f":
             a = a.astype(np.float32)
         else:
-            raise ValueError(f"{where} has dtype {a.dtype}; expected floats (in [0, 1] for a Bernoulli likelihood) "
-                             "or uint8 pixels")
+            raise ValueError(
+                f"{where} has dtype {a.dtype}; expected floats (in [0, 1] for a Bernoulli "
+                f"likelihood) "
+                "or uint8 pixels"
+            )
         if a.ndim not in (2, 3) or a.shape[0] == 0 or 0 in a.shape:
-            raise ValueError(f"{where} has shape {a.shape}; expected (N, D) or (N, H, W) with N >= 1 examples")
+            raise ValueError(
+                f"{where} has shape {a.shape}; expected (N, D) or (N, H, W) with N >= 1 examples"
+            )
         if not np.isfinite(a).all():
             bad = "NaN" if np.isnan(a).any() else "inf"
             raise ValueError(f"{where} contains {bad} values; expected finite numbers")
         out[name] = a
     train_shape = out["x_train"].shape[1:]
     if "x_test" in out and out["x_test"].shape[1:] != train_shape:
-        raise ValueError(f"{p}: x_test examples have shape {out['x_test'].shape[1:]}, x_train's {train_shape}")
+        raise ValueError(
+            f"{p}: x_test examples have shape {out['x_test'].shape[1:]}, x_train's {train_shape}"
+        )
     image_shape = list(train_shape) if len(train_shape) == 2 else None
 
     def flat(a):
@@ -266,9 +303,9 @@ def read_idx(path, max_bytes=MAX_IDX_BYTES):
     """Read an IDX file (gzipped or raw) into a numpy array, checking its header against its length.
 
     The IDX header is a magic number 0x0000 | type code | ndim, then ndim big-endian uint32 sizes;
-    the data must be exactly prod(sizes) items of the type. The header is read first: a declared size
-    above `max_bytes`, or a stream that goes on past the declared size, is an error after reading at
-    most max_bytes + 1 bytes, so a gzip bomb cannot exhaust memory.
+    the data must be exactly prod(sizes) items of the type. The header is read first: a declared
+    size above `max_bytes`, or a stream that goes on past the declared size, is an error after
+    reading at most max_bytes + 1 bytes, so a gzip bomb cannot exhaust memory.
 
     Args:
         path: a file, gzipped (by its `.gz` name or gzip magic bytes) or raw.
@@ -303,10 +340,12 @@ def _load_digits(split):
 
 
 def _read_bytes(path, label=None, max_bytes=MAX_IDX_BYTES):
-    """The uncompressed IDX bytes of `path`, at most max_bytes + 1 of them read; errors call the file `label`.
+    """The uncompressed IDX bytes of `path`, at most max_bytes + 1 of them read; errors call the
+    file `label`.
 
-    Reads the header first and then only as many bytes as it declares (and one more, to detect trailing
-    data), so neither a header declaring a huge size nor a stream inflating past its header costs memory.
+    Reads the header first and then only as many bytes as it declares (and one more, to detect
+    trailing data), so neither a header declaring a huge size nor a stream inflating past its header
+    costs memory.
     """
     label = path if label is None else label
     with open(path, "rb") as f:
@@ -318,13 +357,16 @@ def _read_bytes(path, label=None, max_bytes=MAX_IDX_BYTES):
             with gzip.GzipFile(fileobj=f, mode="rb") as stream:
                 return _read_idx_stream(stream, label, max_bytes)
         except EOFError:
-            raise ValueError(f"{label}: truncated gzip file (the compressed stream ends early)") from None
+            raise ValueError(
+                f"{label}: truncated gzip file (the compressed stream ends early)"
+            ) from None
         except (OSError, zlib.error) as e:
             raise ValueError(f"{label}: corrupt gzip file ({e})") from None
 
 
 def _read_idx_stream(stream, label, max_bytes):
-    """Header, then exactly the declared data bytes from a binary stream (checked by `_parse_idx`)."""
+    """Header, then exactly the declared data bytes from a binary stream (checked by
+    `_parse_idx`)."""
     data = stream.read(4)
     if len(data) == 4 and data[:2] == b"\x00\x00" and data[2] in _IDX_DTYPES and data[3] > 0:
         ndim = data[3]
@@ -334,13 +376,16 @@ def _read_idx_stream(stream, label, max_bytes):
             declared = len(data) + math.prod(shape) * np.dtype(_IDX_DTYPES[data[2]]).itemsize
             if declared > max_bytes:
                 raise ValueError(
-                    f"{label}: the IDX header declares shape {tuple(shape)} of {np.dtype(_IDX_DTYPES[data[2]]).name}, "
-                    f"{declared} bytes, more than the {max_bytes} bytes allowed for this file; not read"
+                    f"{label}: the IDX header declares shape {tuple(shape)} of "
+                    f"{np.dtype(_IDX_DTYPES[data[2]]).name}, "
+                    f"{declared} bytes, more than the {max_bytes} bytes allowed for this file; not "
+                    f"read"
                 )
             data += stream.read(declared - len(data))
             if len(data) == declared and stream.read(1):
                 raise ValueError(
-                    f"{label}: trailing bytes: the header declares shape {tuple(shape)} = {declared - 4 - 4 * ndim} "
+                    f"{label}: trailing bytes: the header declares shape {tuple(shape)} = "
+                    f"{declared - 4 - 4 * ndim} "
                     f"data bytes, the file holds more; the rest was not read"
                 )
     return data
@@ -349,17 +394,24 @@ def _read_idx_stream(stream, label, max_bytes):
 def _parse_idx(data, path):
     """Decode IDX bytes; `path` names the file in error messages."""
     if len(data) < 4:
-        raise ValueError(f"{path}: not an IDX file: {len(data)} bytes, too short for the 4-byte magic number")
+        raise ValueError(
+            f"{path}: not an IDX file: {len(data)} bytes, too short for the 4-byte magic number"
+        )
     zero, code, ndim = data[0:2], data[2], data[3]
     if zero != b"\x00\x00" or code not in _IDX_DTYPES or ndim == 0:
         raise ValueError(
-            f"{path}: not an IDX file: magic number 0x{data[:4].hex()}, expected 0x0000 then a type "
-            f"code in {{{', '.join(f'0x{c:02x}' for c in _IDX_DTYPES)}}} and a dimension count >= 1 "
+            f"{path}: not an IDX file: magic number 0x{data[:4].hex()}, expected 0x0000 then a "
+            f"type "
+            f"code in {{{', '.join(f'0x{c:02x}' for c in _IDX_DTYPES)}}} and a dimension count >= "
+            f"1 "
             "(0x00000803 for images, 0x00000801 for labels)"
         )
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header: {len(data)} bytes, the header of {ndim} dimensions needs {header}")
+        raise ValueError(
+            f"{path}: truncated IDX header: {len(data)} bytes, the header of {ndim} dimensions "
+            f"needs {header}"
+        )
     shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_DTYPES[code])
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -367,7 +419,8 @@ def _parse_idx(data, path):
     if actual != expected:
         problem = "truncated" if actual < expected else "trailing bytes"
         raise ValueError(
-            f"{path}: {problem}: the header declares shape {shape} of {dtype.name} = {expected} data bytes, "
+            f"{path}: {problem}: the header declares shape {shape} of {dtype.name} = {expected} "
+            f"data bytes, "
             f"the file holds {actual}"
         )
     array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
@@ -382,8 +435,8 @@ def _file_key(path):
 def _read_verified(name, file, path, label=None):
     """Read and parse `path`, checking it against the checksum table.
 
-    Errors name the file `label`, default `path`; for a file on disk (no `label`: not a download being
-    checked), a checksum mismatch also says what to do with it.
+    Errors name the file `label`, default `path`; for a file on disk (no `label`: not a download
+    being checked), a checksum mismatch also says what to do with it.
     """
     data = _read_bytes(path, label or path, max_bytes=_MAX_BYTES[file])
     array = _parse_idx(data, label or path)
@@ -391,10 +444,15 @@ def _read_verified(name, file, path, label=None):
     actual = hashlib.new(checksum.algorithm, data).hexdigest()
     if actual != checksum.digest:
         raise ValueError(
-            f"{label or path}: checksum mismatch for {name} {file} ({checksum.algorithm} of the uncompressed "
+            f"{label or path}: checksum mismatch for {name} {file} ({checksum.algorithm} of the "
+            f"uncompressed "
             f"bytes): expected {checksum.digest}, got {actual}"
-            + ("" if label else ". The file is corrupt or not the official one: delete it and load again, or "
-               "replace it with the official file")
+            + (
+                ""
+                if label
+                else ". The file is corrupt or not the official one: delete it and load again, or "
+                "replace it with the official file"
+            )
         )
     return array
 
@@ -433,32 +491,38 @@ def _where_to_put(name, file, dirs):
     listing = "\n".join(f"  {d}" for d in dirs)
     return (
         f"Searched for {file} or {file}.gz in:\n{listing}\n"
-        f"To install {name} by hand, put the four files ({', '.join(f + '.gz' for s in SPLITS for f in _IDX_FILES[s])}) "
+        f"To install {name} by hand, put the four files "
+        f"({', '.join(f + '.gz' for s in SPLITS for f in _IDX_FILES[s])}) "
         "into one of these directories, pass root=DIR, or set VAELIB_DATA=DIR to use DIR/"
         f"{name}/ (downloads go to the first of root, $VAELIB_DATA/{name}, the user cache)."
     )
 
 
 def _find_or_download(name, file, root, download, mirrors, timeout, deadline):
-    """Path of `file` (raw preferred over .gz) in the search directories, downloading it if missing."""
+    """Path of `file` (raw preferred over .gz) in the search directories, downloading it if
+    missing."""
     dirs = _search_dirs(name, root)
     for d in dirs:
         for candidate in (d / file, d / (file + ".gz")):
             if candidate.is_file():
                 return candidate
     if not download:
-        raise FileNotFoundError(f"{name}: {file} not found and download=False.\n" + _where_to_put(name, file, dirs))
+        raise FileNotFoundError(
+            f"{name}: {file} not found and download=False.\n" + _where_to_put(name, file, dirs)
+        )
     return _download(name, file, dirs, _mirror_list(name, mirrors), timeout, deadline)
 
 
 def _download(name, file, dirs, bases, timeout, deadline):
-    """Fetch `<base><file>.gz` from each base in turn into `dirs[0]`; return the verified file's path.
+    """Fetch `<base><file>.gz` from each base in turn into `dirs[0]`; return the verified file's
+    path.
 
-    `dirs[0]`, the first search directory, is where downloads go: `root`, else `$VAELIB_DATA/<name>`, else the
-    user cache. The bytes stream into a temporary file there, which is verified (gzip stream, IDX header,
-    checksum) and then renamed into place with `os.replace`, so a failed or interrupted download never
-    leaves a partial file under the final name. Any failure removes the temporary file, and the
-    temporary files of killed downloads are removed at the next attempt (`vaelib._atomic`).
+    `dirs[0]`, the first search directory, is where downloads go: `root`, else
+    `$VAELIB_DATA/<name>`, else the user cache. The bytes stream into a temporary file there, which
+    is verified (gzip stream, IDX header, checksum) and then renamed into place with `os.replace`,
+    so a failed or interrupted download never leaves a partial file under the final name. Any
+    failure removes the temporary file, and the temporary files of killed downloads are removed at
+    the next attempt (`vaelib._atomic`).
     """
     dest = dirs[0] / (file + ".gz")
     failures = []  # (url, message)
@@ -474,14 +538,17 @@ def _download(name, file, dirs, bases, timeout, deadline):
         except (OSError, http.client.HTTPException) as e:
             failures.append((url, f"{type(e).__name__}: {e}"))
     tried = "\n".join(f"  {url}: {msg}" for url, msg in failures)
-    message = f"{name}: could not download {file}.gz. Tried:\n{tried}\n" + _where_to_put(name, file, dirs)
+    message = f"{name}: could not download {file}.gz. Tried:\n{tried}\n" + _where_to_put(
+        name, file, dirs
+    )
     if content_failure:
         raise ValueError(message)
     raise DownloadError(message)
 
 
 def _fetch_verified(name, file, url, dest, timeout, deadline):
-    """Download `url` into `dest` (atomically), within `timeout` per operation and `deadline` overall."""
+    """Download `url` into `dest` (atomically), within `timeout` per operation and `deadline`
+    overall."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     limit = 2 * _MAX_BYTES[file] + (1 << 20)  # a .gz is never much larger than its content
     with _atomic.atomic_file(dest, ".part") as (out, tmp):
@@ -495,12 +562,15 @@ def _fetch_verified(name, file, url, dest, timeout, deadline):
         with response:
             length = response.headers.get("Content-Length")
             received = 0
-            read = getattr(response, "read1", response.read)  # read1: whatever has arrived, never waits for a full chunk
+            read = getattr(
+                response, "read1", response.read
+            )  # read1: whatever has arrived, never waits for a full chunk
             while True:
                 elapsed = time.monotonic() - start
                 if elapsed > deadline:
                     raise DownloadError(
-                        f"download timed out: the deadline of {deadline:g} s passed after {received} bytes "
+                        f"download timed out: the deadline of {deadline:g} s passed after "
+                        f"{received} bytes "
                         f"({received / elapsed:.0f} B/s); pass deadline= to allow longer"
                     )
                 block = read(_CHUNK)
@@ -509,7 +579,9 @@ def _fetch_verified(name, file, url, dest, timeout, deadline):
                 out.write(block)
                 received += len(block)
                 if received > limit:
-                    raise DownloadError(f"the server sent more than {limit} bytes, far more than {file}.gz can hold")
+                    raise DownloadError(
+                        f"the server sent more than {limit} bytes, far more than {file}.gz can hold"
+                    )
         if length is not None and received != int(length):
             raise DownloadError(f"connection dropped: received {received} of {int(length)} bytes")
         out.flush()

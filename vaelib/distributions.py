@@ -22,13 +22,16 @@ LOG_2PI = math.log(2.0 * math.pi)
 def _sq_over_var(diff, logvar):
     """diff^2 / exp(logvar), elementwise, finite wherever the result is representable.
 
-    The direct form diff^2 * exp(-logvar) overflows exp(-logvar) for logvar below about -88 (float32) or
-    -709 (float64) and then gives 0 * inf = NaN at diff = 0; in log space, exp(2 log|diff| - logvar), it
-    overflows only when the result itself does. diff = 0 gives 0 with gradient 0 (no log 0 or exp overflow in the graph).
+    The direct form diff^2 * exp(-logvar) overflows exp(-logvar) for logvar below about -88
+    (float32) or -709 (float64) and then gives 0 * inf = NaN at diff = 0; in log space, exp(2
+    log|diff| - logvar), it overflows only when the result itself does. diff = 0 gives 0 with
+    gradient 0 (no log 0 or exp overflow in the graph).
     """
     zero = diff == 0
     log_ratio = 2.0 * torch.log(torch.where(zero, 1.0, diff).abs()) - logvar
-    return torch.exp(log_ratio.masked_fill(zero, -math.inf))  # exp(-inf) = 0, and its gradient 0 too
+    return torch.exp(
+        log_ratio.masked_fill(zero, -math.inf)
+    )  # exp(-inf) = 0, and its gradient 0 too
 
 
 def _log_normal(x, mu, logvar):
@@ -38,7 +41,8 @@ def _log_normal(x, mu, logvar):
 def log_normal(x, mu, logvar):
     """Log-density of a diagonal Gaussian, summed over the last dimension.
 
-    log N(x; mu, diag(exp(logvar))) = -1/2 sum_d [log 2 pi + logvar_d + (x_d - mu_d)^2 / exp(logvar_d)]
+    log N(x; mu, diag(exp(logvar))) = -1/2 sum_d [log 2 pi + logvar_d + (x_d - mu_d)^2 /
+    exp(logvar_d)]
 
     Args:
         x: (..., D) points.
@@ -59,11 +63,13 @@ def _log_bernoulli(x, logits):
 
 
 def log_bernoulli(x, logits):
-    """Log-probability of x under independent Bernoullis given by logits, summed over the last dimension.
+    """Log-probability of x under independent Bernoullis given by logits, summed over the last
+    dimension.
 
-    log p(x) = sum_d [x_d log sigmoid(l_d) + (1 - x_d) log sigmoid(-l_d)] = sum_d [x_d l_d - softplus(l_d)]
-    (minus the binary cross-entropy with logits; for x in (0, 1) it is the same expression, the
-    "continuous Bernoulli" without its normaliser, as commonly used on grey-scale images).
+    log p(x) = sum_d [x_d log sigmoid(l_d) + (1 - x_d) log sigmoid(-l_d)] = sum_d [x_d l_d -
+    softplus(l_d)] (minus the binary cross-entropy with logits; for x in (0, 1) it is the same
+    expression, the "continuous Bernoulli" without its normaliser, as commonly used on grey-scale
+    images).
 
     Args:
         x: (..., D) values in [0, 1].
@@ -90,20 +96,25 @@ def _kl_normal(mu_q, logvar_q, mu_p=None, logvar_p=None):
     if logvar_p is None:
         logvar_p = torch.zeros_like(logvar_q)
     return 0.5 * (
-        logvar_p - logvar_q + torch.exp(logvar_q - logvar_p) + _sq_over_var(mu_q - mu_p, logvar_p) - 1.0
+        logvar_p
+        - logvar_q
+        + torch.exp(logvar_q - logvar_p)
+        + _sq_over_var(mu_q - mu_p, logvar_p)
+        - 1.0
     ).sum(-1)
 
 
 def kl_normal(mu_q, logvar_q, mu_p=None, logvar_p=None):
     """Closed-form KL(N_q || N_p) between diagonal Gaussians, summed over the last dimension.
 
-    KL = 1/2 sum_d [logvar_p - logvar_q + exp(logvar_q - logvar_p) + (mu_q - mu_p)^2 / exp(logvar_p) - 1]
-    With mu_p = logvar_p = None, N_p is the standard normal N(0, I):
+    KL = 1/2 sum_d [logvar_p - logvar_q + exp(logvar_q - logvar_p) + (mu_q - mu_p)^2 / exp(logvar_p)
+    - 1] With mu_p = logvar_p = None, N_p is the standard normal N(0, I):
     KL = 1/2 sum_d [exp(logvar_q) + mu_q^2 - 1 - logvar_q]   (Kingma & Welling 2013, appendix B).
 
     Args:
         mu_q, logvar_q: (..., D) mean and log-variance of q.
-        mu_p, logvar_p: (..., D) mean and log-variance of p, or None for 0 (mean) and 0 (log-variance).
+        mu_p, logvar_p: (..., D) mean and log-variance of p, or None for 0 (mean) and 0
+            (log-variance).
     Returns:
         (...) KL in nats, >= 0.
     """
@@ -118,7 +129,9 @@ def kl_normal(mu_q, logvar_q, mu_p=None, logvar_p=None):
 
 
 def _sample_normal(mu, logvar, n=None, generator=None):
-    shape = mu.shape if mu.shape == logvar.shape else torch.broadcast_shapes(mu.shape, logvar.shape)  # fast path
+    shape = (
+        mu.shape if mu.shape == logvar.shape else torch.broadcast_shapes(mu.shape, logvar.shape)
+    )  # fast path
     if n is not None:
         shape = (n, *shape)
     dtype = torch.promote_types(mu.dtype, logvar.dtype)
@@ -153,12 +166,14 @@ def sample_normal(mu, logvar, n=None, generator=None):
 def log_mvnormal(x, mean, cov):
     """Log-density of a full-covariance Gaussian N(x; mean, cov).
 
-    log N = -1/2 [D log 2 pi + log det cov + (x - mean)^T cov^{-1} (x - mean)], via a Cholesky factor.
+    log N = -1/2 [D log 2 pi + log det cov + (x - mean)^T cov^{-1} (x - mean)], via a Cholesky
+    factor.
 
     Args:
         x: (..., D) points.
         mean: (..., D) mean (broadcast against x).
-        cov: (D, D) symmetric positive-definite covariance (symmetric up to rounding, else a ValueError).
+        cov: (D, D) symmetric positive-definite covariance (symmetric up to rounding, else a
+            ValueError).
     Returns:
         (...) log-density in nats.
     """
@@ -167,7 +182,9 @@ def log_mvnormal(x, mean, cov):
     L = _cholesky("cov", cov, x.shape[-1])
     _validate.broadcast(x=x, mean=mean)
     diff = (x - mean).unsqueeze(-1)  # (..., D, 1)
-    sol = torch.linalg.solve_triangular(L.expand(*diff.shape[:-2], *L.shape), diff, upper=False).squeeze(-1)
+    sol = torch.linalg.solve_triangular(
+        L.expand(*diff.shape[:-2], *L.shape), diff, upper=False
+    ).squeeze(-1)
     log_det = 2.0 * torch.log(torch.diagonal(L)).sum()
     return -0.5 * (x.shape[-1] * LOG_2PI + log_det + (sol**2).sum(-1))
 
@@ -175,7 +192,8 @@ def log_mvnormal(x, mean, cov):
 def kl_mvnormal(mean_q, cov_q, mean_p, cov_p):
     """Closed-form KL(N(mean_q, cov_q) || N(mean_p, cov_p)) between full-covariance Gaussians.
 
-    KL = 1/2 [tr(cov_p^{-1} cov_q) + (m_p - m_q)^T cov_p^{-1} (m_p - m_q) - D + log det cov_p - log det cov_q]
+    KL = 1/2 [tr(cov_p^{-1} cov_q) + (m_p - m_q)^T cov_p^{-1} (m_p - m_q) - D + log det cov_p - log
+    det cov_q]
 
     Args:
         mean_q, mean_p: (..., D) means.
@@ -189,10 +207,14 @@ def kl_mvnormal(mean_q, cov_q, mean_p, cov_p):
     Lp = _cholesky("cov_p", cov_p, D)
     Lq = _cholesky("cov_q", cov_q, D, batched=True)
     _validate.broadcast(mean_q=mean_q, mean_p=mean_p)
-    inv_Lp_Lq = torch.linalg.solve_triangular(Lp.expand_as(Lq) if Lq.dim() > 2 else Lp, Lq, upper=False)
+    inv_Lp_Lq = torch.linalg.solve_triangular(
+        Lp.expand_as(Lq) if Lq.dim() > 2 else Lp, Lq, upper=False
+    )
     trace = (inv_Lp_Lq**2).sum((-2, -1))
     diff = (mean_p - mean_q).unsqueeze(-1)  # (..., D, 1)
-    sol = torch.linalg.solve_triangular(Lp.expand(*diff.shape[:-2], D, D), diff, upper=False).squeeze(-1)
+    sol = torch.linalg.solve_triangular(
+        Lp.expand(*diff.shape[:-2], D, D), diff, upper=False
+    ).squeeze(-1)
     log_det_p = 2.0 * torch.log(torch.diagonal(Lp)).sum()
     log_det_q = 2.0 * torch.log(torch.diagonal(Lq, dim1=-2, dim2=-1)).sum(-1)
     return 0.5 * (trace + (sol**2).sum(-1) - D + log_det_p - log_det_q)
@@ -203,8 +225,12 @@ def _cholesky(name, cov, D, batched=False):
     if cov.shape[-2:] != (D, D) or (cov.dim() > 2 and not batched):
         want = "(..., D, D)" if batched else "(D, D)"
         raise ValueError(f"{name} must have shape {want} with D={D}, got {tuple(cov.shape)}")
-    cov = _validate.symmetric(name, cov)  # Cholesky reads only the lower triangle: refuse a silent half
+    cov = _validate.symmetric(
+        name, cov
+    )  # Cholesky reads only the lower triangle: refuse a silent half
     L, info = torch.linalg.cholesky_ex(cov)
     if bool((info != 0).any()):
-        raise ValueError(f"{name} must be symmetric positive-definite; its Cholesky factorisation failed")
+        raise ValueError(
+            f"{name} must be symmetric positive-definite; its Cholesky factorisation failed"
+        )
     return L

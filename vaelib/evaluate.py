@@ -1,14 +1,16 @@
-"""Evaluating a trained model: test ELBO, importance-weighted log-likelihood, active units, and the gaps
-between the ELBO and log p(x) (the best Gaussian q per example; approximation and amortization gaps).
+"""Evaluating a trained model: test ELBO, importance-weighted log-likelihood, active units, and the
+gaps between the ELBO and log p(x) (the best Gaussian q per example; approximation and amortization
+gaps).
 
 All values are per example, in nats (divide by D log 2 for bits per dimension, `bits_per_dim`).
-Functions run without gradients (except inside `optimal_gaussian_elbo`, which climbs the ELBO in q's own
-parameters and never changes the model), in minibatches of `batch_size` examples on the model's device,
-and return their results on the device of `x`. A Bernoulli model is evaluated on `x` as given: binarize
-grey-scale test images first (e.g. `torch.bernoulli(x, generator=...)`, one fixed draw) to report numbers
-that compare with published tables for dynamically binarized data.
+Functions run without gradients (except inside `optimal_gaussian_elbo`, which climbs the ELBO in q's
+own parameters and never changes the model), in minibatches of `batch_size` examples on the model's
+device, and return their results on the device of `x`. A Bernoulli model is evaluated on `x` as
+given: binarize grey-scale test images first (e.g. `torch.bernoulli(x, generator=...)`, one fixed
+draw) to report numbers that compare with published tables for dynamically binarized data.
 
-`x` may be a torch tensor or a numpy array (float32 or float64; e.g. your own data loaded with np.load):
+`x` may be a torch tensor or a numpy array (float32 or float64; e.g. your own data loaded with
+np.load):
 results are torch tensors either way (on the CPU for numpy input; `.numpy()` converts them back).
 """
 
@@ -51,8 +53,12 @@ def bits_per_dim(log_px, data_dim):
         _validate.tensor("log_px", log_px, finite=False)
         if bool(torch.isnan(log_px).any()):
             raise ValueError(f"log_px contains NaN values (shape {tuple(log_px.shape)})")
-    elif isinstance(log_px, bool) or not isinstance(log_px, (int, float, np.ndarray, np.floating, np.integer)):
-        raise TypeError(f"log_px must be a tensor, numpy array or number of nats, got {type(log_px).__name__}")
+    elif isinstance(log_px, bool) or not isinstance(
+        log_px, (int, float, np.ndarray, np.floating, np.integer)
+    ):
+        raise TypeError(
+            f"log_px must be a tensor, numpy array or number of nats, got {type(log_px).__name__}"
+        )
     elif isinstance(log_px, np.ndarray) and log_px.dtype.kind not in "fiu":
         raise TypeError(f"log_px must hold real numbers, got a numpy array of dtype {log_px.dtype}")
     elif bool(np.isnan(log_px).any()):
@@ -64,11 +70,13 @@ def bits_per_dim(log_px, data_dim):
 def test_elbo(model, x, batch_size=1000, n_samples=1, generator=None):
     """The VAE's ELBO on each example of `x`: E_q[log p(x | z)] - KL(q(z | x) || N(0, I)).
 
-    Monte Carlo over K = n_samples reparameterized samples of z, closed-form KL (Kingma & Welling 2013, eq. 10).
+    Monte Carlo over K = n_samples reparameterized samples of z, closed-form KL (Kingma & Welling
+    2013, eq. 10).
 
     Args:
         model: a vaelib.models.VAE.
-        x: (N, D) data, tensor or numpy array (binarized for a Bernoulli model, see the module docstring).
+        x: (N, D) data, tensor or numpy array (binarized for a Bernoulli model, see the module
+            docstring).
         batch_size: examples per forward pass.
         n_samples: K >= 1 samples of z per example.
         generator: optional torch.Generator on the model's device.
@@ -79,36 +87,46 @@ def test_elbo(model, x, batch_size=1000, n_samples=1, generator=None):
     _validate.count("n_samples", n_samples)
     _validate.generator("generator", generator)
     device, dtype = device_dtype(model)
-    out = [model.elbo_terms(xb.to(device, dtype), n_samples, generator).elbo for xb in x.split(batch_size)]
+    out = [
+        model.elbo_terms(xb.to(device, dtype), n_samples, generator).elbo
+        for xb in x.split(batch_size)
+    ]
     return torch.cat(out).to(x.device)
 
 
 @torch.no_grad()
-def iwae_log_likelihood(model, x, K=5000, batch_size=100, chunk_size=500, generator=None, progress=False, *, k=None):
-    """Importance-weighted estimate of log p(x) with the encoder as proposal (Burda et al. 2016, eq. 8).
+def iwae_log_likelihood(
+    model, x, K=5000, batch_size=100, chunk_size=500, generator=None, progress=False, *, k=None
+):
+    """Importance-weighted estimate of log p(x) with the encoder as proposal (Burda et al. 2016, eq.
+    8).
 
-    log p(x) ~= log (1/K) sum_{i=1..K} p(x, z_i) / q(z_i | x),  z_i ~ q(z | x) = N(mu(x), diag exp(logvar(x))).
+    log p(x) ~= log (1/K) sum_{i=1..K} p(x, z_i) / q(z_i | x),  z_i ~ q(z | x) = N(mu(x), diag
+    exp(logvar(x))).
 
-    The K samples are drawn in chunks of `chunk_size` and combined with a running logsumexp, so memory
-    is bounded by one chunk, whatever K is: the peak is about
-        chunk_size * batch_size * max(4.5 D, 2 D + 2 h) numbers (4 bytes each in float32, 8 in float64),
-    h the widest hidden layer: the log-likelihood's temporaries over the decoder output (B, D), or a hidden
-    layer's pre- and post-activation. Measured (peak RSS increase, resource.getrusage, D = 784, h = 400,
-    batch_size = 100, chunk_size = 500, float32): 612 MB Bernoulli, 650 MB Gaussian; the formula gives
-    706 MB, and came within 0.86-1.0x of the measurement for D in {64, 784}, h in {0, 200, 400, 1000}.
-    Lower batch_size or chunk_size to fit. K = 5000 is the usual setting for MNIST-like data;
-    the estimate is biased low by about Var(w / p(x)) / (2K) and converges to log p(x) as K grows.
-    chunk_size changes the random draws, not the estimator: torch fills normal samples in blocks, so K
-    samples drawn in chunks of another size can be other numbers from the same generator (a different
-    result of the same IWAE_K estimator, differing by Monte Carlo noise).
+    The K samples are drawn in chunks of `chunk_size` and combined with a running logsumexp, so
+    memory is bounded by one chunk, whatever K is: the peak is about
+        chunk_size * batch_size * max(4.5 D, 2 D + 2 h) numbers (4 bytes each in float32, 8 in
+        float64),
+    h the widest hidden layer: the log-likelihood's temporaries over the decoder output (B, D), or a
+    hidden layer's pre- and post-activation. Measured (peak RSS increase, resource.getrusage, D =
+    784, h = 400, batch_size = 100, chunk_size = 500, float32): 612 MB Bernoulli, 650 MB Gaussian;
+    the formula gives 706 MB, and came within 0.86-1.0x of the measurement for D in {64, 784}, h in
+    {0, 200, 400, 1000}. Lower batch_size or chunk_size to fit. K = 5000 is the usual setting for
+    MNIST-like data; the estimate is biased low by about Var(w / p(x)) / (2K) and converges to log
+    p(x) as K grows. chunk_size changes the random draws, not the estimator: torch fills normal
+    samples in blocks, so K samples drawn in chunks of another size can be other numbers from the
+    same generator (a different result of the same IWAE_K estimator, differing by Monte Carlo
+    noise).
 
     Args:
         model: a vaelib.models.VAE.
         x: (N, D) data, tensor or numpy array.
         K: importance samples per example (>= 1).
         batch_size: examples per pass.
-        chunk_size: samples of z per pass (>= 1); sets the memory (above). For a given sequence of draws
-            the result does not depend on it beyond float rounding, but it can change the draws.
+        chunk_size: samples of z per pass (>= 1); sets the memory (above). For a given sequence of
+            draws the result does not depend on it beyond float rounding, but it can change the
+            draws.
         generator: optional torch.Generator on the model's device.
         progress: show a tqdm bar over the batches.
         k: the same as K (an alias; k is the latent size everywhere else in vaelib).
@@ -130,8 +148,11 @@ def iwae_log_likelihood(model, x, K=5000, batch_size=100, chunk_size=500, genera
 
 
 def _iwae(model, xb, mu, logvar, K, chunk_size, generator):
-    """log (1/K) sum_i p(xb, z_i) / q(z_i) with z_i ~ q = N(mu, diag exp(logvar)), in chunks of samples.  (B,)"""
-    acc = torch.full((xb.shape[0],), -math.inf, dtype=mu.dtype, device=mu.device)  # running log sum_i w_i, (B,)
+    """log (1/K) sum_i p(xb, z_i) / q(z_i) with z_i ~ q = N(mu, diag exp(logvar)), in chunks of
+    samples.  (B,)"""
+    acc = torch.full(
+        (xb.shape[0],), -math.inf, dtype=mu.dtype, device=mu.device
+    )  # running log sum_i w_i, (B,)
     for start in range(0, K, chunk_size):
         m = min(chunk_size, K - start)
         z = _sample_normal(mu, logvar, m, generator)  # (m, B, k)
@@ -142,7 +163,8 @@ def _iwae(model, xb, mu, logvar, K, chunk_size, generator):
 
 @torch.no_grad()
 def active_units(model, x, threshold=0.01, batch_size=1000):
-    """Count the active latent dimensions: A_u = Cov_x(E_{q(u|x)}[u]) > threshold (Burda et al. 2016, sec. 5.2).
+    """Count the active latent dimensions: A_u = Cov_x(E_{q(u|x)}[u]) > threshold (Burda et al.
+    2016, sec. 5.2).
 
     The variance over the data of each coordinate u of the encoder mean mu(x) (the code z for an
     Autoencoder), with the unbiased (N - 1) normaliser. A unit whose mean ignores x is inactive:
@@ -159,7 +181,9 @@ def active_units(model, x, threshold=0.01, batch_size=1000):
     """
     x = _check(model, x, batch_size, types=(VAE, Autoencoder))
     if x.shape[0] < 2:
-        raise ValueError(f"x must hold at least 2 examples to estimate a variance, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"x must hold at least 2 examples to estimate a variance, got shape {tuple(x.shape)}"
+        )
     threshold = _validate.positive_scalar("threshold", threshold)
     device, dtype = device_dtype(model)
 
@@ -176,13 +200,15 @@ def active_units(model, x, threshold=0.01, batch_size=1000):
 def kl_per_unit(model, x, batch_size=1000):
     """The KL term per latent unit, averaged over the data: which units carry information about x.
 
-    KL_j = (1/N) sum_n 1/2 [exp(logvar_nj) + mu_nj^2 - 1 - logvar_nj],  (mu_n, logvar_n) = encoder(x_n);
-    the units' KL_j add up to the mean KL(q(z | x) || N(0, I)) of the ELBO (Kingma & Welling 2013, app. B).
-    A unit with KL_j near 0 has collapsed onto the prior (see also `active_units`).
+    KL_j = (1/N) sum_n 1/2 [exp(logvar_nj) + mu_nj^2 - 1 - logvar_nj],  (mu_n, logvar_n) =
+    encoder(x_n); the units' KL_j add up to the mean KL(q(z | x) || N(0, I)) of the ELBO (Kingma &
+    Welling 2013, app. B). A unit with KL_j near 0 has collapsed onto the prior (see also
+    `active_units`).
 
     Args:
         model: a vaelib.models.VAE.
-        x: (N, D) data, tensor or numpy array (binarized for a Bernoulli model, see the module docstring).
+        x: (N, D) data, tensor or numpy array (binarized for a Bernoulli model, see the module
+            docstring).
         batch_size: examples per forward pass.
     Returns:
         (k,) tensor of KL_j in nats, on the device of x (the CPU for numpy input).
@@ -194,64 +220,96 @@ def kl_per_unit(model, x, batch_size=1000):
     total = torch.zeros(model.latent_dim, dtype=dtype, device=device)  # (k,) sum over examples
     for xb in x.split(batch_size):
         mu, logvar = model.encode(xb.to(device, dtype))  # (B, k) each
-        total += _kl_normal(mu[..., None], logvar[..., None]).sum(0)  # KL per unit (B, k, 1) -> (B, k) -> (k,)
+        total += _kl_normal(mu[..., None], logvar[..., None]).sum(
+            0
+        )  # KL per unit (B, k, 1) -> (B, k) -> (k,)
     return (total / x.shape[0]).to(x.device)
 
 
-# -- the gaps between the ELBO and log p(x) ----------------------------------------------------------
+# -- the gaps between the ELBO and log p(x)
+# ----------------------------------------------------------
+
 
 class OptimalGaussian(NamedTuple):
-    """What `optimal_gaussian_elbo` returns: the best Gaussian q of each example and two ELBOs, in nats."""
+    """What `optimal_gaussian_elbo` returns: the best Gaussian q of each example and two ELBOs, in
+    nats."""
 
     elbo: torch.Tensor  # (N,) ELBO of the optimised q (Monte Carlo, eval_samples draws)
     mu: torch.Tensor  # (N, k) means of the optimised q
     logvar: torch.Tensor  # (N, k) log-variances of the optimised q
-    elbo_encoder: torch.Tensor  # (N,) ELBO of the starting q (the encoder's), with the same draws as `elbo`
+    elbo_encoder: (
+        torch.Tensor
+    )  # (N,) ELBO of the starting q (the encoder's), with the same draws as `elbo`
 
 
 class ELBOGaps(NamedTuple):
-    """What `elbo_gaps` returns, each (N,) in nats: log_px - elbo_encoder = approximation_gap + amortization_gap."""
+    """What `elbo_gaps` returns, each (N,) in nats: log_px - elbo_encoder = approximation_gap +
+    amortization_gap."""
 
-    log_px: torch.Tensor  # importance-sampling estimate of log p(x), proposal 1/2 (encoder's q + q*) (`elbo_gaps`)
+    log_px: (
+        torch.Tensor
+    )  # importance-sampling estimate of log p(x), proposal 1/2 (encoder's q + q*) (`elbo_gaps`)
     elbo_encoder: torch.Tensor  # ELBO of the encoder's q(z | x)
     elbo_optimal: torch.Tensor  # ELBO of the best diagonal Gaussian q for each example
-    approximation_gap: torch.Tensor  # log_px - elbo_optimal: the price of a diagonal Gaussian family
-    amortization_gap: torch.Tensor  # elbo_optimal - elbo_encoder: the price of one encoder for all x
+    approximation_gap: (
+        torch.Tensor
+    )  # log_px - elbo_optimal: the price of a diagonal Gaussian family
+    amortization_gap: (
+        torch.Tensor
+    )  # elbo_optimal - elbo_encoder: the price of one encoder for all x
 
 
 def _mc_elbos(model, xb, qs, n_samples, chunk_size, generator):
-    """ELBO = mean_s [log p(xb, z_s) - log q(z_s)] for each q = (mu, logvar) in `qs`, all with the same eps.  [(B,)]"""
+    """ELBO = mean_s [log p(xb, z_s) - log q(z_s)] for each q = (mu, logvar) in `qs`, all with the
+    same eps.  [(B,)]"""
     sums = [torch.zeros(xb.shape[0], dtype=xb.dtype, device=xb.device) for _ in qs]
     for start in range(0, n_samples, chunk_size):
         m = min(chunk_size, n_samples - start)
-        eps = torch.randn(m, *qs[0][0].shape, generator=generator, dtype=xb.dtype, device=xb.device)  # (m, B, k)
+        eps = torch.randn(
+            m, *qs[0][0].shape, generator=generator, dtype=xb.dtype, device=xb.device
+        )  # (m, B, k)
         for i, (mu, logvar) in enumerate(qs):
             z = mu + torch.exp(0.5 * logvar) * eps  # (m, B, k)
-            sums[i] += (model.log_joint(xb, z) - _log_normal(z, mu, logvar)).sum(0)  # (m, B) -> (B,)
+            sums[i] += (model.log_joint(xb, z) - _log_normal(z, mu, logvar)).sum(
+                0
+            )  # (m, B) -> (B,)
     return [s / n_samples for s in sums]
 
 
-def optimal_gaussian_elbo(model, x, steps=500, lr=0.1, n_samples=16, eval_samples=1000, batch_size=1000,
-                          chunk_size=250, generator=None):
+def optimal_gaussian_elbo(
+    model,
+    x,
+    steps=500,
+    lr=0.1,
+    n_samples=16,
+    eval_samples=1000,
+    batch_size=1000,
+    chunk_size=250,
+    generator=None,
+):
     """The ELBO of the best diagonal Gaussian q for each example, with the decoder held fixed.
 
-    ELBO*(x_i) = max over (mu_i, logvar_i) of E_q[log p(x_i | z)] - KL(q || N(0, I)),  q = N(mu_i, diag exp(logvar_i)):
-    one free q per example instead of the encoder's q(z | x_i) (the optimal q* of Cremer, Li & Duvenaud 2018,
-    "Inference Suboptimality in Variational Autoencoders", table 1). Each q starts at the encoder's output and
-    climbs the ELBO with Adam: reparameterized path-derivative gradients (Roeder, Wu & Duvenaud 2017, "Sticking
-    the Landing"; n_samples draws of z per step), which are exactly zero at the true posterior, and a learning
-    rate decaying linearly from lr to 0, so the final q does not jitter. Adam's update is elementwise and the
-    objective a sum over examples, so the N optimisations run side by side without interacting. Only q's
-    parameters move: the model's weights and their .grad are untouched. The final ELBOs average
-    log p(x, z) - log q(z) over eval_samples fresh draws (the estimator of `vaelib.estimators.elbo`, exact when
-    q is the posterior); the encoder's q is evaluated with the same standard-normal draws, so
-    `elbo - elbo_encoder` (the amortization gap) carries less Monte Carlo noise than two independent estimates.
+    ELBO*(x_i) = max over (mu_i, logvar_i) of E_q[log p(x_i | z)] - KL(q || N(0, I)),  q = N(mu_i,
+    diag exp(logvar_i)):
+    one free q per example instead of the encoder's q(z | x_i) (the optimal q* of Cremer, Li &
+    Duvenaud 2018, "Inference Suboptimality in Variational Autoencoders", table 1). Each q starts at
+    the encoder's output and climbs the ELBO with Adam: reparameterized path-derivative gradients
+    (Roeder, Wu & Duvenaud 2017, "Sticking the Landing"; n_samples draws of z per step), which are
+    exactly zero at the true posterior, and a learning rate decaying linearly from lr to 0, so the
+    final q does not jitter. Adam's update is elementwise and the objective a sum over examples, so
+    the N optimisations run side by side without interacting. Only q's parameters move: the model's
+    weights and their .grad are untouched. The final ELBOs average log p(x, z) - log q(z) over
+    eval_samples fresh draws (the estimator of `vaelib.estimators.elbo`, exact when q is the
+    posterior); the encoder's q is evaluated with the same standard-normal draws, so `elbo -
+    elbo_encoder` (the amortization gap) carries less Monte Carlo noise than two independent
+    estimates.
 
     Args:
         model: a vaelib.models.VAE.
         x: (N, D) data (binarized for a Bernoulli model, see the module docstring).
         steps: Adam steps per example (>= 1).
-        lr: initial Adam learning rate (> 0): the first steps move each mu_j and logvar_j by about lr.
+        lr: initial Adam learning rate (> 0): the first steps move each mu_j and logvar_j by about
+            lr.
         n_samples: draws of z per example and step (>= 1).
         eval_samples: draws of z per example for the final ELBOs (>= 1).
         batch_size: examples optimised together (memory only: the examples do not interact).
@@ -280,85 +338,133 @@ def optimal_gaussian_elbo(model, x, steps=500, lr=0.1, n_samples=16, eval_sample
         with torch.enable_grad():
             for _ in range(steps):
                 z = _sample_normal(mu, logvar, n_samples, generator)  # (S, B, k), reparameterized
-                # log p(x, z) - log q(z) with q's parameters detached inside log q: the path derivative
-                # ("sticking the landing", Roeder, Wu & Duvenaud 2017), an unbiased gradient of the ELBO whose
-                # variance vanishes when q equals the posterior. Not the ELBO's value: only its gradient is used.
-                surrogate = (model.log_joint(xb, z) - _log_normal(z, mu.detach(), logvar.detach())).mean(0)  # (B,)
+                # log p(x, z) - log q(z) with q's parameters detached inside log q: the path
+                # derivative ("sticking the landing", Roeder, Wu & Duvenaud 2017), an unbiased
+                # gradient of the ELBO whose variance vanishes when q equals the posterior. Not the
+                # ELBO's value: only its gradient is used.
+                surrogate = (
+                    model.log_joint(xb, z) - _log_normal(z, mu.detach(), logvar.detach())
+                ).mean(0)  # (B,)
                 grad_mu, grad_logvar = torch.autograd.grad(-surrogate.sum(), (mu, logvar))
                 mu.grad, logvar.grad = grad_mu, grad_logvar
                 optimizer.step()
                 schedule.step()
         mu, logvar = mu.detach(), logvar.detach()
         with torch.no_grad():
-            qs = [(mu, logvar), (mu0, logvar0)]  # the optimised q and the starting q, evaluated with the same eps
+            qs = [
+                (mu, logvar),
+                (mu0, logvar0),
+            ]  # the optimised q and the starting q, evaluated with the same eps
             elbo, elbo_encoder = _mc_elbos(model, xb, qs, eval_samples, chunk_size, generator)
         outs.append((elbo, mu, logvar, elbo_encoder))
     return OptimalGaussian(*(torch.cat(parts).to(x.device) for parts in zip(*outs)))
 
 
 def _iwae_mixture(model, xb, qs, K, chunk_size, generator):
-    """log (1/K) sum_i p(xb, z_i) / r(z_i), r = sum_j (K_j / K) q_j, with K_j of the K draws from each q_j.  (B,)
+    """log (1/K) sum_i p(xb, z_i) / r(z_i), r = sum_j (K_j / K) q_j, with K_j of the K draws from
+    each q_j.  (B,)
 
-    Multiple importance sampling with the balance heuristic (Veach & Guibas 1995): the K draws are split as
-    evenly as possible between the proposals q_j = N(mu_j, diag exp(logvar_j)) in `qs`, and every draw is
-    weighted by the mixture density r, whatever component it came from. The average weight is then unbiased
-    for p(xb), so its log is a lower bound in expectation (Jensen); each weight is at most
-    p(xb, z) / ((K_j / K) q_j(z)) for every j, so the estimate is never much worse than the better proposal's.
+    Multiple importance sampling with the balance heuristic (Veach & Guibas 1995): the K draws are
+    split as evenly as possible between the proposals q_j = N(mu_j, diag exp(logvar_j)) in `qs`, and
+    every draw is weighted by the mixture density r, whatever component it came from. The average
+    weight is then unbiased for p(xb), so its log is a lower bound in expectation (Jensen); each
+    weight is at most p(xb, z) / ((K_j / K) q_j(z)) for every j, so the estimate is never much worse
+    than the better proposal's.
     """
     counts = [K // len(qs) + (j < K % len(qs)) for j in range(len(qs))]  # K_j, summing to K
     log_frac = [math.log(c / K) if c > 0 else -math.inf for c in counts]
-    acc = torch.full((xb.shape[0],), -math.inf, dtype=qs[0][0].dtype, device=qs[0][0].device)  # log sum_i w_i, (B,)
+    acc = torch.full(
+        (xb.shape[0],), -math.inf, dtype=qs[0][0].dtype, device=qs[0][0].device
+    )  # log sum_i w_i, (B,)
     for (mu, logvar), count in zip(qs, counts):
         for start in range(0, count, chunk_size):
             m = min(chunk_size, count - start)
             z = _sample_normal(mu, logvar, m, generator)  # (m, B, k)
-            log_r = torch.logsumexp(torch.stack([f + _log_normal(z, mu_j, logvar_j)
-                                                 for f, (mu_j, logvar_j) in zip(log_frac, qs) if f > -math.inf]), 0)  # (m, B)
+            log_r = torch.logsumexp(
+                torch.stack(
+                    [
+                        f + _log_normal(z, mu_j, logvar_j)
+                        for f, (mu_j, logvar_j) in zip(log_frac, qs)
+                        if f > -math.inf
+                    ]
+                ),
+                0,
+            )  # (m, B)
             acc = torch.logaddexp(acc, torch.logsumexp(model.log_joint(xb, z) - log_r, 0))
     return acc - math.log(K)
 
 
-def elbo_gaps(model, x, K=1000, steps=500, lr=0.1, n_samples=16, eval_samples=1000, batch_size=1000,
-              chunk_size=250, generator=None, *, k=None):
-    """Split log p(x) - ELBO into the approximation gap and the amortization gap (Cremer et al. 2018, table 1)::
+def elbo_gaps(
+    model,
+    x,
+    K=1000,
+    steps=500,
+    lr=0.1,
+    n_samples=16,
+    eval_samples=1000,
+    batch_size=1000,
+    chunk_size=250,
+    generator=None,
+    *,
+    k=None,
+):
+    """Split log p(x) - ELBO into the approximation gap and the amortization gap (Cremer et al.
+    2018, table 1)::
 
         log p(x) - ELBO[q_phi(z|x)] = (log p(x) - ELBO[q*]) + (ELBO[q*] - ELBO[q_phi(z|x)])
                                     =  approximation gap    +  amortization gap,
 
-    where q* is the best diagonal Gaussian for each example (`optimal_gaussian_elbo`). log p(x) is estimated
-    by importance sampling with the mixture proposal r = 1/2 (q_phi(z|x) + q*), K/2 draws from each and every
-    draw weighted by p(x, z) / r(z) (the balance heuristic, Veach & Guibas 1995)::
+    where q* is the best diagonal Gaussian for each example (`optimal_gaussian_elbo`). log p(x) is
+    estimated by importance sampling with the mixture proposal r = 1/2 (q_phi(z|x) + q*), K/2 draws
+    from each and every draw weighted by p(x, z) / r(z) (the balance heuristic, Veach & Guibas
+    1995)::
 
         log_px = log (1/K) sum_i p(x, z_i) / r(z_i).
 
-    The average weight is unbiased for p(x), so log_px is a lower bound in expectation, like IWAE_K, and the
-    mixture covers the posterior wherever either proposal does (q* fits the posterior's main mode more
-    closely, the encoder's q is often wider). Taking the larger of two separate IWAE estimates instead would
-    be biased upward: the maximum of two noisy estimates is not a bound.
+    The average weight is unbiased for p(x), so log_px is a lower bound in expectation, like IWAE_K,
+    and the mixture covers the posterior wherever either proposal does (q* fits the posterior's main
+    mode more closely, the encoder's q is often wider). Taking the larger of two separate IWAE
+    estimates instead would be biased upward: the maximum of two noisy estimates is not a bound.
 
     Args:
         model: a vaelib.models.VAE.
         x: (N, D) data (binarized for a Bernoulli model).
-        K: importance samples per example for the log p(x) estimate (ceil(K/2) from the encoder's q, the
-            rest from q*).
-        steps, lr, n_samples, eval_samples, batch_size, chunk_size, generator: as in `optimal_gaussian_elbo`
-            (chunk_size also for the importance sampling).
+        K: importance samples per example for the log p(x) estimate (ceil(K/2) from the encoder's q,
+            the rest from q*).
+        steps, lr, n_samples, eval_samples, batch_size, chunk_size, generator: as in
+            `optimal_gaussian_elbo` (chunk_size also for the importance sampling).
         k: the same as K (an alias; k is the latent size everywhere else in vaelib).
     Returns:
-        ELBOGaps(log_px, elbo_encoder, elbo_optimal, approximation_gap, amortization_gap), each (N,), on
-        the device of x. Both gaps are >= 0 up to Monte Carlo and optimisation error.
+        ELBOGaps(log_px, elbo_encoder, elbo_optimal, approximation_gap, amortization_gap), each
+        (N,), on the device of x. Both gaps are >= 0 up to Monte Carlo and optimisation error.
     """
     K = _validate.renamed("K", K, "k", k, default=1000)
     _validate.count("K", K)
     x = _validate.as_tensor("x", x)
-    opt = optimal_gaussian_elbo(model, x, steps=steps, lr=lr, n_samples=n_samples, eval_samples=eval_samples,
-                                batch_size=batch_size, chunk_size=chunk_size, generator=generator)
+    opt = optimal_gaussian_elbo(
+        model,
+        x,
+        steps=steps,
+        lr=lr,
+        n_samples=n_samples,
+        eval_samples=eval_samples,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        generator=generator,
+    )
     device, dtype = device_dtype(model)
     log_px = []
     with torch.no_grad():
-        for xb, mub, logvarb in zip(x.split(batch_size), opt.mu.split(batch_size), opt.logvar.split(batch_size)):
+        for xb, mub, logvarb in zip(
+            x.split(batch_size), opt.mu.split(batch_size), opt.logvar.split(batch_size)
+        ):
             xb = xb.to(device, dtype)  # (B, D)
-            qs = [model.encode(xb), (mub.to(device, dtype), logvarb.to(device, dtype))]  # encoder's q, q*: (B, k) each
+            qs = [
+                model.encode(xb),
+                (mub.to(device, dtype), logvarb.to(device, dtype)),
+            ]  # encoder's q, q*: (B, k) each
             log_px.append(_iwae_mixture(model, xb, qs, K, chunk_size, generator))
     log_px = torch.cat(log_px).to(x.device)
-    return ELBOGaps(log_px, opt.elbo_encoder, opt.elbo, log_px - opt.elbo, opt.elbo - opt.elbo_encoder)
+    return ELBOGaps(
+        log_px, opt.elbo_encoder, opt.elbo, log_px - opt.elbo, opt.elbo - opt.elbo_encoder
+    )

@@ -1,22 +1,27 @@
-"""The decoder's likelihoods p(x | z): one object each, registered by name in `vaelib.registry.LIKELIHOODS`.
+"""The decoder's likelihoods p(x | z): one object each, registered by name in
+`vaelib.registry.LIKELIHOODS`.
 
-A likelihood turns the decoder output `out` (..., D) (logits or a mean, as the likelihood says) into::
+A likelihood turns the decoder output `out` (..., D) (logits or a mean, as the likelihood says)
+into::
 
-    log_prob(x, out, log_scale)   log p(x | z) summed over the D pixels, (...,) in nats, every constant kept
-    mean(out)                     E[x | z], (..., D): what a sample shown as an image is
-    sample(out, log_scale, noise) a draw x ~ p(x | z), (..., D); noise(fn) returns fn-distributed noise shaped like out
+    log_prob(x, out, log_scale)   log p(x | z) summed over the D pixels, (...,) in nats, every
+    constant kept mean(out)                     E[x | z], (..., D): what a sample shown as an image
+    is sample(out, log_scale, noise) a draw x ~ p(x | z), (..., D); noise(fn) returns fn-distributed
+    noise shaped like out
 
 and says what the rest of vaelib needs to know about it::
 
-    name, help      its registry name and one line for the command line's help
-    scale           the name of its scale parameter ("sigma_x", held by the model as log_sigma_x, shared () or per
-                    pixel (D,), fixed or learned), or None when it has none; `log_scale` is None then
-    output          the name of the MLP decoder's last layer ("to_logits", "to_mean"), a key of the state dict
-    unit_interval   data must lie in [0, 1] (checked where data enter)
-    binarize        fit's default: a fresh Bernoulli draw of the data each epoch (dynamic binarization)
+    name, help      its registry name and one line for the command line's help scale           the
+    name of its scale parameter ("sigma_x", held by the model as log_sigma_x, shared () or per
+                    pixel (D,), fixed or learned), or None when it has none; `log_scale` is None
+                    then
+    output          the name of the MLP decoder's last layer ("to_logits", "to_mean"), a key of the
+    state dict unit_interval   data must lie in [0, 1] (checked where data enter) binarize
+    fit's default: a fresh Bernoulli draw of the data each epoch (dynamic binarization)
 
-A new likelihood is one file: subclass `Likelihood`, then `LIKELIHOODS.register(MyLikelihood())`; the model, `fit`,
-`vaelib.evaluate`, the checkpoints and the command line (`--likelihood`) find it by name.
+A new likelihood is one file: subclass `Likelihood`, then `LIKELIHOODS.register(MyLikelihood())`;
+the model, `fit`, `vaelib.evaluate`, the checkpoints and the command line (`--likelihood`) find it
+by name.
 """
 
 import torch
@@ -25,7 +30,8 @@ from vaelib.distributions import _log_bernoulli, _log_normal
 
 
 class Likelihood:
-    """The contract of a likelihood p(x | z) (module docstring); subclasses set the attributes and the methods."""
+    """The contract of a likelihood p(x | z) (module docstring); subclasses set the attributes and
+    the methods."""
 
     name = None
     help = ""
@@ -50,7 +56,8 @@ class Likelihood:
 class Bernoulli(Likelihood):
     """p(x | z) = prod_d Bernoulli(x_d; sigmoid(logits_d)); the decoder returns logits.
 
-    log p(x | z) = sum_d [x_d logits_d - softplus(logits_d)]  (the cross-entropy with logits, stable in log space).
+    log p(x | z) = sum_d [x_d logits_d - softplus(logits_d)]  (the cross-entropy with logits, stable
+    in log space).
     """
 
     name = "bernoulli"
@@ -71,7 +78,8 @@ class Bernoulli(Likelihood):
 
 
 class Gaussian(Likelihood):
-    """p(x | z) = N(x; mean, diag sigma_x^2); the decoder returns the mean, sigma_x is shared or one per pixel.
+    """p(x | z) = N(x; mean, diag sigma_x^2); the decoder returns the mean, sigma_x is shared or one
+    per pixel.
 
     log p(x | z) = -1/2 sum_d [log 2 pi + 2 log sigma_x,d + (x_d - mean_d)^2 / sigma_x,d^2].
     """
@@ -87,6 +95,7 @@ class Gaussian(Likelihood):
         return out + torch.exp(log_scale.to(out.dtype)) * noise(torch.randn)
 
 
-# The built-ins, declared by name in vaelib.registry (the command line reads them from there without torch).
+# The built-ins, declared by name in vaelib.registry (the command line reads them from there without
+# torch).
 BERNOULLI = Bernoulli()
 GAUSSIAN = Gaussian()

@@ -40,7 +40,9 @@ def _step_size(step_size, k, like):
                 f"got shape {tuple(step_size.shape)}"
             )
         if not bool((step_size > 0).all()):
-            raise ValueError(f"step_size must be positive in every dimension, got {step_size.tolist()}")
+            raise ValueError(
+                f"step_size must be positive in every dimension, got {step_size.tolist()}"
+            )
         return step_size.to(dtype=like.dtype, device=like.device)
     return _validate.positive_scalar("step_size", step_size)
 
@@ -49,20 +51,23 @@ def _step_size(step_size, k, like):
 def metropolis_hastings(log_prob, z0, n_steps, step_size, generator=None, burn_in=0, thin=1):
     """Random-walk Metropolis sampling from an unnormalised density, C chains at once.
 
-    z' = z + step_size * eps, eps ~ N(0, I);  accept with probability min(1, exp(log_prob(z') - log_prob(z)))
+    z' = z + step_size * eps, eps ~ N(0, I);  accept with probability min(1, exp(log_prob(z') -
+    log_prob(z)))
 
     The proposal is symmetric, so the Hastings ratio q(z | z') / q(z' | z) is 1 and only the target
     ratio remains; the test is made in log space (log u < log_prob(z') - log_prob(z), u ~ U(0, 1)).
-    A proposal whose log_prob is NaN or -inf is rejected. Each of the n_steps transitions produces one
-    state (z0 itself is not returned); the states after the first `burn_in` are kept, every `thin`-th.
-    Metropolis et al. 1953; Hastings 1970 (symmetric-proposal case).
+    A proposal whose log_prob is NaN or -inf is rejected. Each of the n_steps transitions produces
+    one state (z0 itself is not returned); the states after the first `burn_in` are kept, every
+    `thin`-th. Metropolis et al. 1953; Hastings 1970 (symmetric-proposal case).
 
     Args:
-        log_prob: callable mapping (C, k) states to (C,) log-densities; a normalising constant may be missing.
-        z0: (C, k) starting states of C independent chains, or (k,) for one chain. float32 or float64.
-            Each must have a finite log_prob.
+        log_prob: callable mapping (C, k) states to (C,) log-densities; a normalising constant may
+            be missing.
+        z0: (C, k) starting states of C independent chains, or (k,) for one chain. float32 or
+            float64. Each must have a finite log_prob.
         n_steps: int >= 1, number of transitions per chain, burn-in included.
-        step_size: positive number, or (k,) tensor of positive per-dimension proposal standard deviations.
+        step_size: positive number, or (k,) tensor of positive per-dimension proposal standard
+            deviations.
         generator: optional torch.Generator for reproducible runs.
         burn_in: int in [0, n_steps), number of initial states discarded.
         thin: int >= 1, keep every `thin`-th state after burn-in.
@@ -71,14 +76,19 @@ def metropolis_hastings(log_prob, z0, n_steps, step_size, generator=None, burn_i
         with n_kept = ceil((n_steps - burn_in) / thin); a (k,) z0 gives C = 1.
     """
     if not callable(log_prob):
-        raise TypeError(f"log_prob must be a callable mapping (C, k) states to (C,), got {type(log_prob).__name__}")
+        raise TypeError(
+            "log_prob must be a callable mapping (C, k) states to (C,), got "
+            f"{type(log_prob).__name__}"
+        )
     _validate.tensor("z0", z0, min_dim=1)
     if z0.dim() > 2:
         raise ValueError(f"z0 must have shape (C, k) or (k,), got {tuple(z0.shape)}")
     _validate.count("n_steps", n_steps)
     _validate.count("burn_in", burn_in, minimum=0)
     if burn_in >= n_steps:
-        raise ValueError(f"burn_in must be < n_steps = {n_steps} so that some states are kept, got {burn_in}")
+        raise ValueError(
+            f"burn_in must be < n_steps = {n_steps} so that some states are kept, got {burn_in}"
+        )
     _validate.count("thin", thin)
     _validate.generator("generator", generator)
     z = z0.reshape(1, -1) if z0.dim() == 1 else z0  # (C, k)
@@ -94,7 +104,8 @@ def metropolis_hastings(log_prob, z0, n_steps, step_size, generator=None, burn_i
     if bool(bad.any()):
         chains = torch.nonzero(bad).flatten().tolist()
         raise ValueError(
-            f"log_prob(z0) is {lp[bad][0].item()} for chain(s) {chains}; start each chain where log_prob is finite"
+            f"log_prob(z0) is {lp[bad][0].item()} for chain(s) {chains}; start each chain where "
+            f"log_prob is finite"
         )
 
     n_kept = len(range(burn_in, n_steps, thin))
@@ -106,7 +117,9 @@ def metropolis_hastings(log_prob, z0, n_steps, step_size, generator=None, burn_i
         z_prop = z + step * eps
         lp_prop = log_prob(z_prop).to(z.dtype)
         log_u = torch.log(torch.rand(C, generator=generator, dtype=z.dtype, device=z.device))
-        accept = log_u < lp_prop - lp  # False when lp_prop is NaN or -inf: such proposals are rejected
+        accept = (
+            log_u < lp_prop - lp
+        )  # False when lp_prop is NaN or -inf: such proposals are rejected
         z = torch.where(accept.unsqueeze(-1), z_prop, z)
         lp = torch.where(accept, lp_prop, lp)
         if t >= burn_in:
@@ -119,10 +132,13 @@ def metropolis_hastings(log_prob, z0, n_steps, step_size, generator=None, burn_i
 
 
 def _autocovariance(x):
-    """Biased autocovariance along dim 0 by FFT: acov_t = 1/n sum_{s < n - t} (x_s - xbar)(x_{s+t} - xbar)."""
+    """Biased autocovariance along dim 0 by FFT: acov_t = 1/n sum_{s < n - t} (x_s - xbar)(x_{s+t} -
+    xbar)."""
     n = x.shape[0]
     x = x - x.mean(0)
-    n_fft = 2 ** math.ceil(math.log2(2 * n))  # zero-pad to >= 2n so the circular correlation does not wrap
+    n_fft = 2 ** math.ceil(
+        math.log2(2 * n)
+    )  # zero-pad to >= 2n so the circular correlation does not wrap
     f = torch.fft.rfft(x, n=n_fft, dim=0)
     return torch.fft.irfft(f * f.conj(), n=n_fft, dim=0)[:n] / n  # (n, ...)
 
@@ -132,8 +148,8 @@ def autocorrelation(x):
 
     rho_t = sum_{s < n - t} (x_s - xbar)(x_{s+t} - xbar) / sum_s (x_s - xbar)^2,  so rho_0 = 1
 
-    Uses the biased (divide-by-n) estimator, the usual choice: it is positive semi-definite and shrinks
-    the noisy long lags. A constant sequence has no autocorrelation and gives NaN.
+    Uses the biased (divide-by-n) estimator, the usual choice: it is positive semi-definite and
+    shrinks the noisy long lags. A constant sequence has no autocorrelation and gives NaN.
 
     Args:
         x: (n, ...) sequence with n >= 2, e.g. samples (n, C, k) from one or many chains.
@@ -151,33 +167,39 @@ def autocorrelation(x):
 def effective_sample_size(samples):
     """Effective sample size of MCMC draws, summed over chains, for each dimension.
 
-    ESS = C n / tau,  tau = -1 + 2 sum_{m=0}^{M} (rho_{2m} + rho_{2m+1})   (integrated autocorrelation time)
+    ESS = C n / tau,  tau = -1 + 2 sum_{m=0}^{M} (rho_{2m} + rho_{2m+1})   (integrated
+    autocorrelation time)
 
     The multi-chain estimator of Stan (Gelman et al. 2013, BDA3 section 11.5; Vehtari et al. 2021),
-    without rank-normalisation or splitting chains in half. Per-chain autocovariances acov_t (by FFT)
-    are averaged over chains and combined with the between-chain variance:
-    rho_t = 1 - (W - mean_c acov_t) / var_plus for t >= 1 and rho_0 = 1, with W the mean within-chain
-    variance and var_plus = W (n - 1) / n + var(chain means), so chains stuck in different modes get a
-    small ESS.
-    The sum is truncated by Geyer's initial positive sequence (stop before the first pair sum
-    rho_{2m} + rho_{2m+1} that is not positive) and the pair sums are made non-increasing (initial
-    monotone sequence), Geyer 1992. As in Stan, tau is floored at 1 / log10(C n); Stan's extra term
-    for antithetic chains (the positive even lag of the first rejected pair) is left out.
-    Constant samples give NaN.
+    without rank-normalisation or splitting chains in half. Per-chain autocovariances acov_t (by
+    FFT) are averaged over chains and combined with the between-chain variance:
+    rho_t = 1 - (W - mean_c acov_t) / var_plus for t >= 1 and rho_0 = 1, with W the mean
+    within-chain variance and var_plus = W (n - 1) / n + var(chain means), so chains stuck in
+    different modes get a small ESS. The sum is truncated by Geyer's initial positive sequence (stop
+    before the first pair sum rho_{2m} + rho_{2m+1} that is not positive) and the pair sums are made
+    non-increasing (initial monotone sequence), Geyer 1992. As in Stan, tau is floored at 1 /
+    log10(C n); Stan's extra term for antithetic chains (the positive even lag of the first rejected
+    pair) is left out. Constant samples give NaN.
 
     Args:
-        samples: (n, C, k) draws from C chains, or (n, k) from one chain, or (n,) for one scalar chain;
-            n >= 4.
+        samples: (n, C, k) draws from C chains, or (n, k) from one chain, or (n,) for one scalar
+            chain; n >= 4.
     Returns:
         (k,) ESS per dimension, or a 0-dim tensor for (n,) input.
     """
     _validate.nonempty("samples", _validate.tensor("samples", samples, min_dim=1))
     if samples.dim() > 3:
-        raise ValueError(f"samples must have shape (n, C, k), (n, k) or (n,), got {tuple(samples.shape)}")
+        raise ValueError(
+            f"samples must have shape (n, C, k), (n, k) or (n,), got {tuple(samples.shape)}"
+        )
     n = samples.shape[0]
     if n < 4:
-        raise ValueError(f"samples must hold at least 4 draws along dim 0, got shape {tuple(samples.shape)}")
-    samples = _validate.unit_scale(samples, tuple(range(samples.dim() - 1)) or 0)  # exact, ESS is scale-free
+        raise ValueError(
+            f"samples must hold at least 4 draws along dim 0, got shape {tuple(samples.shape)}"
+        )
+    samples = _validate.unit_scale(
+        samples, tuple(range(samples.dim() - 1)) or 0
+    )  # exact, ESS is scale-free
     x = samples.reshape(n, 1, -1) if samples.dim() < 3 else samples  # (n, C, k)
     C = x.shape[1]
 
@@ -186,8 +208,8 @@ def effective_sample_size(samples):
     B_over_n = x.mean(0).var(0) if C > 1 else torch.zeros_like(W)  # variance of the chain means
     var_plus = W * (n - 1) / n + B_over_n
     rho = 1 - (W - acov) / var_plus  # (n, k)
-    # Stan sets rho_0 = 1 exactly: the formula above gives 1 - W / (n var_plus) at lag 0, not 1, because
-    # acov_0 is the biased (divide-by-n) variance while W is the unbiased one.
+    # Stan sets rho_0 = 1 exactly: the formula above gives 1 - W / (n var_plus) at lag 0, not 1,
+    # because acov_0 is the biased (divide-by-n) variance while W is the unbiased one.
     rho[0] = 1.0  # (constant samples still give NaN: rho_1 is 0 / 0)
 
     M = n // 2

@@ -1,12 +1,14 @@
-"""The encoder and decoder networks of `vaelib.models`: the MLP, and the contract of networks of your own.
+"""The encoder and decoder networks of `vaelib.models`: the MLP, and the contract of networks of
+your own.
 
-Your own networks (`VAE(D, k, encoder=module, decoder=module)`) are checked once, at construction, on a dummy
-batch, in eval mode, without gradients and with a private generator (the global RNG and the module's state are
-left as they were)::
+Your own networks (`VAE(D, k, encoder=module, decoder=module)`) are checked once, at construction,
+on a dummy batch, in eval mode, without gradients and with a private generator (the global RNG and
+the module's state are left as they were)::
 
     encoder: x (B, D) -> (B, 2k) [mu, logvar side by side] or a pair (mu, logvar), (B, k) each; an
              Autoencoder's encoder returns the code (B, k);
-    decoder: z (..., k) -> (..., D), keeping any leading sample dimensions: z (K, B, k) -> (K, B, D).
+    decoder: z (..., k) -> (..., D), keeping any leading sample dimensions: z (K, B, k) -> (K, B,
+        D).
 """
 
 from collections import OrderedDict
@@ -16,11 +18,12 @@ from torch import nn
 
 
 def device_dtype(module):
-    """(device, dtype) of a module's first floating-point parameter; (CPU, torch's default dtype) without one."""
+    """(device, dtype) of a module's first floating-point parameter; (CPU, torch's default dtype)
+    without one."""
     p = next((t for t in module.parameters() if t.is_floating_point()), None)
-    return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.get_default_dtype())
-
-
+    return (
+        (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.get_default_dtype())
+    )
 
 
 def check_module(name, module):
@@ -29,17 +32,23 @@ def check_module(name, module):
         return None
     if isinstance(module, str) and module == "custom":
         raise ValueError(
-            f"{name}='custom' marks a model built with your own {name} module, which a config cannot rebuild: "
-            f"construct the module and pass it ({name}=MyModule()), or load saved weights into a model you built "
-            "with vaelib.checkpoints.load_checkpoint(path, model=...)")
+            f"{name}='custom' marks a model built with your own {name} module, which a config "
+            f"cannot rebuild: "
+            f"construct the module and pass it ({name}=MyModule()), or load saved weights into a "
+            f"model you built "
+            "with vaelib.checkpoints.load_checkpoint(path, model=...)"
+        )
     if not isinstance(module, nn.Module):
-        raise TypeError(f"{name} must be a torch.nn.Module (or None for the MLP), got {type(module).__name__}")
+        raise TypeError(
+            f"{name} must be a torch.nn.Module (or None for the MLP), got {type(module).__name__}"
+        )
     return module
 
 
 class _DummyCall:
-    """Run a user's module on a dummy batch: in eval mode (dropout off, batch norm per example), without
-    gradients, with a private generator (the global RNG and the module's state are left as they were)."""
+    """Run a user's module on a dummy batch: in eval mode (dropout off, batch norm per example),
+    without gradients, with a private generator (the global RNG and the module's state are left as
+    they were)."""
 
     def __init__(self, name, module):
         self.name, self.module = name, module
@@ -50,10 +59,14 @@ class _DummyCall:
         return f"{self.name} ({type(self.module).__name__})"
 
     def randn(self, *shape):
-        return torch.randn(*shape, generator=self.gen, dtype=torch.float64).to(self.device, self.dtype)
+        return torch.randn(*shape, generator=self.gen, dtype=torch.float64).to(
+            self.device, self.dtype
+        )
 
     def rand(self, *shape):
-        return torch.rand(*shape, generator=self.gen, dtype=torch.float64).to(self.device, self.dtype)
+        return torch.rand(*shape, generator=self.gen, dtype=torch.float64).to(
+            self.device, self.dtype
+        )
 
     def __call__(self, inp, what):
         modes = [(m, m.training) for m in self.module.modules()]
@@ -62,8 +75,10 @@ class _DummyCall:
             with torch.no_grad():
                 return self.module(inp)
         except Exception as e:
-            raise ValueError(f"{self.describe()} failed on a dummy batch {what} of shape {tuple(inp.shape)}: "
-                             f"{type(e).__name__}: {e}") from e
+            raise ValueError(
+                f"{self.describe()} failed on a dummy batch {what} of shape {tuple(inp.shape)}: "
+                f"{type(e).__name__}: {e}"
+            ) from e
         finally:
             for m, mode in modes:
                 m.training = mode
@@ -73,8 +88,9 @@ def _shape_of(out):
     if isinstance(out, torch.Tensor):
         return f"a tensor of shape {tuple(out.shape)}"
     if isinstance(out, (tuple, list)):
-        return f"a {type(out).__name__} of " + ", ".join(_shape_of(o) if isinstance(o, torch.Tensor) else type(o).__name__
-                                                          for o in out)
+        return f"a {type(out).__name__} of " + ", ".join(
+            _shape_of(o) if isinstance(o, torch.Tensor) else type(o).__name__ for o in out
+        )
     return f"a {type(out).__name__}"
 
 
@@ -85,43 +101,68 @@ def _check_dummy_output_finite(call, out):
 
 
 def check_decoder(module, data_dim, latent_dim):
-    """decoder: z (..., k) -> (..., D), each leading index decoded on its own. Raises ValueError otherwise."""
+    """decoder: z (..., k) -> (..., D), each leading index decoded on its own. Raises ValueError
+    otherwise."""
     call, k, D = _DummyCall("decoder", module), latent_dim, data_dim
     z = call.randn(2, 3, k)  # (S, B, k): 2 samples of z for each of 3 examples
-    expect = f"must map z of shape (..., k) to (..., D), keeping any leading sample dimensions (k = {k}, D = {D})"
+    expect = (
+        "must map z of shape (..., k) to (..., D), keeping any leading sample dimensions (k "
+        f"= {k}, D = {D})"
+    )
     for zz in (z[0], z):
         out = call(zz, "z")
         want = (*zz.shape[:-1], D)
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
-            hint = (" (it flattens the sample dimension: reshape the output with z.shape[:-1], e.g. "
-                    "out.reshape(*z.shape[:-1], D))" if isinstance(out, torch.Tensor) and zz.dim() == 3
-                    and out.dim() == 2 and out.shape[0] == 6 else "")
-            raise ValueError(f"{call.describe()} {expect}: z of shape {tuple(zz.shape)} gave {_shape_of(out)}, "
-                             f"expected {want}{hint}")
+            hint = (
+                " (it flattens the sample dimension: reshape the output with z.shape[:-1], e.g. "
+                "out.reshape(*z.shape[:-1], D))"
+                if isinstance(out, torch.Tensor)
+                and zz.dim() == 3
+                and out.dim() == 2
+                and out.shape[0] == 6
+                else ""
+            )
+            raise ValueError(
+                f"{call.describe()} {expect}: z of shape {tuple(zz.shape)} gave {_shape_of(out)}, "
+                f"expected {want}{hint}"
+            )
         _check_dummy_output_finite(call, out)
-    # Decoding the (2, 3, k) batch at once must equal decoding each z[i] alone (float rounding aside).
+    # Decoding the (2, 3, k) batch at once must equal decoding each z[i] alone (float rounding
+    # aside).
     each = torch.stack([call(z[i], "z") for i in range(2)])  # (2, 3, D)
     if not torch.allclose(out, each, rtol=1e-3, atol=1e-4):
-        raise ValueError(f"{call.describe()} {expect}: decoding z of shape {tuple(z.shape)} at once differs from "
-                         f"decoding each z[i] of shape {tuple(z.shape[1:])} (max difference "
-                         f"{(out - each).abs().max().item():.3g}); it mixes the sample and batch dimensions")
+        raise ValueError(
+            f"{call.describe()} {expect}: decoding z of shape {tuple(z.shape)} at once differs "
+            f"from "
+            f"decoding each z[i] of shape {tuple(z.shape[1:])} (max difference "
+            f"{(out - each).abs().max().item():.3g}); it mixes the sample and batch dimensions"
+        )
 
 
 def check_encoder(module, data_dim, latent_dim, pair_allowed):
-    """encoder: x (B, D) -> (B, 2k) or (mu, logvar) (VAE), or (B, k) (Autoencoder). Raises ValueError otherwise."""
+    """encoder: x (B, D) -> (B, 2k) or (mu, logvar) (VAE), or (B, k) (Autoencoder). Raises
+    ValueError otherwise."""
     call, k, D = _DummyCall("encoder", module), latent_dim, data_dim
     x = call.rand(3, D)  # (B, D) in [0, 1]
     out = call(x, "x")
     if pair_allowed:
         ok = (isinstance(out, torch.Tensor) and tuple(out.shape) == (3, 2 * k)) or (
-            isinstance(out, (tuple, list)) and len(out) == 2
-            and all(isinstance(o, torch.Tensor) and tuple(o.shape) == (3, k) for o in out))
-        want = f"a tensor (B, 2k) = (3, {2 * k}) [mu, logvar side by side] or a pair (mu, logvar) of shape (3, {k}) each"
+            isinstance(out, (tuple, list))
+            and len(out) == 2
+            and all(isinstance(o, torch.Tensor) and tuple(o.shape) == (3, k) for o in out)
+        )
+        want = (
+            f"a tensor (B, 2k) = (3, {2 * k}) [mu, logvar side by side] or a pair (mu, logvar) "
+            f"of shape (3, {k}) each"
+        )
     else:
         ok = isinstance(out, torch.Tensor) and tuple(out.shape) == (3, k)
         want = f"the code, a tensor (B, k) = (3, {k})"
     if not ok:
-        raise ValueError(f"{call.describe()} must map x of shape (B, D) = (3, {D}) to {want}; got {_shape_of(out)}")
+        raise ValueError(
+            f"{call.describe()} must map x of shape (B, D) = (3, {D}) to {want}; got "
+            f"{_shape_of(out)}"
+        )
     _check_dummy_output_finite(call, out)
 
 

@@ -1,16 +1,18 @@
 """One figure style for the series, `savefig`, and the plots a VAE project needs.
 
-Call `use_style()` once at the top of a notebook. `savefig(fig, "NN_name")` is for the series' own figures
-(into figures/: the repository's when vaelib runs from its checkout, else ./figures under the current folder;
-$VAELIB_FIGURES overrides; a temporary folder in quick mode, VAELIB_QUICK=1, so tests never dirty figures/).
-Any other name is a path, written where you say: `savefig(fig, "out/samples.png")`.
+Call `use_style()` once at the top of a notebook. `savefig(fig, "NN_name")` is for the series' own
+figures (into figures/: the repository's when vaelib runs from its checkout, else ./figures under
+the current folder; $VAELIB_FIGURES overrides; a temporary folder in quick mode, VAELIB_QUICK=1, so
+tests never dirty figures/). Any other name is a path, written where you say: `savefig(fig,
+"out/samples.png")`.
 
 Plots (each returns its matplotlib Figure; pass `ax=` to draw into your own axes):
-    image_grid(images)            a grid of images, e.g. model.sample(64)
-    latent_scatter(z, labels)     2-D codes coloured by class label
-    latent_manifold(model)        decoded images on a grid of equal prior mass, for a 2-D latent
-    kl_per_unit(kl)               bar chart of the KL per latent unit, from vaelib.evaluate.kl_per_unit
-Their numbers come from plain functions (`make_grid`, `manifold_codes`) that are tested on their own.
+    image_grid(images)            a grid of images, e.g. model.sample(64) latent_scatter(z, labels)
+    2-D codes coloured by class label latent_manifold(model)        decoded images on a grid of
+    equal prior mass, for a 2-D latent kl_per_unit(kl)               bar chart of the KL per latent
+    unit, from vaelib.evaluate.kl_per_unit
+Their numbers come from plain functions (`make_grid`, `manifold_codes`) that are tested on their
+own.
 """
 
 import math
@@ -40,7 +42,16 @@ STYLE = {
     "lines.linewidth": 1.8,
     "image.cmap": "viridis",
     "axes.prop_cycle": matplotlib.cycler(
-        color=["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#7f7f7f"]
+        color=[
+            "#1f77b4",
+            "#d62728",
+            "#2ca02c",
+            "#ff7f0e",
+            "#9467bd",
+            "#8c564b",
+            "#17becf",
+            "#7f7f7f",
+        ]
     ),
 }
 
@@ -54,7 +65,8 @@ def use_style():
 
 
 def _repo_root():
-    """The repository checkout vaelib runs from (editable install), or None when vaelib is installed."""
+    """The repository checkout vaelib runs from (editable install), or None when vaelib is
+    installed."""
     root = _PACKAGE_DIR.parent
     if (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir():
         return root
@@ -62,8 +74,9 @@ def _repo_root():
 
 
 def figures_dir():
-    """Where savefig writes "NN_name" figures: $VAELIB_FIGURES, else a temporary folder in quick mode, else the
-    repository's figures/ when vaelib runs from its checkout, else ./figures under the current folder."""
+    """Where savefig writes "NN_name" figures: $VAELIB_FIGURES, else a temporary folder in quick
+    mode, else the repository's figures/ when vaelib runs from its checkout, else ./figures under
+    the current folder."""
     from vaelib import quick_mode
 
     if os.environ.get("VAELIB_FIGURES"):
@@ -85,17 +98,23 @@ def _target(fig, name):
         raise ValueError(f"name must be a file name or path such as 'samples.png', got {text!r}")
     path = Path(text).expanduser()
     if path.is_dir():
-        raise ValueError(f"name {text!r} is a folder; give a file name such as {str(path / 'figure.png')!r}")
+        raise ValueError(
+            f"name {text!r} is a folder; give a file name such as {str(path / 'figure.png')!r}"
+        )
     if not path.suffix:
         path = path.with_name(path.name + ".png")
     formats = fig.canvas.get_supported_filetypes()
     if path.suffix[1:].lower() not in formats:
-        raise ValueError(f"name {text!r} has the extension {path.suffix!r}; expected one of "
-                         f"{', '.join('.' + f for f in sorted(formats))} (or none for .png)")
+        raise ValueError(
+            f"name {text!r} has the extension {path.suffix!r}; expected one of "
+            f"{', '.join('.' + f for f in sorted(formats))} (or none for .png)"
+        )
     resolved = path.resolve()
     if resolved == _PACKAGE_DIR or _PACKAGE_DIR in resolved.parents:
-        raise ValueError(f"name {text!r} points inside the vaelib package ({_PACKAGE_DIR}); write your figures "
-                         "elsewhere")
+        raise ValueError(
+            f"name {text!r} points inside the vaelib package ({_PACKAGE_DIR}); write your figures "
+            "elsewhere"
+        )
     return path
 
 
@@ -104,9 +123,10 @@ def savefig(fig, name):
 
     Args:
         fig: a matplotlib Figure.
-        name: "NN_short_name" (notebook number, then letters, digits, _ or -; no extension) for the series' own
-            figures, written to `figures_dir()` as PNG; anything else is a file path, relative to the current
-            folder or absolute, written as given (folders created; the format from its extension, .png if none).
+        name: "NN_short_name" (notebook number, then letters, digits, _ or -; no extension) for the
+            series' own figures, written to `figures_dir()` as PNG; anything else is a file path,
+            relative to the current folder or absolute, written as given (folders created; the
+            format from its extension, .png if none).
     Returns:
         pathlib.Path of the file.
     """
@@ -124,11 +144,12 @@ def savefig(fig, name):
 def vae_architecture(data_dim=784, hidden=400, latent_dim=20):
     """Draw the VAE network D-H-k with a Bernoulli decoder, layer by layer, and return the figure.
 
-    Encoder x (D) -> Linear+ReLU (H) -> mu, logvar (k each); z = mu + sigma * eps; decoder
-    z (k) -> Linear+ReLU (H) -> logits (D) -> sigmoid; the loss below. Weight counts are printed in each box.
+    Encoder x (D) -> Linear+ReLU (H) -> mu, logvar (k each); z = mu + sigma * eps; decoder z (k) ->
+    Linear+ReLU (H) -> logits (D) -> sigmoid; the loss below. Weight counts are printed in each box.
 
     Args:
-        data_dim, hidden, latent_dim: D, H and k of a one-hidden-layer `vaelib.models.VAE(D, k, (H,))`.
+        data_dim, hidden, latent_dim: D, H and k of a one-hidden-layer `vaelib.models.VAE(D, k,
+            (H,))`.
     Returns:
         matplotlib Figure.
     """
@@ -138,12 +159,25 @@ def vae_architecture(data_dim=784, hidden=400, latent_dim=20):
     blue, green, orange, grey = "#cfe2f3", "#d9ead3", "#fce5cd", "0.92"
 
     def box(ax, x, y, text, color):
-        return ax.text(x, y, text, ha="center", va="center", fontsize=10,
-                       bbox=dict(boxstyle="round,pad=0.45", fc=color, ec="0.3"))
+        return ax.text(
+            x,
+            y,
+            text,
+            ha="center",
+            va="center",
+            fontsize=10,
+            bbox=dict(boxstyle="round,pad=0.45", fc=color, ec="0.3"),
+        )
 
     def connect(ax, src, dst, src_side=(1, 0.5), dst_side=(0, 0.5)):
-        ax.annotate("", xy=dst_side, xycoords=dst, xytext=src_side, textcoords=src,
-                    arrowprops=dict(arrowstyle="-|>", color="0.25", lw=1.4, shrinkA=4, shrinkB=4))
+        ax.annotate(
+            "",
+            xy=dst_side,
+            xycoords=dst,
+            xytext=src_side,
+            textcoords=src,
+            arrowprops=dict(arrowstyle="-|>", color="0.25", lw=1.4, shrinkA=4, shrinkB=4),
+        )
 
     fig, ax = plt.subplots(figsize=(13.5, 4.6))
     ax.set(xlim=(0, 1), ylim=(0, 1))
@@ -154,13 +188,35 @@ def vae_architecture(data_dim=784, hidden=400, latent_dim=20):
     ax.text(0.7225, 0.9, r"decoder $p_\theta(x\mid z)$", ha="center", fontsize=12)
     n_x = box(ax, 0.045, 0.5, f"image x\n{D} pixels\nin {{0, 1}}", grey)
     n_h = box(ax, 0.16, 0.5, f"Linear {D}→{H}\n+ ReLU\n{D * H + H:,} weights", blue)
-    n_mu = box(ax, 0.33, 0.72, f"Linear {H}→{k}\n" + r"$\mu_\phi(x)$" + f"\n{H * k + k:,} weights", blue)
-    n_lv = box(ax, 0.33, 0.28, f"Linear {H}→{k}\n" + r"$\log\sigma^2_\phi(x)$" + f"\n{H * k + k:,} weights", blue)
+    n_mu = box(
+        ax, 0.33, 0.72, f"Linear {H}→{k}\n" + r"$\mu_\phi(x)$" + f"\n{H * k + k:,} weights", blue
+    )
+    n_lv = box(
+        ax,
+        0.33,
+        0.28,
+        f"Linear {H}→{k}\n" + r"$\log\sigma^2_\phi(x)$" + f"\n{H * k + k:,} weights",
+        blue,
+    )
     n_z = box(ax, 0.48, 0.5, r"$z = \mu + \sigma\odot\varepsilon$" + f"\n{k} numbers", green)
-    n_eps = box(ax, 0.48, 0.14, r"$\varepsilon \sim \mathcal{N}(0, I)$" + "\n(or z ~ p(z) to sample)", grey)
+    n_eps = box(
+        ax, 0.48, 0.14, r"$\varepsilon \sim \mathcal{N}(0, I)$" + "\n(or z ~ p(z) to sample)", grey
+    )
     n_h2 = box(ax, 0.62, 0.5, f"Linear {k}→{H}\n+ ReLU\n{k * H + H:,} weights", orange)
-    n_l = box(ax, 0.78, 0.5, f"Linear {H}→{D}\nlogits " + r"$\ell_\theta(z)$" + f"\n{H * D + D:,} weights", orange)
-    n_p = box(ax, 0.945, 0.5, "sigmoid\n" + r"$\pi_d = p_\theta(x_d{=}1\mid z)$" + f"\n{D} probabilities", grey)
+    n_l = box(
+        ax,
+        0.78,
+        0.5,
+        f"Linear {H}→{D}\nlogits " + r"$\ell_\theta(z)$" + f"\n{H * D + D:,} weights",
+        orange,
+    )
+    n_p = box(
+        ax,
+        0.945,
+        0.5,
+        "sigmoid\n" + r"$\pi_d = p_\theta(x_d{=}1\mid z)$" + f"\n{D} probabilities",
+        grey,
+    )
     connect(ax, n_x, n_h)
     connect(ax, n_h, n_mu)
     connect(ax, n_h, n_lv)
@@ -170,13 +226,22 @@ def vae_architecture(data_dim=784, hidden=400, latent_dim=20):
     connect(ax, n_z, n_h2)
     connect(ax, n_h2, n_l)
     connect(ax, n_l, n_p)
-    ax.text(0.5, 0.005, r"loss $= -\log p_\theta(x\mid z)$ (from the logits) $+\ \mathrm{KL}(q_\phi(z\mid x)\,\|\,\mathcal{N}(0, I))$ "
-            r"(closed form from $\mu$, $\log\sigma^2$)", ha="center", fontsize=11)
+    ax.text(
+        0.5,
+        0.005,
+        r"loss $= -\log p_\theta(x\mid z)$ (from the logits) $+\ \mathrm{KL}(q_\phi(z\mid "
+        r"x)\,\|\,\mathcal{N}(0, I))$ "
+        r"(closed form from $\mu$, $\log\sigma^2$)",
+        ha="center",
+        fontsize=11,
+    )
     ax.set_title(f"The VAE network {D}-{H}-{k} (Bernoulli decoder)", fontsize=13)
     return fig
 
 
-# -- plots ------------------------------------------------------------------------------------------
+# -- plots
+# ------------------------------------------------------------------------------------------
+
 
 def _numpy(name, a):
     """A tensor (any device, with or without grad) or array-like as a float64 numpy array."""
@@ -185,7 +250,9 @@ def _numpy(name, a):
     try:
         a = np.asarray(a, dtype=np.float64)
     except (TypeError, ValueError):
-        raise TypeError(f"{name} must be an array or tensor of numbers, got {type(a).__name__}") from None
+        raise TypeError(
+            f"{name} must be an array or tensor of numbers, got {type(a).__name__}"
+        ) from None
     return a
 
 
@@ -198,23 +265,29 @@ def _new_axes(ax, figsize):
 
 
 def resolve_image_shape(D, image_shape=None):
-    """(H, W) of images of D pixels: `image_shape` checked against D, or the square one when it is None.
+    """(H, W) of images of D pixels: `image_shape` checked against D, or the square one when it is
+    None.
 
     Raises ValueError when H W != D, or when image_shape is None and D is not a square number.
     """
     if image_shape is None:
         side = math.isqrt(D)
         if side * side != D:
-            raise ValueError(f"images have D = {D} pixels, not a square number: pass image_shape=(H, W)")
+            raise ValueError(
+                f"images have D = {D} pixels, not a square number: pass image_shape=(H, W)"
+            )
         return side, side
     H, W = image_shape
     if H * W != D:
-        raise ValueError(f"image_shape {tuple(image_shape)} has {H * W} pixels but the images have D = {D}")
+        raise ValueError(
+            f"image_shape {tuple(image_shape)} has {H * W} pixels but the images have D = {D}"
+        )
     return H, W
 
 
 def make_grid(images, image_shape=None, ncols=None, pad=1):
-    """Tile images into one array, row by row, with `pad` pixels of NaN (drawn as background) between them.
+    """Tile images into one array, row by row, with `pad` pixels of NaN (drawn as background)
+    between them.
 
     Args:
         images: (N, D) flattened images or (N, H, W); tensor or array.
@@ -222,7 +295,8 @@ def make_grid(images, image_shape=None, ncols=None, pad=1):
         ncols: images per row; None for ceil(sqrt(N)).
         pad: pixels between images.
     Returns:
-        (rows (H + pad) - pad, ncols (W + pad) - pad) float64 array; image i sits at row i // ncols, column i % ncols.
+        (rows (H + pad) - pad, ncols (W + pad) - pad) float64 array; image i sits at row i // ncols,
+        column i % ncols.
     """
     a = _numpy("images", images)
     if a.ndim == 3:
@@ -238,11 +312,21 @@ def make_grid(images, image_shape=None, ncols=None, pad=1):
     grid = np.full((rows * (H + pad) - pad, ncols * (W + pad) - pad), np.nan)
     for i, img in enumerate(a.reshape(N, H, W)):
         r, c = divmod(i, ncols)
-        grid[r * (H + pad):r * (H + pad) + H, c * (W + pad):c * (W + pad) + W] = img
+        grid[r * (H + pad) : r * (H + pad) + H, c * (W + pad) : c * (W + pad) + W] = img
     return grid
 
 
-def image_grid(images, image_shape=None, ncols=None, pad=1, ax=None, title=None, cmap="gray_r", vmin=None, vmax=None):
+def image_grid(
+    images,
+    image_shape=None,
+    ncols=None,
+    pad=1,
+    ax=None,
+    title=None,
+    cmap="gray_r",
+    vmin=None,
+    vmax=None,
+):
     """Show images (e.g. `model.sample(64)` or a data batch) as one grid; return the Figure.
 
     Args:
@@ -253,7 +337,8 @@ def image_grid(images, image_shape=None, ncols=None, pad=1, ax=None, title=None,
         ax: draw into these axes instead of a new figure.
         title: axes title.
         cmap: colour map (default: dark ink on white, as for digits).
-        vmin, vmax: colour range; default [0, 1] when all pixels lie there (probabilities), else the data range.
+        vmin, vmax: colour range; default [0, 1] when all pixels lie there (probabilities), else the
+            data range.
     Returns:
         matplotlib Figure.
     """
@@ -269,7 +354,8 @@ def image_grid(images, image_shape=None, ncols=None, pad=1, ax=None, title=None,
 
 
 def latent_scatter(z, labels=None, dims=(0, 1), ax=None, title=None, s=6, alpha=0.7):
-    """Codes z (e.g. the encoder means of test images) as points, coloured by class label; return the Figure.
+    """Codes z (e.g. the encoder means of test images) as points, coloured by class label; return
+    the Figure.
 
     Args:
         z: (N, k) codes, k >= 2; tensor or array.
@@ -284,7 +370,9 @@ def latent_scatter(z, labels=None, dims=(0, 1), ax=None, title=None, s=6, alpha=
         raise ValueError(f"z must have shape (N, k) with k >= 2, got {z.shape}")
     i, j = dims
     if not (0 <= i < z.shape[1] and 0 <= j < z.shape[1]) or i == j:
-        raise ValueError(f"dims must be two different latent dimensions in [0, {z.shape[1]}), got {dims}")
+        raise ValueError(
+            f"dims must be two different latent dimensions in [0, {z.shape[1]}), got {dims}"
+        )
     own_axes = ax is None
     fig, ax = _new_axes(ax, (5.5, 5))
     if labels is None:
@@ -297,8 +385,18 @@ def latent_scatter(z, labels=None, dims=(0, 1), ax=None, title=None, s=6, alpha=
         cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
         for n, c in enumerate(classes):
             keep = labels == c
-            ax.scatter(z[keep, i], z[keep, j], s=s, alpha=alpha, linewidths=0, color=cmap(n % cmap.N), label=str(c))
-        if own_axes:  # beside the plot; inside it when drawing into your axes (it might cover a neighbour)
+            ax.scatter(
+                z[keep, i],
+                z[keep, j],
+                s=s,
+                alpha=alpha,
+                linewidths=0,
+                color=cmap(n % cmap.N),
+                label=str(c),
+            )
+        if (
+            own_axes
+        ):  # beside the plot; inside it when drawing into your axes (it might cover a neighbour)
             ax.legend(title="label", markerscale=3, loc="center left", bbox_to_anchor=(1.0, 0.5))
         else:
             ax.legend(title="label", markerscale=3, loc="best", fontsize="small", ncols=2)
@@ -308,11 +406,12 @@ def latent_scatter(z, labels=None, dims=(0, 1), ax=None, title=None, s=6, alpha=
 
 
 def manifold_codes(n):
-    """An n x n grid of 2-D codes of equal prior mass: coordinates at the standard normal quantiles (i + 1/2) / n.
+    """An n x n grid of 2-D codes of equal prior mass: coordinates at the standard normal quantiles
+    (i + 1/2) / n.
 
-    Under z ~ N(0, I_2) each grid point stands for 1/n^2 of the prior mass (Kingma & Welling 2013, fig. 4).
-    Row r, column c holds z = (q_c, q_{n-1-r}) with q_i = Phi^{-1}((i + 1/2) / n): z_1 grows to the right,
-    z_2 upwards, as on a plot.
+    Under z ~ N(0, I_2) each grid point stands for 1/n^2 of the prior mass (Kingma & Welling 2013,
+    fig. 4). Row r, column c holds z = (q_c, q_{n-1-r}) with q_i = Phi^{-1}((i + 1/2) / n): z_1
+    grows to the right, z_2 upwards, as on a plot.
 
     Returns:
         (n, n, 2) float64 numpy array.
@@ -321,16 +420,19 @@ def manifold_codes(n):
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an int >= 1, got {n!r}")
-    q = torch.special.ndtri((torch.arange(n, dtype=torch.float64) + 0.5) / n).numpy()  # (n,) increasing
+    q = torch.special.ndtri(
+        (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    ).numpy()  # (n,) increasing
     z1, z2 = np.meshgrid(q, q[::-1])  # (n, n) each: columns vary z_1, rows z_2 from the top down
     return np.stack([z1, z2], axis=-1)
 
 
 def latent_manifold(model, n=15, image_shape=None, ax=None, title=None, cmap="gray_r"):
-    """Decode an n x n grid of equal prior mass (`manifold_codes`) of a VAE with a 2-D latent; return the Figure.
+    """Decode an n x n grid of equal prior mass (`manifold_codes`) of a VAE with a 2-D latent;
+    return the Figure.
 
-    Each image is the decoder's mean E[x | z] (pixel probabilities for a Bernoulli model). Tick labels give
-    the codes' coordinates.
+    Each image is the decoder's mean E[x | z] (pixel probabilities for a Bernoulli model). Tick
+    labels give the codes' coordinates.
 
     Args:
         model: a vaelib.models.VAE with latent_dim 2.
@@ -347,7 +449,10 @@ def latent_manifold(model, n=15, image_shape=None, ax=None, title=None, cmap="gr
     if not isinstance(model, VAE):
         raise TypeError(f"model must be a vaelib.models.VAE, got {type(model).__name__}")
     if model.latent_dim != 2:
-        raise ValueError(f"latent_manifold needs a 2-D latent space, the model has latent_dim = {model.latent_dim}")
+        raise ValueError(
+            "latent_manifold needs a 2-D latent space, the model has latent_dim = "
+            f"{model.latent_dim}"
+        )
     codes = manifold_codes(n)  # (n, n, 2)
     device, dtype = device_dtype(model)
     with torch.no_grad():
@@ -367,12 +472,14 @@ def latent_manifold(model, n=15, image_shape=None, ax=None, title=None, cmap="gr
 
 
 def kl_per_unit(kl, ax=None, title=None, threshold=None):
-    """Bar chart of the KL term per latent unit (from `vaelib.evaluate.kl_per_unit`); return the Figure.
+    """Bar chart of the KL term per latent unit (from `vaelib.evaluate.kl_per_unit`); return the
+    Figure.
 
     Args:
         kl: (k,) KL of each unit in nats, tensor or array.
         ax, title: as in `image_grid`.
-        threshold: optional value drawn as a dashed line (e.g. a level below which you call a unit collapsed).
+        threshold: optional value drawn as a dashed line (e.g. a level below which you call a unit
+            collapsed).
     Returns:
         matplotlib Figure.
     """
@@ -384,6 +491,10 @@ def kl_per_unit(kl, ax=None, title=None, threshold=None):
     ax.bar(units, kl, color="#1f77b4")
     if threshold is not None:
         ax.axhline(threshold, color="#7f7f7f", linestyle="--", linewidth=1)
-    ax.set(xlabel="latent unit", ylabel="KL (nats)", title=title or f"KL per unit (total {kl.sum():.2f} nats)")
+    ax.set(
+        xlabel="latent unit",
+        ylabel="KL (nats)",
+        title=title or f"KL per unit (total {kl.sum():.2f} nats)",
+    )
     ax.set_xticks(units if len(kl) <= 32 else units[:: math.ceil(len(kl) / 16)])
     return fig

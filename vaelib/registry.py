@@ -1,37 +1,48 @@
 """Registries of vaelib's extension points, readable without importing torch.
 
-A registry maps a name (what a user types: `likelihood="gaussian"`, `--likelihood gaussian`) to an object that
-does the work. The command line builds its choices and help from a registry before any heavy import, so each
-entry also carries the few plain facts the command line needs: a one-line `help` and the name of its `scale`
-parameter (None when it has none).
+A registry maps a name (what a user types: `likelihood="gaussian"`, `--likelihood gaussian`) to an
+object that does the work. The command line builds its choices and help from a registry before any
+heavy import, so each entry also carries the few plain facts the command line needs: a one-line
+`help` and the name of its `scale` parameter (None when it has none).
 
-Built-in entries are declared below with those facts and the place of their object ("module:attribute"), which is
-imported on first use; `tests/test_likelihoods.py` checks that the declared facts equal the object's. A new entry
-is one file: define the object (with `name`, `help` and `scale` attributes) and call `LIKELIHOODS.register(obj)`.
-`LIKELIHOODS` holds p(x | z) given the decoder output (`vaelib.likelihoods.Likelihood`).
-Priors and training objectives (notebooks 12 and 13) get their own `Registry` the same way when they arrive.
+Built-in entries are declared below with those facts and the place of their object
+("module:attribute"), which is imported on first use; `tests/test_likelihoods.py` checks that the
+declared facts equal the object's. A new entry is one file: define the object (with `name`, `help`
+and `scale` attributes) and call `LIKELIHOODS.register(obj)`. `LIKELIHOODS` holds p(x | z) given the
+decoder output (`vaelib.likelihoods.Likelihood`). Priors and training objectives (notebooks 12 and
+13) get their own `Registry` the same way when they arrive.
 """
 
 import importlib
 
 
 class Registry:
-    """Named objects of one kind, each with its help text and scale name; objects of declared entries load lazily."""
+    """Named objects of one kind, each with its help text and scale name; objects of declared
+    entries load lazily."""
 
     def __init__(self, kind):
         self.kind = kind
         self._entries = {}  # name -> {"help", "scale", "object" or None, "where"}
 
     def declare(self, name, where, help, scale=None):
-        """Declare an entry whose object is the attribute `where` = "module:attribute", imported on first `get`."""
+        """Declare an entry whose object is the attribute `where` = "module:attribute", imported on
+        first `get`."""
         self._entries[name] = {"help": help, "scale": scale, "object": None, "where": where}
 
     def register(self, obj):
         """Add (or replace) the entry `obj.name` with the object itself; return obj."""
         for attr in ("name", "help", "scale"):
             if not hasattr(obj, attr):
-                raise TypeError(f"a registered {self.kind} needs a {attr!r} attribute; {type(obj).__name__} has none")
-        self._entries[obj.name] = {"help": obj.help, "scale": obj.scale, "object": obj, "where": None}
+                raise TypeError(
+                    f"a registered {self.kind} needs a {attr!r} attribute; {type(obj).__name__} "
+                    f"has none"
+                )
+        self._entries[obj.name] = {
+            "help": obj.help,
+            "scale": obj.scale,
+            "object": obj,
+            "where": None,
+        }
         return obj
 
     def unregister(self, name):
@@ -47,14 +58,17 @@ class Registry:
 
     def _entry(self, name):
         if name not in self:
-            raise ValueError(f"{self.kind} must be one of {', '.join(map(repr, self.names()))}, got {name!r}")
+            raise ValueError(
+                f"{self.kind} must be one of {', '.join(map(repr, self.names()))}, got {name!r}"
+            )
         return self._entries[name]
 
     def help(self, name):
         return self._entry(name)["help"]
 
     def scale(self, name):
-        """The name of the entry's scale parameter ("sigma_x"), or None; without importing its object."""
+        """The name of the entry's scale parameter ("sigma_x"), or None; without importing its
+        object."""
         return self._entry(name)["scale"]
 
     def get(self, name):
@@ -67,7 +81,15 @@ class Registry:
 
 
 LIKELIHOODS = Registry("likelihood")
-LIKELIHOODS.declare("bernoulli", "vaelib.likelihoods:BERNOULLI", scale=None,
-                    help="Bernoulli(sigmoid(logits)) per pixel, x in [0, 1] (dynamically binarized in training)")
-LIKELIHOODS.declare("gaussian", "vaelib.likelihoods:GAUSSIAN", scale="sigma_x",
-                    help="N(mean, sigma_x^2) per pixel, any real x")
+LIKELIHOODS.declare(
+    "bernoulli",
+    "vaelib.likelihoods:BERNOULLI",
+    scale=None,
+    help="Bernoulli(sigmoid(logits)) per pixel, x in [0, 1] (dynamically binarized in training)",
+)
+LIKELIHOODS.declare(
+    "gaussian",
+    "vaelib.likelihoods:GAUSSIAN",
+    scale="sigma_x",
+    help="N(mean, sigma_x^2) per pixel, any real x",
+)
