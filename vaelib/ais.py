@@ -21,6 +21,9 @@ Shapes: z is (S, B, k), S chains for each of B examples; `log_joint(z)` maps (S'
 shape (S', B) for any number of chains S' (for a VAE: `lambda z: model.log_joint(x, z)`). `logvar`
 is log sigma^2. Diagnostics of a set of log-weights (S, B): `importance_ess` and PSIS's Pareto k_hat
 (`pareto_khat`, `gpd_fit`).
+
+(Longer than most modules: forward AIS, its reverse and the weight diagnostics share the
+transitions and the checks of their arguments.)
 """
 
 import math

@@ -14,6 +14,9 @@ Formats: version 1 (no digest) and version 2 (with the digest, what `save_checkp
     read;
 `tests/fixtures/` keeps version-2 files written by an older vaelib that must keep loading and
 resuming.
+
+(Longer than most modules: saving, the digest, and loading with its checks against crafted or
+corrupt files and older formats belong together.)
 """
 
 import hashlib

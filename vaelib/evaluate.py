@@ -12,6 +12,8 @@ draw) to report numbers that compare with published tables for dynamically binar
 `x` may be a torch tensor or a numpy array (float32 or float64; e.g. your own data loaded with
 np.load):
 results are torch tensors either way (on the CPU for numpy input; `.numpy()` converts them back).
+
+(Longer than most modules: each evaluation's argument checks and batching sit beside its formula.)
 """
 
 import math

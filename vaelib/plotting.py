@@ -13,6 +13,8 @@ Plots (each returns its matplotlib Figure; pass `ax=` to draw into your own axes
     unit, from vaelib.evaluate.kl_per_unit
 Their numbers come from plain functions (`make_grid`, `manifold_codes`) that are tested on their
 own.
+
+(Longer than most modules: one function a figure the series draws, each short on its own.)
 """
 
 import math

@@ -19,9 +19,9 @@ the same random stream: 2 epochs, save, load, 1 more epoch == 3 epochs uninterru
 Nothing is lost: an interrupt (KeyboardInterrupt) or a NaN/inf (FloatingPointError) leaves the model
 at the end of the last complete epoch (finite weights) and attaches a resumable History to the
 exception as `e.history`; `on_epoch_end` lets a caller save a checkpoint after every epoch (the
-command line does). (Near 450 lines: fit's argument checks, its resume state and the roll-back on an
-interrupt or a NaN belong together.) The history's keys are declared in `vaelib.history`;
-checkpoints live in `vaelib.checkpoints` (DESIGN.md's API also names them
+command line does). (Longer than most modules: fit's argument checks, its resume state and the
+roll-back on an interrupt or a NaN belong together.) The history's keys are declared in
+`vaelib.history`; checkpoints live in `vaelib.checkpoints` (DESIGN.md's API also names them
 `vaelib.train.save_checkpoint` and `vaelib.train.load_checkpoint`).
 """
 
