@@ -91,8 +91,8 @@ def readme_table(index):
 def core_path(nb):
     """(words of prose, non-blank lines of visible code) before the first 'Going deeper' heading.
 
-    The same count as tests/test_notebooks_meta.py: hidden code cells and the check cell do not
-    count."""
+    Hidden code cells and the check cell do not count; tests/test_notebooks_meta.py holds every
+    numbered notebook to its budget with this count."""
     words = lines = 0
     for cell in nb["cells"]:
         src = "".join(cell["source"])

@@ -4,6 +4,7 @@ figures.
 nbval (make test) re-executes them; these checks are about what is committed and what a reader sees.
 """
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -31,27 +32,12 @@ def test_notebooks_are_numbered_consecutively():
 CORE_WORDS, CORE_LINES = 2000, 200
 
 
-def core_path(nb):
-    """(words of markdown, non-blank lines of visible code) before the first 'Going deeper'
-    heading."""
-    words = lines = 0
-    for cell in nb["cells"]:
-        src = "".join(cell["source"])
-        if cell["cell_type"] == "markdown":
-            if any(
-                line.startswith("#") and line.lstrip("#").strip().lower().startswith("going deeper")
-                for line in src.splitlines()
-            ):
-                break
-            words += len(src.split())
-        elif cell["cell_type"] == "code":
-            if (
-                cell.get("metadata", {}).get("jupyter", {}).get("source_hidden")
-                or "NBVAL_CHECK_OUTPUT" in src
-            ):
-                continue
-            lines += sum(1 for line in src.splitlines() if line.strip())
-    return words, lines
+# The counter lives in scripts/series_index.py (00's reading path uses it too); the budget is
+# checked here.
+_spec = importlib.util.spec_from_file_location("series_index", REPO / "scripts" / "series_index.py")
+_series_index = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_series_index)
+core_path = _series_index.core_path
 
 
 def test_core_path_counter_stops_at_going_deeper_and_skips_hidden_code():
