@@ -31,6 +31,8 @@ END = "<!-- series-index: end -->"
 TITLE = re.compile(r"#\s+(\d\d)\s+·\s+(\S.*)")
 QUESTION = re.compile(r"\*Question:\*\s*(.+?)\s*\*Answer:\*", re.S)
 UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
+# The core path ends at the first heading that starts with one of these (lower case).
+CORE_PATH_ENDS = ("check yourself", "going deeper")
 
 
 class Entry(NamedTuple):
@@ -89,7 +91,8 @@ def readme_table(index):
 
 
 def core_path(nb):
-    """(words of prose, non-blank lines of visible code) before the first 'Going deeper' heading.
+    """(words of prose, non-blank lines of visible code) before the first 'Check yourself' or
+    'Going deeper' heading.
 
     Hidden code cells and the check cell do not count; tests/test_notebooks_meta.py holds every
     numbered notebook to its budget with this count."""
@@ -102,7 +105,7 @@ def core_path(nb):
                 for line in src.splitlines()
                 if line.startswith("#")
             ]
-            if any(h.startswith("going deeper") for h in headings):
+            if any(h.startswith(CORE_PATH_ENDS) for h in headings):
                 break
             words += len(src.split())
         elif cell["cell_type"] == "code":

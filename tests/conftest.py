@@ -45,7 +45,8 @@ def pytest_terminal_summary(terminalreporter):
     table = getattr(meta, "BUDGET_TABLE", None)
     if table:
         terminalreporter.section(
-            "core path of each notebook (budget: 2000 words, 200 visible code lines)"
+            f"core path of each notebook (budget: {meta.CORE_WORDS} words, "
+            f"{meta.CORE_LINES} visible code lines)"
         )
         for stem, (words, lines) in sorted(table.items()):
             terminalreporter.write_line(f"{stem:40s} {words:5d} words {lines:4d} code lines")

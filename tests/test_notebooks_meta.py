@@ -40,7 +40,10 @@ _spec.loader.exec_module(_series_index)
 core_path = _series_index.core_path
 
 
-def test_core_path_counter_stops_at_going_deeper_and_skips_hidden_code():
+@pytest.mark.parametrize(
+    "heading", ["## Going deeper: more", "## Check yourself", "### check yourself (quiz)"]
+)
+def test_core_path_counter_stops_at_check_yourself_or_going_deeper_and_skips_hidden_code(heading):
     md = lambda s: {"cell_type": "markdown", "source": [s]}
     code = lambda s, hidden=False: {
         "cell_type": "code",
@@ -52,11 +55,15 @@ def test_core_path_counter_stops_at_going_deeper_and_skips_hidden_code():
             md("# T\none two three"),
             code("a = 1\n\nb = 2"),
             code("x\ny\nz", hidden=True),
-            md("## Going deeper: more\nfour five"),
+            code("# NBVAL_CHECK_OUTPUT\nassert True"),
+            md("A heading-free cell: checking yourself is not a heading."),
+            md(f"{heading}\nfour five"),
             code("c = 3"),
+            md("## Going deeper: later\nsix"),
         ]
     }
-    assert core_path(nb) == (5, 2)  # "#" counts as a word, as in the before-stop hook
+    # "#" counts as a word, as in the before-stop hook; the fifth cell's 9 words count
+    assert core_path(nb) == (14, 2)
 
 
 NUMBERED = [p for p in NOTEBOOKS if p.name[:2] != "00"]
