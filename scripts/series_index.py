@@ -11,7 +11,22 @@ whole index: README.md shows them between the markers below, and 00_start_here c
 reading-path table from them when it runs (it imports `reading_path` from here).
 `tests/test_series_index.py` fails when either is out of date, for example after a notebook is added
 or retitled, until this script is run with --write.
-"""
+
+Reading times (issue 23 item 1). The model: minutes = words / WORDS_PER_MINUTE
+  + MINUTES_PER_EQUATION * equations + lines / LINES_PER_MINUTE + MINUTES_PER_FIGURE * figures.
+
+Calibration. Two fresh readers timed the core paths of 00-10 as they were at commit 3aaeb51: each
+numbered core path took them 25-40 minutes (00-05 used all of one reader's 150 minutes),
+while the old model (150 words and 20 code lines a minute) printed 18-23. There are no
+per-notebook times, so the data fix the level of the model, not the split between its four
+terms. The split is the old model's word and code rates plus one minute for each displayed
+equation and each figure (the two terms it left out); one scale s multiplies every term and is
+fitted by least squares to the middle of the observed range, 32.5 minutes, for each of 01-10:
+s = 32.5 sum(t_i) / sum(t_i^2) = 1.036 over the counts in TIMED_READS (t_i: the time at s = 1),
+rounded to 1.04. The fitted rates: 144 words a minute, 62 s a displayed equation, 19 code lines
+a minute, 62 s a figure. On the timed notebooks the model gives 27-37 minutes (inside 25-40) and
+180 minutes for 00-05, against that reader's 150. Re-fit with `fit_reading_scale` when
+per-notebook times exist; tests/test_series_index.py recomputes this fit."""
 
 import argparse
 import json
@@ -31,6 +46,9 @@ END = "<!-- series-index: end -->"
 TITLE = re.compile(r"#\s+(\d\d)\s+·\s+(\S.*)")
 QUESTION = re.compile(r"\*Question:\*\s*(.+?)\s*\*Answer:\*", re.S)
 UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
+# The core path ends at the first heading that starts with one of these (lower case).
+CORE_PATH_ENDS = ("check yourself", "going deeper")
+DISPLAY_MATH = re.compile(r"\$\$(.+?)\$\$", re.S)
 
 
 class Entry(NamedTuple):
@@ -88,12 +106,23 @@ def readme_table(index):
     return "\n".join(["| # | notebook | the question it answers |", "|---|---|---|", *rows])
 
 
-def core_path(nb):
-    """(words of prose, non-blank lines of visible code) before the first 'Going deeper' heading.
+class Counts(NamedTuple):
+    """What a reader meets on a core path."""
 
-    Hidden code cells and the check cell do not count; tests/test_notebooks_meta.py holds every
-    numbered notebook to its budget with this count."""
-    words = lines = 0
+    words: int  # words of markdown prose (inline math included, as it is split by spaces)
+    equations: int  # displayed equations: $$...$$ blocks
+    lines: int  # non-blank lines of visible code
+    figures: int  # images: figure outputs of the path's code cells (hidden ones too) and ![...]
+
+
+def core_counts(nb):
+    """Counts of the core path: everything before the first 'Check yourself' or 'Going deeper'
+    heading.
+
+    Hidden code cells add no code lines (their figures do count), and the check cell
+    (NBVAL_CHECK_OUTPUT) counts for nothing; tests/test_notebooks_meta.py holds every numbered
+    notebook to its budget with these counts."""
+    words = equations = lines = figures = 0
     for cell in nb["cells"]:
         src = "".join(cell["source"])
         if cell["cell_type"] == "markdown":
@@ -102,39 +131,81 @@ def core_path(nb):
                 for line in src.splitlines()
                 if line.startswith("#")
             ]
-            if any(h.startswith("going deeper") for h in headings):
+            if any(h.startswith(CORE_PATH_ENDS) for h in headings):
                 break
             words += len(src.split())
+            equations += len(DISPLAY_MATH.findall(src))
+            figures += src.count("![")
         elif cell["cell_type"] == "code":
-            if (
-                cell.get("metadata", {}).get("jupyter", {}).get("source_hidden")
-                or "NBVAL_CHECK_OUTPUT" in src
-            ):
+            if "NBVAL_CHECK_OUTPUT" in src:
+                continue
+            figures += sum("image/png" in out.get("data", {}) for out in cell.get("outputs", []))
+            if cell.get("metadata", {}).get("jupyter", {}).get("source_hidden"):
                 continue
             lines += sum(1 for line in src.splitlines() if line.strip())
-    return words, lines
+    return Counts(words, equations, lines, figures)
+
+
+def core_path(nb):
+    """(words of prose, non-blank lines of visible code) of the core path (see core_counts)."""
+    counts = core_counts(nb)
+    return counts.words, counts.lines
+
+
+# The reading-time model and its calibration: see the module docstring.
+READING_SCALE = 1.04
+WORDS_PER_MINUTE = 150 / READING_SCALE  # 144
+MINUTES_PER_EQUATION = 1 * READING_SCALE  # 62 s
+LINES_PER_MINUTE = 20 / READING_SCALE  # 19.2
+MINUTES_PER_FIGURE = 1 * READING_SCALE  # 62 s
+# core_counts of main's notebooks at commit 3aaeb51, the version the readers timed
+TIMED_READS = {
+    "00": Counts(1768, 0, 48, 2),
+    "01": Counts(1951, 3, 109, 6),
+    "02": Counts(1999, 5, 146, 6),
+    "03": Counts(1964, 5, 158, 5),
+    "04": Counts(1998, 7, 200, 5),
+    "05": Counts(1998, 3, 197, 5),
+    "06": Counts(1939, 6, 136, 4),
+    "07": Counts(1995, 9, 172, 3),
+    "08": Counts(2000, 2, 175, 5),
+    "09": Counts(1999, 5, 187, 8),
+    "10": Counts(1993, 2, 126, 4),
+}
+TIMED_MINUTES = (25, 40)  # each numbered core path, both readers
+
+
+def reading_minutes(counts, scale=READING_SCALE):
+    """Minutes a fresh reader takes for a core path with these Counts (the model above); scale=1
+    gives the unscaled time t_i of the calibration."""
+    return scale * (counts.words / 150 + counts.equations + counts.lines / 20 + counts.figures)
+
+
+def fit_reading_scale(observed):
+    """The least-squares scale s for {notebook: (Counts, minutes)}: minimises
+    sum_i (s t_i - minutes_i)^2, so s = sum(t_i minutes_i) / sum(t_i^2)."""
+    t = [(reading_minutes(c, scale=1), m) for c, m in observed.values()]
+    return sum(ti * m for ti, m in t) / sum(ti * ti for ti, _ in t)
 
 
 def reading_path(notebook_dir):
-    """00's reading-path table (every notebook after 00) and its reading minutes {number: minutes}.
-
-    Minutes: core-path prose at 150 words a minute plus visible code at 20 lines a minute."""
+    """00's reading-path table (every notebook after 00) and its reading minutes {number: minutes},
+    from the core paths' counts and the calibrated reading-time model above."""
     rows, minutes = [], {}
     for e in entries(notebook_dir)[1:]:
-        words, lines = core_path(
-            json.loads((Path(notebook_dir) / e.name).read_text(encoding="utf-8"))
-        )
-        minutes[e.number] = round(words / 150 + lines / 20)
+        c = core_counts(json.loads((Path(notebook_dir) / e.name).read_text(encoding="utf-8")))
+        minutes[e.number] = round(reading_minutes(c))
         rows.append(
             f"| [{_cell(f'{e.number} · {e.title}')}]({e.name}) | {_cell(_sentence(e.question))} "
-            f"| {words:,} | {lines} | {minutes[e.number]} min |"
+            f"| {c.words:,} | {c.equations} | {c.lines} | {c.figures} | {minutes[e.number]} min |"
         )
     table = "\n".join(
         [
-            "| notebook | question it answers | core words | core code lines | reading time |",
-            "|---|---|---|---|---|",
+            "| notebook | question it answers | core words | equations | code lines | figures "
+            "| reading time |",
+            "|---|---|---|---|---|---|---|",
             *rows,
-            f"| **all** | | | | **{sum(minutes.values())} min** |",
+            f"| **all** | | | | | | **{sum(minutes.values())} min** |",
         ]
     )
     return table, minutes

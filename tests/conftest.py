@@ -45,10 +45,14 @@ def pytest_terminal_summary(terminalreporter):
     table = getattr(meta, "BUDGET_TABLE", None)
     if table:
         terminalreporter.section(
-            "core path of each notebook (budget: 2000 words, 200 visible code lines)"
+            f"core path of each notebook (budget: {meta.CORE_WORDS} words, "
+            f"{meta.CORE_LINES} visible code lines)"
         )
-        for stem, (words, lines) in sorted(table.items()):
-            terminalreporter.write_line(f"{stem:40s} {words:5d} words {lines:4d} code lines")
+        for stem, (words, equations, lines, figures, minutes) in sorted(table.items()):
+            terminalreporter.write_line(
+                f"{stem:40s} {words:5d} words {equations:3d} equations {lines:4d} code lines "
+                f"{figures:3d} figures {minutes:4d} min"
+            )
 
 
 @pytest.fixture(scope="session")

@@ -126,3 +126,99 @@ def test_a_retitled_notebook_or_changed_question_is_stale(copy_of_repo):
     path.write_text(json.dumps(nb))
     problems = series_index.stale(repo)
     assert len(problems) == 2, problems
+
+
+# ---- the reading-time model -----------------------------------------------------------------
+
+
+def _md(text):
+    return {"cell_type": "markdown", "metadata": {}, "source": [text]}
+
+
+def _code(text, figures=0, hidden=False):
+    return {
+        "cell_type": "code",
+        "metadata": {"jupyter": {"source_hidden": True}} if hidden else {},
+        "source": [text],
+        "outputs": [{"output_type": "display_data", "data": {"image/png": "", "text/plain": ""}}]
+        * figures,
+    }
+
+
+def test_core_counts_words_equations_code_lines_and_figures():
+    nb = notebook(
+        FIRST,
+        [
+            _md("Two displays: $$a = b$$ and\n$$\nc = d\\\\\ne = f\n$$ and inline $x$."),
+            _code("a = 1\n\nb = 2", figures=1),
+            _code("hidden = 1", figures=2, hidden=True),  # its figures show, its code does not
+            _code("# NBVAL_CHECK_OUTPUT\nassert True", figures=1),  # the check cell: nothing
+            _md("![a figure](x.png) one"),
+            _md("## Check yourself\n$$y$$ ![b](y.png)"),
+            _code("c = 3", figures=1),
+        ],
+    )
+    first = len(FIRST.split())
+    # 17 + 3 words split by spaces, two $$ blocks, 2 code lines, 1 + 2 + 1 figures
+    assert series_index.core_counts(nb) == (first + 20, 2, 2, 4)
+    assert series_index.core_path(nb) == (first + 20, 2)
+
+
+def test_reading_minutes_is_the_stated_model():
+    c = series_index.Counts(words=1440, equations=2, lines=96, figures=3)
+    # 1440 / 150 + 2 + 96 / 20 + 3 = 19.4 minutes at s = 1
+    assert series_index.reading_minutes(c, scale=1) == pytest.approx(19.4, rel=1e-12)
+    rates = (
+        c.words / series_index.WORDS_PER_MINUTE
+        + c.equations * series_index.MINUTES_PER_EQUATION
+        + c.lines / series_index.LINES_PER_MINUTE
+        + c.figures * series_index.MINUTES_PER_FIGURE
+    )
+    assert series_index.reading_minutes(c) == pytest.approx(rates, rel=1e-12)
+    assert series_index.reading_minutes(c) == pytest.approx(1.04 * 19.4, rel=1e-12)
+
+
+def test_the_calibration_is_refitted_from_the_timed_notebooks():
+    """The counts in TIMED_READS are those of the notebooks the readers timed (commit 3aaeb51, read
+    with git when the history is there), and the stated scale is their least-squares fit."""
+    import subprocess
+
+    for number, counts in series_index.TIMED_READS.items():
+        try:
+            names = subprocess.run(
+                ["git", "-C", str(REPO), "ls-tree", "--name-only", "3aaeb51", "notebooks/"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
+        except (OSError, subprocess.CalledProcessError):
+            pytest.skip("no git history with commit 3aaeb51")
+        (name,) = [n for n in names if Path(n).name.startswith(f"{number}_")]
+        text = subprocess.run(
+            ["git", "-C", str(REPO), "show", f"3aaeb51:{name}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert series_index.core_counts(json.loads(text)) == counts, name
+    low, high = series_index.TIMED_MINUTES
+    observed = {k: (c, (low + high) / 2) for k, c in series_index.TIMED_READS.items() if k != "00"}
+    scale = series_index.fit_reading_scale(observed)
+    assert scale == pytest.approx(1.036, abs=5e-4)
+    assert series_index.READING_SCALE == round(scale, 2)
+    minutes = [series_index.reading_minutes(c) for c, _ in observed.values()]
+    assert low <= min(minutes) and max(minutes) <= high  # the model fits every timed core path
+    assert round(min(minutes)) == 27 and round(max(minutes)) == 37  # as the docstring says
+    first_six = sum(
+        series_index.reading_minutes(series_index.TIMED_READS[f"0{i}"]) for i in range(6)
+    )
+    assert round(first_six, -1) == 180  # the docstring's 180 minutes for 00-05
+    # the old model's 18-23 minutes, for the record
+    old = [round(c.words / 150 + c.lines / 20) for c, _ in observed.values()]
+    assert (min(old), max(old)) == (18, 23)
+
+
+def test_fit_reading_scale_is_least_squares():
+    a, b = series_index.Counts(150, 0, 0, 0), series_index.Counts(300, 0, 0, 0)  # t = 1 and 2
+    # minimise (s - 2)^2 + (2 s - 3)^2: s = (2 + 6) / (1 + 4) = 1.6
+    assert series_index.fit_reading_scale({"a": (a, 2), "b": (b, 3)}) == pytest.approx(1.6)
