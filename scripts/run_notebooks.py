@@ -49,6 +49,9 @@ def main(argv=None):
         print("no notebooks found", file=sys.stderr)
         return 1
     os.environ.pop("VAELIB_QUICK", None)  # make run is the full series
+    # a non-interactive backend (MPLBACKEND=agg, as `make notebooks` sets) would still save figures/
+    # but leave the committed notebook without its inline images
+    os.environ.pop("MPLBACKEND", None)
     total = 0.0
     for path in paths:
         print(f"running {path} ...", flush=True)

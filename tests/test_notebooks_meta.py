@@ -148,3 +148,14 @@ def test_notebook_saves_at_least_two_figures_that_exist(path):
             assert (REPO / "figures" / f"{name}.png").exists(), (
                 f"figures/{name}.png is not committed"
             )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_committed_with_its_inline_figures(path):
+    """A notebook executed with MPLBACKEND=agg saves figures/ but shows no image on the web page."""
+    cells = code_cells(json.loads(path.read_text()))
+    images = sum(1 for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {}))
+    assert images >= 1, (
+        f"{path.name} has no inline figure in its committed outputs: re-run it with "
+        "scripts/run_notebooks.py (which unsets MPLBACKEND)"
+    )
