@@ -148,3 +148,26 @@ def test_notebook_saves_at_least_two_figures_that_exist(path):
             assert (REPO / "figures" / f"{name}.png").exists(), (
                 f"figures/{name}.png is not committed"
             )
+
+
+def test_00_vae_on_one_screen_is_plain_pytorch_in_at_most_60_lines():
+    """Issue 23 item 3: the VAE on one screen (00, section 2) is at most 60 lines and uses nothing
+    from vaelib but the images (load) and the quick-mode switch."""
+    nb = json.loads((REPO / "notebooks" / "00_start_here.ipynb").read_text())
+    cells = code_cells(nb)
+    (screen,) = [
+        "".join(c["source"])
+        for c in cells
+        if "".join(c["source"]).startswith("# A VAE on one screen")
+    ]
+    lines = [line for line in screen.splitlines() if line.strip()]
+    assert len(lines) <= 60, f"the VAE on one screen has {len(lines)} lines"
+    imported = set()
+    for line in "".join(cells[0]["source"]).splitlines():
+        found = re.match(r"from vaelib(\.\w+)* import (.+)", line)
+        if found:
+            imported |= {name.strip() for name in found.group(2).split(",")}
+    used = set(re.findall(r"\b\w+\b", re.sub(r"#.*", "", screen)))
+    assert used & imported <= {"load", "quick_mode"}, sorted(used & imported)
+    for piece in ("binary_cross_entropy_with_logits", "randn_like", ".sum(-1)", ".mean()"):
+        assert piece in screen, f"the loss is written out: {piece} is missing"

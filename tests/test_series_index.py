@@ -108,6 +108,7 @@ def test_a_new_notebook_is_stale_everywhere_until_written(copy_of_repo, monkeypa
     monkeypatch.setenv(
         "VAELIB_FIGURES", str(repo / "figures")
     )  # 00 saves its figures here, not in the repository
+    monkeypatch.setenv("VAELIB_QUICK", "1")  # 00 trains its one-screen VAE for seconds, not minutes
     series_index.write(repo)  # re-executes the copy of 00_start_here
     assert series_index.stale(repo) == []
     saved = series_index._saved_reading_path(
