@@ -10,7 +10,8 @@ NN · Title`, and whose *In one minute* paragraph asks `*Question:* ... *Answer:
 whole index: README.md shows them between the markers below, and 00_start_here computes its
 reading-path table from them when it runs (it imports `reading_path` from here).
 `tests/test_series_index.py` fails when either is out of date, for example after a notebook is added
-or retitled, until this script is run with --write.
+or retitled, or when a core path changes (00 prints its counts and reading time), until this
+script is run with --write.
 
 Reading times (issue 23 item 1). The model: minutes = words / WORDS_PER_MINUTE
   + MINUTES_PER_EQUATION * equations + lines / LINES_PER_MINUTE + MINUTES_PER_FIGURE * figures.
@@ -259,6 +260,11 @@ def start_here_is_stale(repo):
     table, minutes = reading_path(notebook_dir)
     if _index_columns(saved) != _index_columns(table):
         return f"{START_HERE}'s saved reading path differs from the notebooks' first cells"
+    if saved.strip() != table.strip():
+        return (
+            f"{START_HERE}'s saved reading path has other core-path counts or reading times than "
+            "the notebooks have now"
+        )
     if _saved_count(nb) != len(minutes):
         return (
             f"{START_HERE}'s check cell counted {_saved_count(nb)} notebooks on the reading path, "

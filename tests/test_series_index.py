@@ -108,6 +108,7 @@ def test_a_new_notebook_is_stale_everywhere_until_written(copy_of_repo, monkeypa
     monkeypatch.setenv(
         "VAELIB_FIGURES", str(repo / "figures")
     )  # 00 saves its figures here, not in the repository
+    monkeypatch.setenv("VAELIB_QUICK", "1")  # 00 trains its one-screen VAE for seconds, not minutes
     series_index.write(repo)  # re-executes the copy of 00_start_here
     assert series_index.stale(repo) == []
     saved = series_index._saved_reading_path(
@@ -222,3 +223,14 @@ def test_fit_reading_scale_is_least_squares():
     a, b = series_index.Counts(150, 0, 0, 0), series_index.Counts(300, 0, 0, 0)  # t = 1 and 2
     # minimise (s - 2)^2 + (2 s - 3)^2: s = (2 + 6) / (1 + 4) = 1.6
     assert series_index.fit_reading_scale({"a": (a, 2), "b": (b, 3)}) == pytest.approx(1.6)
+
+
+def test_a_cut_core_path_makes_the_saved_reading_times_stale(copy_of_repo):
+    """00 prints each core path's counts and minutes: cutting a core path makes them stale."""
+    repo = copy_of_repo
+    assert series_index.start_here_is_stale(repo) is None
+    path = repo / "notebooks" / "03_jensen_and_the_elbo.ipynb"
+    nb = json.loads(path.read_text())
+    nb["cells"].insert(1, _md("Twelve more words of prose on the core path, to be cut later."))
+    path.write_text(json.dumps(nb))
+    assert "other core-path counts or reading times" in series_index.start_here_is_stale(repo)
