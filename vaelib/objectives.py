@@ -3,15 +3,15 @@ gradient signal-to-noise ratio that tells them apart.
 
 An objective turns a minibatch into `vaelib.models.LossTerms` (loss, log_px_z (B,), kl (B,)):
 `loss` is what `vaelib.train.fit` differentiates, minus the batch mean of the objective's value;
-`log_px_z` and `kl` are an ELBO's two parts for the history (nats per example).
+`log_px_z` and `kl` are an ELBO's two parts for the history (nats per example)::
 
     elbo       -(1/B) sum_b [E_q log p(x_b | z) - beta KL(q || p)]: the model's own `loss_terms`
                (Kingma & Welling 2013), n_samples samples of z per example.
     iwae       -(1/B) sum_b IWAE_K(x_b), IWAE_K = log (1/K) sum_i w_i, w_i = p(x, z_i) / q(z_i | x),
-               z_1..z_K ~ q(z | x) reparameterized (Burda et al. 2016, eq. 8 and 14).
+               z_1..z_K ~ q(z | x) reparameterized (Burda et al. 2016, eq. 8).
     iwae-dreg  the same value; the encoder's gradient is the doubly reparameterized one,
                sum_i w~_i^2 (d log w_i / d z_i) (d z_i / d phi) with w~ = w / sum w and q's
-               parameters held fixed inside log q (Tucker et al. 2019, eq. 7); the decoder's
+               parameters held fixed inside log q (Tucker et al. 2019); the decoder's
                gradient is IWAE's, sum_i w~_i d log w_i / d theta. Unbiased for the IWAE gradient,
                and its SNR does not fall as K grows (Rainforth et al. 2018 show IWAE's does).
 
