@@ -98,10 +98,13 @@ def test_old_history_lacking_a_new_key_resumes_with_its_fill(x200, monkeypatch):
         "kl",
         "beta",
         "seconds",
+        "objective",
+        "K",
         "grad_norm",
         "valid_elbo",
     ]
     assert started["grad_norm"] == [None, None] and started["elbo"] == ck.history["elbo"]
+    assert started["objective"] == ["elbo", "elbo"] and started["K"] == [None, None]
     assert started.rng_state is ck.history.rng_state  # the resume state travels with the keys
 
 

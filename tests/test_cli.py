@@ -813,3 +813,25 @@ def test_checkpoint_with_string_metadata_is_one_line(tmp_path, capsys):
     assert_one_line_error(
         in_process(["evaluate", path], capsys), "m.pt: broken checkpoint: metadata is a str"
     )
+
+
+def test_train_with_the_iwae_objective_resumes_it(tmp_path, capsys):
+    """--objective iwae --K 3 reaches fit and the checkpoint's settings: --resume continues IWAE_3,
+    and 2 + 1 epochs equal 3 in one go, bit for bit; an IWAE objective without --K is an error."""
+    common = ["--dataset", "digits", "--latent-dim", 2, "--hidden", 8, "--batch-size", 256]
+    common += ["--objective", "iwae", "--K", 3, "--no-progress"]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert in_process(["train", *common, "--epochs", 3, "--out", whole], capsys).returncode == 0
+    assert in_process(["train", *common, "--epochs", 2, "--out", part], capsys).returncode == 0
+    result = in_process(["train", "--resume", part, "--epochs", 3, "--no-progress"], capsys)
+    assert result.returncode == 0, result.stderr
+    a = checkpoints.load_checkpoint(whole / "model.pt", with_state=True)
+    b = checkpoints.load_checkpoint(part / "model.pt", with_state=True)
+    assert b.history["objective"] == ["iwae"] * 3 and b.history["K"] == [3] * 3
+    assert all(torch.equal(v, b.model.state_dict()[k]) for k, v in a.model.state_dict().items())
+    assert_one_line_error(
+        in_process(
+            ["train", "--objective", "iwae", "--epochs", 1, "--out", tmp_path / "x"], capsys
+        ),
+        "needs K",
+    )

@@ -39,7 +39,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from vaelib.registry import LIKELIHOODS
+from vaelib.registry import LIKELIHOODS, OBJECTIVES
 
 PROG = "python -m vaelib"
 DATASETS = ("digits", "mnist", "fashion-mnist")
@@ -103,7 +103,11 @@ TRAIN_DEFAULTS = {
     "warmup_epochs": 0,
     "valid_size": 0,
     "seed": 0,
+    "objective": "elbo",
+    "K": None,
 }
+# Settings added after runs were saved without them: an older run resumes with these values.
+TRAIN_FILLS = {"objective": "elbo", "K": None}
 RESUME_MAY_CHANGE = ("epochs", "lr")  # a new --lr continues the run, but not bit for bit
 CHECKPOINT_EVERY = 1
 
@@ -214,6 +218,20 @@ def build_parser():
     )
     p.add_argument(
         "--beta", type=_nonnegative_float, default=None, help="KL weight (default: 1, the ELBO)"
+    )
+    p.add_argument(
+        "--objective",
+        choices=OBJECTIVES.names(),
+        default=None,
+        help="the training loss: "
+        + "; ".join(f"{n}: {OBJECTIVES.help(n)}" for n in OBJECTIVES.names())
+        + " (default: elbo)",
+    )
+    p.add_argument(
+        "--K",
+        type=_positive_int,
+        default=None,
+        help="importance samples per example of --objective iwae or iwae-dreg (required with them)",
     )
     p.add_argument(
         "--warmup-epochs",
@@ -555,6 +573,8 @@ def _settings(args):
         raise CLIError(f"--resume {args.resume}: no model.pt there to continue")
     ck = checkpoints.load_checkpoint(path, with_state=True)
     saved = (ck.metadata or {}).get("train_args")
+    if isinstance(saved, dict):
+        saved = {**TRAIN_FILLS, **saved}  # a run saved before a setting existed had its default
     if not isinstance(saved, dict) or set(saved) != set(TRAIN_DEFAULTS):
         raise CLIError(
             f"{path} does not record the settings of a 'python -m vaelib train' run, so --resume "
@@ -670,6 +690,8 @@ def _train(args):
             progress=not args.no_progress,
             beta=settings["beta"],
             warmup_epochs=settings["warmup_epochs"],
+            objective=settings["objective"],
+            K=settings["K"],
             on_epoch_end=every,
             **state,
         )

@@ -32,6 +32,10 @@ KEYS = {
         Key("kl", "KL(q(z | x) || p(z)), nats per example"),
         Key("beta", "the KL weight of the epoch"),
         Key("seconds", "wall-clock time of the epoch's training steps"),
+        Key("objective", "the training objective (vaelib.registry.OBJECTIVES)", fill="elbo"),
+        Key(
+            "K", "importance samples per example of an IWAE objective; None for the ELBO", fill=None
+        ),
         Key(
             "valid_elbo",
             "the validation ELBO after the epoch, nats per example",

@@ -9,8 +9,9 @@ Built-in entries are declared below with those facts and the place of their obje
 ("module:attribute"), which is imported on first use; `tests/test_likelihoods.py` checks that the
 declared facts equal the object's. A new entry is one file: define the object (with `name`, `help`
 and `scale` attributes) and call `LIKELIHOODS.register(obj)`. `LIKELIHOODS` holds p(x | z) given the
-decoder output (`vaelib.likelihoods.Likelihood`). Priors and training objectives (notebooks 12 and
-13) get their own `Registry` the same way when they arrive.
+decoder output (`vaelib.likelihoods.Likelihood`); `OBJECTIVES` the training objectives that `fit`
+minimises (`vaelib.objectives.Objective`, notebook 13: the ELBO, IWAE_K, IWAE_K with DReG). Priors
+(notebook 12) get their own `Registry` the same way when they arrive.
 """
 
 import importlib
@@ -92,4 +93,21 @@ LIKELIHOODS.declare(
     "vaelib.likelihoods:GAUSSIAN",
     scale="sigma_x",
     help="N(mean, sigma_x^2) per pixel, any real x",
+)
+
+OBJECTIVES = Registry("objective")
+OBJECTIVES.declare(
+    "elbo",
+    "vaelib.objectives:ELBO_OBJECTIVE",
+    help="the ELBO (beta-weighted KL; n_samples draws of z in the reconstruction term)",
+)
+OBJECTIVES.declare(
+    "iwae",
+    "vaelib.objectives:IWAE_OBJECTIVE",
+    help="the importance-weighted bound IWAE_K (Burda et al. 2016), K samples per example",
+)
+OBJECTIVES.declare(
+    "iwae-dreg",
+    "vaelib.objectives:IWAE_DREG_OBJECTIVE",
+    help="IWAE_K with doubly reparameterized encoder gradients (Tucker et al. 2019)",
 )

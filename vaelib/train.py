@@ -32,7 +32,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from vaelib import _validate, quick_mode
+from vaelib import _validate, objectives, quick_mode
 from vaelib import history as _history
 from vaelib.checkpoints import load_checkpoint, save_checkpoint  # noqa: F401 - DESIGN.md's public names
 from vaelib.models import check_model
@@ -326,7 +326,9 @@ def _validation(model, valid_x, binarize, seed, batch_size, device, dtype):
     return validate
 
 
-def _train_epoch(model, optimizer, x, *, batch_size, binarize, beta_e, n_samples, gen, epoch, bar):
+def _train_epoch(
+    model, optimizer, x, *, batch_size, binarize, beta_e, n_samples, gen, epoch, bar, loss_terms
+):
     """One epoch: a fresh permutation (and binarization) of x (N, D), then one Adam step per
     minibatch.
 
@@ -346,7 +348,7 @@ def _train_epoch(model, optimizer, x, *, batch_size, binarize, beta_e, n_samples
     checked = 0
     for step, xb in enumerate(xe.split(batch_size)):
         optimizer.zero_grad(set_to_none=True)
-        loss, log_px_z, kl = model.loss_terms(xb, beta_e, n_samples, gen)
+        loss, log_px_z, kl = loss_terms(xb, beta_e, n_samples, gen)
         loss.backward()
         optimizer.step()
         losses[step] = loss.detach()
@@ -384,6 +386,8 @@ def fit(
     history=None,
     rng_state=None,
     on_epoch_end=None,
+    objective=None,
+    K=None,
 ):
     """Train a VAE (maximise the ELBO) or an Autoencoder (maximise log p(x | z)) with Adam.
 
@@ -442,6 +446,14 @@ def fit(
             so far, whose optimizer_state and rng_state are those of that moment:
             `save_checkpoint(path, model, history=history)` inside it writes a checkpoint that
             resumes exactly.
+        objective: the loss, a name in `vaelib.registry.OBJECTIVES` (`vaelib.objectives`):
+            "elbo" (the default: the loss above, bit for bit as before), "iwae" (minus IWAE_K,
+            Burda et al. 2016) or "iwae-dreg" (IWAE_K with DReG encoder gradients, Tucker et al.
+            2019); VAE only for the IWAE ones, with beta = 1, warmup_epochs = 0, n_samples = 1.
+            None: the objective of `history`'s last epoch, else "elbo". The history records each
+            epoch's objective and K, so fit(model, x, n, history=h) resumes the same objective.
+        K: importance samples per example of an IWAE objective (required with one, unless the
+            history's last epoch recorded it); None for the ELBO, whose samples are n_samples.
     Returns:
         History: a dict of per-epoch lists (see `History` for the keys), all in nats per example,
             with
@@ -471,6 +483,16 @@ def fit(
     train_x = _check_data(model, "train_x", train_x, binarize)
     valid_x = None if valid_x is None else _check_data(model, "valid_x", valid_x, binarize)
     history = _start_history(model, history, valid_x is not None, optimizer_state, rng_state)
+    objective, K = objectives.resolve(
+        model, objective, K, history, beta=beta, warmup_epochs=warmup_epochs, n_samples=n_samples
+    )
+    if objective.name == "elbo":
+        loss_terms = model.loss_terms  # the ELBO's loss, as before the objectives arrived
+    else:
+
+        def loss_terms(xb, beta_e, n_samples, gen):
+            return objective.loss_terms(model, xb, beta_e, n_samples, K, gen)
+
     valid_key = _history.validation_key(model)
     model.to(device)
     dtype = device_dtype(model)[1]
@@ -502,8 +524,10 @@ def fit(
                     gen=gen,
                     epoch=epoch,
                     bar=bar,
+                    loss_terms=loss_terms,
                 )
                 values["epoch"] = epoch
+                values["objective"], values["K"] = objective.name, K
                 values[valid_key] = (
                     validate() if validate else None
                 )  # None: resumed without the earlier validation set
