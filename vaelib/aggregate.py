@@ -48,7 +48,8 @@ class SurgeryEstimate(NamedTuple):
     """Monte Carlo estimates with standard errors (nats). average_kl is exact; the estimates' bias
     is not in the ``_se`` fields."""
 
-    average_kl: float  # (1/N) sum_n KL(q(z|x_n) || p(z)), closed form over all N
+    average_kl: float  # (1/N) sum_n KL(q(z|x_n) || p(z)): closed form over all N for N(0, I),
+    # else (surgery_mc's log_prior) the Monte Carlo mean at the same draws
     mutual_info: float
     mutual_info_se: float
     marginal_kl: float
