@@ -28,6 +28,10 @@ drawn first, then the test set, as their loader does), "torch12345" the draw of 
 "numpyS" a fresh numpy RandomState(S) draw. Saved block by block (1000 images), so a stopped
 evaluation resumes. Nats per image.
 
+--prior vamp (or mog) trains the same model with a learned prior (`vaelib.priors`): the VampPrior
+with --prior-components pseudo-inputs (default 500, Tomczak & Welling 2018), everything else as
+above, so its row compares with the Gaussian-prior row under one protocol.
+
 Every --curve-every epochs the test NLL on the first --curve-images test images (K = --curve-k, draw
 torch12345) is added to the curve, and the JSON and a checkpoint are saved, so a stopped run resumes
 where it was (--resume).
@@ -56,6 +60,7 @@ from torch import nn
 
 from vaelib import _atomic, checkpoints, data, evaluate, train
 from vaelib.models import VAE
+from vaelib.registry import PRIORS
 
 CURVE_BINARIZATION = (
     "torch12345"  # the draw of the curve points (and of the runs before the multi-draw evaluation)
@@ -106,14 +111,22 @@ class ClampLogits(nn.Module):
         return logits.clamp(-self.bound, self.bound)
 
 
-def build_model(kind, data_dim, hidden, latent_dim, protocol="ours"):
+def build_model(
+    kind, data_dim, hidden, latent_dim, protocol="ours", prior="normal", prior_components=None
+):
     """The VAE of configuration `kind` ("gated" or "mlp"), Bernoulli decoder; seed torch before
     calling.
 
     protocol "reference": every Linear weight drawn He-normal, N(0, 2 / fan_in) (biases keep
-    PyTorch's default), and the decoder's probabilities clamped to [1e-5, 1 - 1e-5]."""
+    PyTorch's default), and the decoder's probabilities clamped to [1e-5, 1 - 1e-5].
+    prior: p(z) by its name in vaelib.registry.PRIORS ("vamp": the VampPrior, whose parameters are
+    its pseudo-inputs); prior_components: its number of components (None: the prior's default,
+    500 pseudo-inputs for "vamp", as in Tomczak & Welling 2018)."""
+    prior_kw = {"prior": prior}
+    if prior_components is not None:
+        prior_kw["prior_options"] = {"n_components": prior_components}
     if kind == "mlp":
-        model = VAE(data_dim, latent_dim, hidden, likelihood="bernoulli")
+        model = VAE(data_dim, latent_dim, hidden, likelihood="bernoulli", **prior_kw)
     else:
         sizes = (latent_dim, *hidden)
         layers = [GatedDense(a, b) for a, b in zip(sizes[:-1], sizes[1:])] + [
@@ -127,6 +140,7 @@ def build_model(kind, data_dim, hidden, latent_dim, protocol="ours"):
             likelihood="bernoulli",
             encoder=GatedEncoder(data_dim, hidden, latent_dim),
             decoder=nn.Sequential(*layers),
+            **prior_kw,
         )
     if protocol == "reference":
         with torch.no_grad():
@@ -252,6 +266,21 @@ def parse_args(argv):
     p.add_argument("--model", default="gated", choices=("gated", "mlp"))
     p.add_argument("--hidden", default="300,300", help="hidden widths (default 300,300)")
     p.add_argument("--latent-dim", type=int, default=40)
+    p.add_argument(
+        "--prior",
+        default="normal",
+        choices=PRIORS.names(),
+        help="p(z): "
+        + "; ".join(f"{n}: {PRIORS.help(n)}" for n in PRIORS.names())
+        + " (default: normal)",
+    )
+    p.add_argument(
+        "--prior-components",
+        type=int,
+        default=None,
+        metavar="C",
+        help="components of a mixture prior (default: 500 pseudo-inputs for vamp, 10 for mog)",
+    )
     p.add_argument(
         "--epochs",
         type=int,
@@ -573,7 +602,15 @@ def main(argv=None):
     D = x_train.shape[1]
 
     def build():
-        return build_model(args.model, D, hidden, args.latent_dim, args.protocol)
+        return build_model(
+            args.model,
+            D,
+            hidden,
+            args.latent_dim,
+            args.protocol,
+            args.prior,
+            args.prior_components,
+        )
 
     torch.manual_seed(args.seed)
     model = build()
@@ -607,6 +644,8 @@ def main(argv=None):
             "final": None,
         }
     r["config"].setdefault("protocol", "ours")  # runs written before the reference protocol existed
+    r["config"].setdefault("prior", "normal")  # and before --prior
+    r["config"].setdefault("prior_components", None)
 
     if r["status"] == "training":
         run = train_reference if args.protocol == "reference" else train_ours

@@ -153,6 +153,8 @@ def load(paths):
             )
             continue
         r["config"].setdefault("protocol", "ours")
+        r["config"].setdefault("prior", "normal")  # runs written before --prior
+        r["config"].setdefault("prior_components", None)
         r["path"] = str(p)
         runs.append(r)
     return runs
@@ -171,6 +173,9 @@ def group(runs):
 
 def describe(c):
     arch = f"{c['model']} {c['hidden'].replace(',', '-')}, z = {c['latent_dim']}"
+    if c["prior"] != "normal":
+        n = c["prior_components"]
+        arch += f", prior {c['prior']}" + (f" ({n} components)" if n is not None else "")
     if c["protocol"] == "reference":
         return (
             f"{arch}; control: the reference's training (AdamNormGrad {c['lr']:g}, He init, "
@@ -197,7 +202,9 @@ def rerun(r):
         f"--latent-dim {c['latent_dim']} --epochs {c['epochs']} --batch-size {c['batch_size']} "
         f"--lr {c['lr']:g} "
         f"--lr-final {c['lr_final']:g} --warmup-epochs {c['warmup_epochs']} --seed {c['seed']} "
-        f"--out DIR`"
+        + (f"--prior {c['prior']} " if c["prior"] != "normal" else "")
+        + (f"--prior-components {c['prior_components']} " if c["prior_components"] else "")
+        + "--out DIR`"
     )
 
 

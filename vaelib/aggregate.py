@@ -48,7 +48,8 @@ class SurgeryEstimate(NamedTuple):
     """Monte Carlo estimates with standard errors (nats). average_kl is exact; the estimates' bias
     is not in the ``_se`` fields."""
 
-    average_kl: float  # (1/N) sum_n KL(q(z|x_n) || p(z)), closed form over all N
+    average_kl: float  # (1/N) sum_n KL(q(z|x_n) || p(z)): closed form over all N for N(0, I),
+    # else (surgery_mc's log_prior) the Monte Carlo mean at the same draws
     mutual_info: float
     mutual_info_se: float
     marginal_kl: float
@@ -207,14 +208,14 @@ def surgery_quadrature(mu, logvar, atol=1e-12):
     )
 
 
-def _estimate(average_kl, log_qz_x, log_qz, log_qz_dim, z, groups):
+def _estimate(average_kl, log_qz_x, log_qz, log_qz_dim, z, groups, log_pz=None):
     """Means and standard errors of log q(z|x) - log q(z) and log q(z) - log p(z), over `groups` iid
-    rows."""
+    rows; log_pz (P,) of another prior than N(0, I), whose per-coordinate terms are then NaN."""
     log_pz_dim = _log_std_normal(z)  # (P, k) log N(z_j; 0, 1)
     terms = {
         "mi": log_qz_x - log_qz,
-        "kl": log_qz - log_pz_dim.sum(-1),
-        "dim": log_qz_dim - log_pz_dim,
+        "kl": log_qz - (log_pz_dim.sum(-1) if log_pz is None else log_pz),
+        "dim": log_qz_dim - log_pz_dim if log_pz is None else torch.full_like(z, math.nan),
     }
     terms = {
         name: t.reshape(groups, -1, *t.shape[1:]).mean(1) for name, t in terms.items()
@@ -232,7 +233,7 @@ def _estimate(average_kl, log_qz_x, log_qz, log_qz_dim, z, groups):
 
 
 @torch.no_grad()
-def surgery_mc(mu, logvar, n_samples, generator=None, chunk_size=512):
+def surgery_mc(mu, logvar, n_samples, generator=None, chunk_size=512, log_prior=None):
     """Unbiased Monte Carlo ELBO surgery with the exact aggregate density (all N components): cost
     O(n_samples N k).
 
@@ -242,30 +243,43 @@ def surgery_mc(mu, logvar, n_samples, generator=None, chunk_size=512):
     one-dimensional marginal mixture (their sum falls short of marginal_kl by the total correlation;
     Chen et al. 2018, eq. 2).
 
+    Another prior (a learned one, `vaelib.priors`): pass `log_prior`, z (M, k) -> log p(z) (M,);
+    then average_kl is the Monte Carlo mean of log q(z_i | x_{n_i}) - log p(z_i) at the same draws
+    (equal to mutual_info + marginal_kl), and the per-coordinate fields are NaN (a learned prior
+    need not factorise).
+
     Args:
         mu, logvar: (N, k) the encoder Gaussians.
         n_samples: M >= 2 draws of (n, z).
         generator: optional torch.Generator on mu's device.
         chunk_size: points and components per block (memory about chunk_size^2 * k numbers).
+        log_prior: None for p(z) = N(0, I), or a callable z (M, k) -> log p(z) (M,) in nats.
     Returns:
-        SurgeryEstimate; average_kl in closed form.
+        SurgeryEstimate; average_kl in closed form for N(0, I).
     """
     _check_codes(mu, logvar)
     _validate.count("n_samples", n_samples, minimum=2)
     _validate.generator("generator", generator)
     _validate.count("chunk_size", chunk_size)
+    if log_prior is not None:
+        _validate.function("log_prior", log_prior, "z (M, k) -> log p(z) (M,)")
     N = mu.shape[0]
     n = torch.randint(N, (n_samples,), generator=generator, device=mu.device)  # (M,)
     z = _sample_normal(mu[n], logvar[n], generator=generator)  # (M, k)
     log_qz_all, log_qz_dim = _log_mixture(z, mu, logvar, -math.log(N), chunk_size)
-    return _estimate(
-        float(kl_normal(mu, logvar).mean()),
-        _log_normal(z, mu[n], logvar[n]),
-        log_qz_all,
-        log_qz_dim,
-        z,
-        n_samples,
-    )
+    log_qz_x = _log_normal(z, mu[n], logvar[n])  # (M,)
+    if log_prior is None:
+        log_pz, average_kl = None, float(kl_normal(mu, logvar).mean())
+    else:
+        log_pz = log_prior(z)
+        if not isinstance(log_pz, torch.Tensor) or log_pz.shape != log_qz_x.shape:
+            raise ValueError(
+                f"log_prior(z) must return a tensor of shape {tuple(log_qz_x.shape)} for z "
+                f"{tuple(z.shape)}, got {getattr(log_pz, 'shape', type(log_pz).__name__)}"
+            )
+        log_pz = log_pz.to(z.dtype)
+        average_kl = float((log_qz_x - log_pz).mean())
+    return _estimate(average_kl, log_qz_x, log_qz_all, log_qz_dim, z, n_samples, log_pz)
 
 
 @torch.no_grad()

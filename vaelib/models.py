@@ -49,9 +49,9 @@ import torch
 from torch import nn
 
 from vaelib import _validate
-from vaelib.distributions import LOG_2PI, _kl_normal, _sample_normal
+from vaelib.distributions import LOG_2PI, _kl_normal, _log_normal, _sample_normal
 from vaelib.networks import check_decoder, check_encoder, check_module, device_dtype, mlp
-from vaelib.registry import LIKELIHOODS
+from vaelib.registry import LIKELIHOODS, PRIORS
 
 
 class LossTerms(NamedTuple):
@@ -60,7 +60,7 @@ class LossTerms(NamedTuple):
 
     loss: torch.Tensor  # 0-dim: -(1/B) sum_b [log_px_z_b - beta kl_b]
     log_px_z: torch.Tensor  # (B,) the reconstruction term
-    kl: torch.Tensor  # (B,) KL(q(z | x) || N(0, I)); zeros for an Autoencoder
+    kl: torch.Tensor  # (B,) KL(q(z | x) || p(z)) as in ELBOTerms; zeros for an Autoencoder
 
 
 class ELBOTerms(NamedTuple):
@@ -70,7 +70,7 @@ class ELBOTerms(NamedTuple):
     log_px_z: (
         torch.Tensor
     )  # (B,) Monte Carlo estimate of E_q[log p(x | z)], the reconstruction term
-    kl: torch.Tensor  # (B,) closed-form KL(q(z | x) || N(0, I))
+    kl: torch.Tensor  # (B,) KL(q(z | x) || p(z)): closed form for N(0, I), else Monte Carlo
 
 
 DEFAULT_HIDDEN_DIMS = (400,)
@@ -247,6 +247,8 @@ class _EncoderDecoder(nn.Module):
         for key in ("hidden_dims", "sigma_x"):
             if isinstance(out[key], list):
                 out[key] = list(out[key])
+        if "prior_options" in out:
+            out["prior_options"] = dict(out["prior_options"])
         return out
 
     def extra_repr(self):
@@ -390,6 +392,11 @@ class VAE(_EncoderDecoder):
             docstring).
         decoder: None for the MLP, or your own nn.Module z (..., k) -> (..., D), keeping leading
             dimensions.
+        prior: p(z), a name in `vaelib.registry.PRIORS`: "normal" (N(0, I), the default, with the
+            closed-form KL), "mog" (a learned mixture of Gaussians) or "vamp" (the VampPrior); the
+            module is `model.prior` (`vaelib.priors`). With a prior other than "normal" the KL term
+            is the Monte Carlo estimate log q(z | x) - log p(z) at the reparameterized draws.
+        prior_options: a dict of the prior's options (e.g. {"n_components": 500}), or None.
     Seed torch's global generator (torch.manual_seed) before constructing for reproducible initial
     weights.
     """
@@ -404,6 +411,8 @@ class VAE(_EncoderDecoder):
         learn_sigma_x=False,
         encoder=None,
         decoder=None,
+        prior="normal",
+        prior_options=None,
     ):
         super().__init__(
             data_dim, latent_dim, hidden_dims, likelihood, sigma_x, learn_sigma_x, encoder, decoder
@@ -414,6 +423,22 @@ class VAE(_EncoderDecoder):
             self.to_mu = nn.Linear(self._width, latent_dim)
             self.to_logvar = nn.Linear(self._width, latent_dim)
         self._finish_config(learn_sigma_x)
+        if prior_options is not None and not (
+            isinstance(prior_options, dict) and all(isinstance(k, str) for k in prior_options)
+        ):
+            raise TypeError(
+                f"prior_options must be a dict of option names to values or None, got "
+                f"{prior_options!r:.80}"
+            )
+        # p(z): built after the networks, so the default prior leaves their initial weights as
+        # they were; a prior other than "normal" is named in the config (the normal one is not,
+        # so configs and checkpoints from before priors existed stay equal)
+        self.prior = PRIORS.get(prior)(
+            latent_dim, data_dim, self._lik.unit_interval, **(prior_options or {})
+        )
+        if prior != "normal":
+            self._config["prior"] = prior
+            self._config["prior_options"] = dict(self.prior.options)
 
     # -- encoder
     # ------------------------------------------------------------------------------------
@@ -452,9 +477,12 @@ class VAE(_EncoderDecoder):
         return self._log_px_z(x, self.decode(z))
 
     def log_prior(self, z):
-        """log p(z) = log N(z; 0, I_k) = -1/2 sum_j [log 2 pi + z_j^2].  z: (..., k) -> (...)."""
+        """log p(z) of the model's prior: log N(z; 0, I_k) = -1/2 sum_j [log 2 pi + z_j^2] for the
+        default; `vaelib.priors` for the learned ones.  z: (..., k) -> (...)."""
         self._check_z(z)
-        return -0.5 * (LOG_2PI + z**2).sum(-1)
+        if self.prior.analytic_kl:
+            return -0.5 * (LOG_2PI + z**2).sum(-1)
+        return self.prior.log_prob(z, self.encode)
 
     def log_joint(self, x, z):
         """log p(x, z) = log p(x | z) + log p(z), in the form `vaelib.estimators` expects.
@@ -474,7 +502,9 @@ class VAE(_EncoderDecoder):
 
         elbo = log_px_z - kl, log_px_z = (1/K) sum_k log p(x | z_k) with z_k = mu + exp(logvar/2)
         eps_k, kl = 1/2 sum_j [exp(logvar_j) + mu_j^2 - 1 - logvar_j]  (Kingma & Welling 2013, eq.
-        10 and app. B).
+        10 and app. B). With a learned prior (`prior` other than "normal") the KL has no closed
+        form: kl = (1/K) sum_k [log q(z_k | x) - log p(z_k)] at the same draws z_k (Tomczak &
+        Welling 2018, eq. 5), an unbiased estimate.
 
         Args:
             x: (B, D) data (in [0, 1] for a Bernoulli likelihood).
@@ -493,7 +523,11 @@ class VAE(_EncoderDecoder):
         else:
             z = _sample_normal(mu, logvar, n_samples, generator)  # (K, B, k)
             log_px_z = self._log_px_z(x, self.decoder(z)).mean(0)  # (K, B) -> (B,)
-        kl = _kl_normal(mu, logvar)  # (B,)
+        if self.prior.analytic_kl:
+            kl = _kl_normal(mu, logvar)  # (B,)
+        else:  # Monte Carlo: log q(z | x) - log p(z) at the same draws, averaged over the K
+            kl = _log_normal(z, mu, logvar) - self.prior.log_prob(z, self.encode)  # (B,) or (K, B)
+            kl = kl if n_samples == 1 else kl.mean(0)  # (B,)
         return ELBOTerms(log_px_z - kl, log_px_z, kl)
 
     def elbo(self, x, n_samples=1, generator=None):
@@ -547,8 +581,8 @@ class VAE(_EncoderDecoder):
     # ---------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n, generator=None, noisy=False):
-        """Ancestral samples: z ~ N(0, I_k), then the decoder's mean E[x | z], or a draw x ~ p(x |
-        z).
+        """Ancestral samples: z ~ p(z) (N(0, I_k) by default), then the decoder's mean E[x | z], or
+        a draw x ~ p(x | z).
 
         noisy=False (the default, what one shows as images): pixel probabilities sigmoid(logits)
         (Bernoulli) or the Gaussian mean. noisy=True: a draw from p(x | z): mean + sigma_x * eps
@@ -573,7 +607,10 @@ class VAE(_EncoderDecoder):
         def draw(fn, *shape):  # on the generator's device, then moved to the model's
             return fn(*shape, generator=generator, dtype=dtype, device=device).to(model_device)
 
-        z = draw(torch.randn, n, self.latent_dim)  # (n, k)
+        if self.prior.analytic_kl:
+            z = draw(torch.randn, n, self.latent_dim)  # (n, k)
+        else:
+            z = self.prior.sample(n, self.encode, draw)  # (n, k)
         out = self.decoder(z)  # (n, D) logits or mean
         if not noisy:
             return self._lik.mean(out)

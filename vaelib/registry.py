@@ -9,9 +9,10 @@ Built-in entries are declared below with those facts and the place of their obje
 ("module:attribute"), which is imported on first use; `tests/test_likelihoods.py` checks that the
 declared facts equal the object's. A new entry is one file: define the object (with `name`, `help`
 and `scale` attributes) and call `LIKELIHOODS.register(obj)`. `LIKELIHOODS` holds p(x | z) given the
-decoder output (`vaelib.likelihoods.Likelihood`); `OBJECTIVES` the training objectives that `fit`
-minimises (`vaelib.objectives.Objective`, notebook 13: the ELBO, IWAE_K, IWAE_K with DReG). Priors
-(notebook 12) get their own `Registry` the same way when they arrive.
+decoder output (`vaelib.likelihoods.Likelihood`). `PRIORS` holds p(z): a class per entry
+(`vaelib.priors.Prior`), of which each VAE builds its own (a learned prior has parameters); its
+`scale` is None. `OBJECTIVES` holds the training objectives that `fit` minimises
+(`vaelib.objectives.Objective`, notebook 13: the ELBO, IWAE_K, IWAE_K with DReG).
 """
 
 import importlib
@@ -93,6 +94,21 @@ LIKELIHOODS.declare(
     "vaelib.likelihoods:GAUSSIAN",
     scale="sigma_x",
     help="N(mean, sigma_x^2) per pixel, any real x",
+)
+
+PRIORS = Registry("prior")
+PRIORS.declare(
+    "normal", "vaelib.priors:StandardNormal", help="N(0, I), the standard normal (closed-form KL)"
+)
+PRIORS.declare(
+    "mog",
+    "vaelib.priors:MixtureOfGaussians",
+    help="a learned mixture of Gaussians (weights, means, variances)",
+)
+PRIORS.declare(
+    "vamp",
+    "vaelib.priors:VampPrior",
+    help="VampPrior: a mixture of the encoder's posteriors at learned pseudo-inputs",
 )
 
 OBJECTIVES = Registry("objective")
