@@ -126,10 +126,10 @@ def test_the_default_gaussian_model_calibrates_sigma_x_in_python_and_on_the_comm
 @pytest.mark.parametrize("per_pixel", [False, True], ids=["shared", "per-pixel"])
 def test_the_rule_reaches_the_closed_form_optimum_of_a_fixed_decoder(per_pixel):
     """The running sigma_x^2 is the mean of the batch optima: on a fixed encoder and decoder it is
-    an unbiased Monte Carlo estimate of sigma*^2. 40 batches of 64 examples (2560 draws of z, 16
-    pixels each): the shared sigma_x lands within 1 % (measured 0.1 %); per pixel, 2560 draws per
-    pixel, within 4 % (the relative standard error of a variance from n draws is sqrt(2 / n) = 2.8 %
-    at worst, halved for sigma; measured at most 1.6 %)."""
+    an unbiased Monte Carlo estimate of sigma*^2, an exponential average with weight 0.1 after the
+    first 10 batches: in effect (2 - 0.1) / 0.1 = 19 batches of 64 examples. Shared (19 x 64 x 16
+    squared errors): within 1 %; per pixel (1216 per pixel), the relative standard error of a
+    variance from n draws is sqrt(2 / n) = 4 %, 2 % for sigma: the largest of 16 within 6 %."""
     x = blobs(640)
     torch.manual_seed(0)
     sigma0 = [0.7] * 16 if per_pixel else None
@@ -144,7 +144,7 @@ def test_the_rule_reaches_the_closed_form_optimum_of_a_fixed_decoder(per_pixel):
     want = optimum(model, x)
     got = torch.as_tensor(model.sigma_x, dtype=torch.float64)
     rel = ((got - want) / want).abs().max().item()
-    assert rel < (0.04 if per_pixel else 0.01), rel
+    assert rel < (0.06 if per_pixel else 0.01), rel
     # eval mode uses the running value and leaves it alone
     with eval_mode(model):
         before = model.log_sigma_x.clone()
@@ -154,7 +154,7 @@ def test_the_rule_reaches_the_closed_form_optimum_of_a_fixed_decoder(per_pixel):
 
 def test_the_rule_tracks_the_optimum_while_training_where_a_gradient_lags():
     """fit with learn_sigma_x='optimal' ends with sigma_x within 2 % of the closed-form optimum of
-    the decoder it trained (the running average lags the improving decoder by about 20 steps);
+    the decoder it trained (the running average lags the improving decoder by about 10 steps);
     sigma_x learned by gradient at the weights' learning rate, from the same start, is still far
     from its own optimum (issue 22: 0.270 -> 0.267 where the optimum was 0.213)."""
     x = blobs(1024)

@@ -7,8 +7,8 @@
         run is stopped (Ctrl-C, SIGTERM, a NaN): `train --resume runs/digits` continues it to the
         same weights as one run
     python -m vaelib train --data mine.npz --likelihood gaussian --image-shape 28 20 --out runs/mine
-        your own data: x_train (and optionally x_test) in an .npz file; sigma_x is learned by
-        default
+        your own data: x_train (and optionally x_test) in an .npz file; sigma_x is set to its
+        closed-form optimum per batch by default (--sigma-x-per-pixel: one per pixel)
     python -m vaelib evaluate runs/digits/model.pt --K 5000
         prints the test ELBO and the importance-weighted log-likelihood (nats per example, bits/dim)
         on the data the model was trained on (recorded in the checkpoint), and which scale the

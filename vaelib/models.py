@@ -85,8 +85,8 @@ DEFAULT_HIDDEN_DIMS = (400,)
 # (vaelib.data.dequantize). A learned sigma_x below it rewards reconstructing noise.
 SIGMA_X_FLOOR = 1 / 256
 # The running sigma_x^2 of learn_sigma_x="optimal": the mean of the first batches' optima, then an
-# exponential average with this weight on each new batch (a memory of about 20 steps).
-SIGMA_X_MOMENTUM = 0.05
+# exponential average with this weight on each new batch (a memory of about 10 steps).
+SIGMA_X_MOMENTUM = 0.1
 # A fixed sigma_x at least this many times the data's spread around their mean image warns.
 SIGMA_X_WARN_RATIO = 2.5
 SIGMA_X_RULES = (False, True, "optimal")

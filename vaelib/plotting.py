@@ -145,12 +145,11 @@ def savefig(fig, name):
     fmt = path.suffix[1:].lower()
     # No "Software" stamp in PNGs, so a re-run leaves byte-identical files when nothing changed.
     metadata = {"metadata": {"Software": None}} if fmt == "png" else {}
-    # bbox_inches="tight" always (not only under use_style): no label or legend outside the axes
-    # is cut off.
-    _atomic.atomic_write(
-        path,
-        lambda f: fig.savefig(f, format=fmt, bbox_inches="tight", pad_inches=0.05, **metadata),
-    )
+    # a tight bounding box always, not only under use_style (whose rcParams ask for it): no label
+    # or legend outside the axes is cut off.
+    if matplotlib.rcParams["savefig.bbox"] != "tight":
+        metadata["bbox_inches"] = "tight"
+    _atomic.atomic_write(path, lambda f: fig.savefig(f, format=fmt, **metadata))
     return path
 
 
