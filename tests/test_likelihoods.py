@@ -199,7 +199,12 @@ def test_a_registered_likelihood_reaches_the_command_line(name, tmp_path, capsys
     assert rc == 0, printed.err
     model = checkpoints.load_checkpoint(out / "model.pt")
     assert model.likelihood == name
-    assert model.config["learn_sigma_x"] is (LIKELIHOODS.scale(name) is not None)
+    # the one default (issue 22): sigma_x at its closed-form optimum where there is one, else
+    # learned by gradient; no sigma_x without a scale
+    lik = LIKELIHOODS.get(name)
+    assert model.config["learn_sigma_x"] == (
+        False if lik.scale is None else ("optimal" if lik.has_optimal_scale() else True)
+    )
     rc = main(
         [
             "evaluate",

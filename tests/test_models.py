@@ -841,20 +841,20 @@ def test_bad_per_pixel_sigma(sigma_x, match):
 
 
 def test_fixed_unit_sigma_on_unit_interval_data_warns_once():
-    model = make_vae("gaussian")  # sigma_x = 1, fixed
+    model = make_vae("gaussian", sigma_x=1.0)  # fixed (the default is now the optimal sigma_x)
     with pytest.warns(
         UserWarning, match=r"fixed sigma_x = 1 on data in \[0, 1\].*collapses.*learn_sigma_x=True"
     ) as rec:
         model.elbo(grey())
     assert rec[0].filename == __file__  # the warning points at the caller's line, not inside vaelib
     model.elbo(grey())  # once per model: no second warning (filterwarnings = error would fail here)
-    make_vae("gaussian").elbo(
+    make_vae("gaussian", sigma_x=1.0).elbo(
         grey() * 4 - 2
     )  # standardised data: sigma_x = 1 is a reasonable choice, no warning
     make_vae("gaussian", sigma_x=0.3).elbo(grey())
     make_vae("gaussian", learn_sigma_x=True).elbo(grey())
     with pytest.warns(UserWarning, match=r"Autoencoder has a fixed sigma_x = 1"):
-        Autoencoder(D, K, (5,), likelihood="gaussian").double().loss(grey())
+        Autoencoder(D, K, (5,), likelihood="gaussian", sigma_x=1.0).double().loss(grey())
 
 
 def test_fit_warns_about_unit_sigma_on_unit_interval_data():

@@ -892,7 +892,7 @@ def test_config_marked_custom_asks_for_the_model(tmp_path):
     [
         (lambda: Autoencoder(64, 2, (16,)), r"holds a VAE, cannot load it into a Autoencoder"),
         (
-            lambda: VAE(64, 2, (16,), likelihood="gaussian"),
+            lambda: VAE(64, 2, (16,), likelihood="gaussian", sigma_x=1.0),
             r"config differs from the file's \(likelihood: file 'bernoulli'",
         ),
         (

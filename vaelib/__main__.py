@@ -7,11 +7,12 @@
         run is stopped (Ctrl-C, SIGTERM, a NaN): `train --resume runs/digits` continues it to the
         same weights as one run
     python -m vaelib train --data mine.npz --likelihood gaussian --image-shape 28 20 --out runs/mine
-        your own data: x_train (and optionally x_test) in an .npz file; sigma_x is learned by
-        default
+        your own data: x_train (and optionally x_test) in an .npz file; sigma_x is set to its
+        closed-form optimum per batch by default (--sigma-x-per-pixel: one per pixel)
     python -m vaelib evaluate runs/digits/model.pt --K 5000
         prints the test ELBO and the importance-weighted log-likelihood (nats per example, bits/dim)
-        on the data the model was trained on (recorded in the checkpoint)
+        on the data the model was trained on (recorded in the checkpoint), and which scale the
+        bits/dim are on (binary pixels; a density on the data's scale; with --dequantize, 8-bit)
     python -m vaelib sample runs/digits/model.pt --n 64 --out samples.png
         writes a grid of decoded samples from the prior (image shape recorded in the checkpoint)
 
@@ -42,6 +43,15 @@ from pathlib import Path
 from vaelib.registry import LIKELIHOODS, OBJECTIVES
 
 PROG = "python -m vaelib"
+
+
+def _prog():
+    """The command as the user typed it, for usage lines and hints: `vaelib` (the installed script)
+    or `python -m vaelib`."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "vaelib" if name in ("vaelib", "vaelib.exe") else PROG
+
+
 DATASETS = ("digits", "mnist", "fashion-mnist")
 
 
@@ -97,6 +107,8 @@ TRAIN_DEFAULTS = {
     "likelihood": "bernoulli",
     "sigma_x": None,
     "learn_sigma_x": None,
+    "sigma_x_per_pixel": False,
+    "sigma_x_floor": None,
     "batch_size": 128,
     "lr": 1e-3,
     "beta": 1.0,
@@ -107,7 +119,7 @@ TRAIN_DEFAULTS = {
     "K": None,
 }
 # Settings added after runs were saved without them: an older run resumes with these values.
-TRAIN_FILLS = {"objective": "elbo", "K": None}
+TRAIN_FILLS = {"objective": "elbo", "K": None, "sigma_x_per_pixel": False, "sigma_x_floor": None}
 RESUME_MAY_CHANGE = ("epochs", "lr")  # a new --lr continues the run, but not bit for bit
 CHECKPOINT_EVERY = 1
 
@@ -125,7 +137,7 @@ def _hidden_list(text):
 
 def build_parser():
     """The argparse parser of `python -m vaelib`."""
-    parser = _Parser(prog=PROG, description="Train, evaluate and sample VAEs (vaelib).")
+    parser = _Parser(prog=_prog(), description="Train, evaluate and sample VAEs (vaelib).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,sample}")
 
     p = sub.add_parser(
@@ -193,19 +205,34 @@ def build_parser():
         type=_positive_float,
         default=None,
         metavar="S",
-        help="sigma_x of a likelihood with a scale (gaussian): fixed, or the initial value when "
-        "learned (default: the "
-        "training data's pixel standard deviation, sqrt of the mean per-pixel variance: the "
-        "sigma_x of a "
-        "decoder that predicts the mean image)",
+        help="sigma_x of a likelihood with a scale (gaussian): given alone, fixed (as in Python: "
+        "VAE(..., sigma_x=S)); with --learn-sigma-x, the initial value. Default: set to its "
+        "closed-form optimum on each batch (learn_sigma_x='optimal', the Python default too), "
+        "starting from the data's pixel spread",
     )
     p.add_argument(
         "--learn-sigma-x",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="learn sigma_x with the weights (default: on for a likelihood with a scale; a fixed "
-        "sigma_x = 1 "
-        "on [0, 1] images makes the KL win and the latent code unused)",
+        help="learn sigma_x by gradient with the weights (--no-learn-sigma-x: fixed). Default: "
+        "neither, its closed-form optimum per batch, which converges where a gradient at the "
+        "weights' learning rate barely moves it; a fixed sigma_x far above the data's spread "
+        "makes the KL win and the latent code unused",
+    )
+    p.add_argument(
+        "--sigma-x-per-pixel",
+        action="store_true",
+        default=None,
+        help="one sigma_x per pixel instead of one shared by all (learned or optimal ones are "
+        "held at or above --sigma-x-floor)",
+    )
+    p.add_argument(
+        "--sigma-x-floor",
+        type=_positive_float,
+        default=None,
+        metavar="F",
+        help="the least value a learned or optimal sigma_x takes (default: 1/256, one 8-bit level "
+        "of [0, 1] data), so that sigma_x cannot collapse on near-constant pixels",
     )
     p.add_argument(
         "--batch-size", type=_positive_int, default=None, help="minibatch size (default: 128)"
@@ -308,6 +335,13 @@ def build_parser():
     )
     p.add_argument("--split", choices=("train", "test"), default="test", help="default: test")
     p.add_argument(
+        "--dequantize",
+        action="store_true",
+        help="(a model with a scale, e.g. gaussian, on 8-bit images) evaluate on x = (k + u) "
+        "/ 256, u ~ U(0, 1) seeded, and report bits/dim on the discrete 8-bit scale (vaelib.data."
+        "dequantize; the density's nats + D log 256)",
+    )
+    p.add_argument(
         "--K",
         "--k",
         dest="K",
@@ -349,8 +383,10 @@ def build_parser():
     p = sub.add_parser(
         "sample",
         help="write a grid of samples from the prior as a PNG",
-        description="Decode z ~ N(0, I) and write the decoder means (pixel probabilities) as a "
-        "grid image.",
+        description="Decode z ~ N(0, I) and write the decoder means (pixel probabilities, or a "
+        "Gaussian's means) as a grid image, dark ink on white as in vaelib.plotting: 0 white, 1 "
+        "black. Values outside [0, 1] are drawn at the ends of the range, and the command says "
+        "how many there were.",
     )
     p.add_argument("checkpoint", metavar="CKPT", help="a VAE model.pt written by 'train'")
     p.add_argument("--n", type=_positive_int, default=64, help="number of samples (default: 64)")
@@ -365,6 +401,15 @@ def build_parser():
     )
     p.add_argument("--seed", type=_seed, default=0, help="seed of z (default: 0)")
     p.set_defaults(func=cmd_sample)
+    for command in sub.choices.values():
+        command.add_argument(
+            "--threads",
+            type=_positive_int,
+            default=None,
+            metavar="N",
+            help="CPU threads torch may use (default: torch's choice, all cores); e.g. 1 on a "
+            "shared machine",
+        )
     return parser
 
 
@@ -380,6 +425,10 @@ def main(argv=None):
             parser, "train", "the following arguments are required: --out (or --resume DIR)"
         )
     try:
+        if args.threads is not None:
+            import torch
+
+            torch.set_num_threads(args.threads)
         args.func(args)
     except _Stopped as e:
         print(e.message, file=sys.stderr)
@@ -550,7 +599,12 @@ def _settings(args):
         if settings["data"] is not None:
             settings["dataset"] = None
         scaled = LIKELIHOODS.scale(settings["likelihood"]) is not None
-        if not scaled and ("sigma_x" in explicit or explicit.get("learn_sigma_x")):
+        if not scaled and (
+            "sigma_x" in explicit
+            or "sigma_x_floor" in explicit
+            or explicit.get("learn_sigma_x")
+            or explicit.get("sigma_x_per_pixel")
+        ):
             with_scale = " or ".join(
                 f"--likelihood {n}" for n in LIKELIHOODS.names() if LIKELIHOODS.scale(n)
             )
@@ -559,8 +613,18 @@ def _settings(args):
                 f"{settings['likelihood'].capitalize()} "
                 "likelihood has no sigma_x)"
             )
-        if settings["learn_sigma_x"] is None:
-            settings["learn_sigma_x"] = scaled
+        if settings["learn_sigma_x"] is None:  # the Python default: vaelib.models._sigma_x_rule
+            given = settings["sigma_x"] is not None
+            settings["learn_sigma_x"] = (
+                False
+                if given or not scaled
+                else (
+                    "optimal"
+                    if LIKELIHOODS.get(settings["likelihood"]).has_optimal_scale()
+                    else True
+                )
+            )
+        settings["sigma_x_per_pixel"] = bool(settings["sigma_x_per_pixel"])
         return settings, None, Path(args.out)
     if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
         raise CLIError(
@@ -708,7 +772,7 @@ def _train(args):
         )
         raise _Stopped(
             f"vaelib: {how}; saved the state after epoch {n} to {path}; continue with: "
-            f"{PROG} train --resume {out}",
+            f"{_prog()} train --resume {out}",
             code,
         ) from None
     except FloatingPointError as e:
@@ -718,7 +782,7 @@ def _train(args):
         raise CLIError(
             f"{first}; saved the last finite state (after epoch {n}) to {path}; continue with a "
             f"lower "
-            f"learning rate: {PROG} train --resume {out} --lr {settings['lr'] / 10:g}"
+            f"learning rate: {_prog()} train --resume {out} --lr {settings['lr'] / 10:g}"
         ) from None
     save(model, history)
     _plot_history(history, out / "training_curve.png", f"{type(model).__name__} on {source}")
@@ -739,8 +803,10 @@ def _build_model(settings, data_dim):
     cls = models.VAE if settings["model"] == "vae" else models.Autoencoder
     kwargs = {"likelihood": settings["likelihood"]}
     if LIKELIHOODS.scale(settings["likelihood"]) is not None:
-        kwargs["sigma_x"] = settings["sigma_x"]
-        kwargs["learn_sigma_x"] = bool(settings["learn_sigma_x"])
+        per_pixel = settings.get("sigma_x_per_pixel")
+        kwargs["sigma_x"] = [settings["sigma_x"]] * data_dim if per_pixel else settings["sigma_x"]
+        kwargs["learn_sigma_x"] = settings["learn_sigma_x"]
+        kwargs["sigma_x_floor"] = settings.get("sigma_x_floor")
     torch.manual_seed(settings["seed"])  # the initial weights
     return cls(data_dim, settings["latent_dim"], settings["hidden"], **kwargs)
 
@@ -749,6 +815,12 @@ def _likelihood_text(model):
     if model.sigma_x is None:
         return model.likelihood
     learned = model.config.get("learn_sigma_x", False)
+    if learned == "optimal":
+        shared = "per pixel" if isinstance(model.config["sigma_x"], list) else "shared"
+        return (
+            f"{model.likelihood}, sigma_x {shared} at its closed-form optimum per batch, floor "
+            f"{model.sigma_x_floor:.4g}"
+        )
     return (
         f"{model.likelihood}, sigma_x "
         f"{'learned from ' if learned else ''}{_sigma_text(model, initial=True)}"
@@ -933,11 +1005,24 @@ def cmd_evaluate(args):
         )
     model.to(device)
     note = ""
+    levels = None
     if LIKELIHOODS.get(model.likelihood).binarize:
         x = torch.bernoulli(
             x, generator=torch.Generator().manual_seed(args.seed)
         )  # one fixed binarization
         note = f", binarized once with seed {args.seed}"
+        scale = "bits/dim: -log2 p per binary pixel (of the binarized data)"
+    elif args.dequantize:
+        from vaelib import data
+
+        x, levels = data.dequantize(x, generator=torch.Generator().manual_seed(args.seed)), 256
+        note = f", dequantized once as (k + u) / 256 with seed {args.seed}"
+        scale = "bits/dim: on the discrete 8-bit scale (the density's nats + D log 256)"
+    else:
+        scale = (
+            "bits/dim: of a density on the data's own scale, not of 8-bit pixel levels (it can "
+            "be negative; for 8-bit images pass --dequantize for the discrete 8-bit scale)"
+        )
     D = model.data_dim
     print(
         f"checkpoint: {args.checkpoint} ({type(model).__name__}, "
@@ -945,11 +1030,12 @@ def cmd_evaluate(args):
         f"{_likelihood_text(model)})"
     )
     print(f"data: {dataset} {args.split} split, {x.shape[0]} examples{note}")
+    print(scale)
 
     def report(name, values):
         mean = values.mean().item()
         sem = values.std().item() / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-        bpd = evaluate.bits_per_dim(mean, D)
+        bpd = evaluate.bits_per_dim(mean, D, levels=levels)
         print(
             f"{name}: {mean:.3f} nats per example (+- {sem:.3f} standard error over examples; "
             f"{bpd:.4f} bits/dim)"
@@ -957,7 +1043,9 @@ def cmd_evaluate(args):
 
     gen = torch.Generator(device=device).manual_seed(args.seed)
     if isinstance(model, models.Autoencoder):
-        with torch.no_grad():
+        from vaelib.networks import eval_mode
+
+        with torch.no_grad(), eval_mode(model):
             values = torch.cat(
                 [
                     model.reconstruction_log_likelihood(xb.to(device))
@@ -1019,10 +1107,17 @@ def cmd_sample(args):
         )
     height, width = shape
     images = model.sample(args.n, generator=torch.Generator().manual_seed(args.seed))  # (n, D)
+    outside = ((images < 0) | (images > 1)).double().mean().item()
+    if outside > 0:  # a Gaussian decoder's means are not confined to [0, 1]: say so, never silently
+        print(
+            f"note: {outside:.1%} of the pixel values lie outside [0, 1] (range "
+            f"[{images.min().item():.3g}, {images.max().item():.3g}]); drawn at the ends of the "
+            "colour range [0, 1]"
+        )
     grid = make_grid(images.clamp(0, 1), (height, width))  # NaN between the images
     grid = np.nan_to_num(
-        np.pad(grid, 1, constant_values=np.nan), nan=1.0
-    )  # white borders, outside too
+        np.pad(grid, 1, constant_values=np.nan), nan=0.0
+    )  # white borders (value 0), outside too
     scale = max(1, math.ceil(256 / grid.shape[1]))  # at least ~256 pixels wide
     grid = np.kron(grid, np.ones((scale, scale)))
     _save_image(grid, out)
@@ -1034,10 +1129,10 @@ def _save_image(grid, path):
 
     from vaelib._atomic import atomic_write
 
-    # pixel probability 1 is white (MNIST convention); the borders between images are white too
+    # the series' convention (vaelib.plotting): dark ink on white, value 0 white and 1 black
     atomic_write(
         path,
-        lambda f: matplotlib.image.imsave(f, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png"),
+        lambda f: matplotlib.image.imsave(f, grid, cmap="gray_r", vmin=0.0, vmax=1.0, format="png"),
     )
 
 

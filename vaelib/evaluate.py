@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from vaelib import _validate
 from vaelib.distributions import _kl_normal, _log_normal, _sample_normal
 from vaelib.models import VAE, Autoencoder, check_model
-from vaelib.networks import device_dtype
+from vaelib.networks import device_dtype, in_eval_mode
 from vaelib.registry import LIKELIHOODS
 
 
@@ -41,16 +41,29 @@ def _check(model, x, batch_size, types=(VAE,)):
     return x
 
 
-def bits_per_dim(log_px, data_dim):
+def bits_per_dim(log_px, data_dim, levels=None):
     """Convert a log-likelihood in nats per example to bits per dimension: -log_px / (D log 2).
+
+    Which scale: for binary data (Bernoulli) log_px is a log-probability and the result the bits
+    per pixel of a code. For a density (Gaussian) the number depends on the data's units and can be
+    negative; for 8-bit images dequantized to [0, 1] (`vaelib.data.dequantize`, x = (k + u) / 256)
+    pass levels=256: the result is then on the discrete 8-bit scale, -(log_px - D log 256) / (D
+    log 2) = the plain value + 8, an upper bound on the bits/dim of the pixel levels k, comparable
+    with published tables (Theis, van den Oord & Bethge 2016, sec. 3.1).
 
     Args:
         log_px: log p(x) in nats: a float tensor or numpy array of any shape, or a number.
         data_dim: D >= 1, the number of dimensions (pixels) per example.
+        levels: None (log_px as it is), or the number of levels per pixel of data dequantized to
+            [0, 1] (256 for 8 bits): the density's change of scale D log(levels) is added.
     Returns:
-        -log_px / (D log 2), of the same kind and shape as log_px.
+        -(log_px - D log levels) / (D log 2), of the same kind and shape as log_px.
     """
     _validate.count("data_dim", data_dim)
+    if levels is not None:
+        _validate.count("levels", levels, minimum=2)
+        shift = data_dim * math.log(levels)  # nats: density on [0, 1]^D -> probability of levels
+        return bits_per_dim(log_px, data_dim) + shift / (data_dim * math.log(2.0))
     if isinstance(log_px, torch.Tensor):
         _validate.tensor("log_px", log_px, finite=False)
         if bool(torch.isnan(log_px).any()):
@@ -68,6 +81,7 @@ def bits_per_dim(log_px, data_dim):
     return -log_px / (data_dim * math.log(2.0))
 
 
+@in_eval_mode
 @torch.no_grad()
 def test_elbo(model, x, batch_size=1000, n_samples=1, generator=None):
     """The VAE's ELBO on each example of `x`: E_q[log p(x | z)] - KL(q(z | x) || N(0, I)).
@@ -96,6 +110,60 @@ def test_elbo(model, x, batch_size=1000, n_samples=1, generator=None):
     return torch.cat(out).to(x.device)
 
 
+class RateDistortion(NamedTuple):
+    """The ELBO's two terms over a dataset (`rate_distortion`), means per example in nats, with
+    their standard errors over the examples: elbo = -(rate + distortion)."""
+
+    rate: float  # mean KL(q(z | x) || p(z)): nats the code spends on each example
+    distortion: float  # mean -E_q[log p(x | z)]: what the decoder fails to reconstruct
+    elbo: float  # mean ELBO
+    rate_se: float  # standard error of `rate`: std over examples (N - 1) / sqrt(N)
+    distortion_se: float
+    elbo_se: float
+    n: int  # examples
+
+
+@in_eval_mode
+@torch.no_grad()
+def rate_distortion(model, x, batch_size=1000, n_samples=1, generator=None):
+    """Rate and distortion of a VAE on a dataset: the two terms of its ELBO, each with a standard
+    error.
+
+    rate R = (1/N) sum_n KL(q(z | x_n) || p(z)) (closed form), distortion D = -(1/N) sum_n
+    E_q[log p(x_n | z)] (Monte Carlo over n_samples draws), ELBO = -(R + D) (Alemi et al. 2018,
+    "Fixing a Broken ELBO", sec. 2). Standard errors: the sample std over examples (N - 1) divided
+    by sqrt(N) (NaN for N = 1). Across a beta sweep, D against R traces the rate-distortion curve
+    (`vaelib.plotting.rate_distortion`).
+
+    Args:
+        model: a vaelib.models.VAE.
+        x: (N, D) data, tensor or numpy array (binarized for a Bernoulli model, module docstring).
+        batch_size, n_samples, generator: as in `test_elbo`.
+    Returns:
+        RateDistortion(rate, distortion, elbo, rate_se, distortion_se, elbo_se, n): floats, nats.
+    """
+    x = _check(model, x, batch_size)
+    _validate.count("n_samples", n_samples)
+    _validate.generator("generator", generator)
+    if x.shape[0] == 0:
+        raise ValueError(f"x must hold at least one example, got shape {tuple(x.shape)}")
+    device, dtype = device_dtype(model)
+    parts = [
+        model.elbo_terms(xb.to(device, dtype), n_samples, generator) for xb in x.split(batch_size)
+    ]
+    kl = torch.cat([p.kl for p in parts]).double()  # (N,)
+    distortion = -torch.cat([p.log_px_z for p in parts]).double()  # (N,)
+    n = kl.shape[0]
+
+    def mean_se(v):
+        se = v.std(correction=1).item() / math.sqrt(n) if n > 1 else math.nan
+        return v.mean().item(), se
+
+    (r, r_se), (d, d_se), (e, e_se) = map(mean_se, (kl, distortion, -(kl + distortion)))
+    return RateDistortion(r, d, e, r_se, d_se, e_se, n)
+
+
+@in_eval_mode
 @torch.no_grad()
 def iwae_log_likelihood(
     model, x, K=5000, batch_size=100, chunk_size=500, generator=None, progress=False, *, k=None
@@ -163,6 +231,7 @@ def _iwae(model, xb, mu, logvar, K, chunk_size, generator):
     return acc - math.log(K)
 
 
+@in_eval_mode
 @torch.no_grad()
 def active_units(model, x, threshold=0.01, batch_size=1000):
     """Count the active latent dimensions: A_u = Cov_x(E_{q(u|x)}[u]) > threshold (Burda et al.
@@ -198,6 +267,7 @@ def active_units(model, x, threshold=0.01, batch_size=1000):
     return int((variance > threshold).sum()), variance
 
 
+@in_eval_mode
 @torch.no_grad()
 def kl_per_unit(model, x, batch_size=1000):
     """The KL term per latent unit, averaged over the data: which units carry information about x.
@@ -278,6 +348,7 @@ def _mc_elbos(model, xb, qs, n_samples, chunk_size, generator):
     return [s / n_samples for s in sums]
 
 
+@in_eval_mode
 def optimal_gaussian_elbo(
     model,
     x,
@@ -396,6 +467,7 @@ def _iwae_mixture(model, xb, qs, K, chunk_size, generator):
     return acc - math.log(K)
 
 
+@in_eval_mode
 def elbo_gaps(
     model,
     x,

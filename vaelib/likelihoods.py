@@ -49,6 +49,14 @@ class Likelihood:
     def sample(self, out, log_scale, noise):
         raise NotImplementedError
 
+    def optimal_log_scale(self, x, out, dims):
+        """log of the scale that maximises sum log p(x | z) over `dims` for this decoder output
+        (learn_sigma_x="optimal"); a likelihood without a closed form leaves it out."""
+        raise NotImplementedError
+
+    def has_optimal_scale(self):
+        return type(self).optimal_log_scale is not Likelihood.optimal_log_scale
+
     def __repr__(self):
         return f"{type(self).__name__}()"
 
@@ -93,6 +101,11 @@ class Gaussian(Likelihood):
 
     def sample(self, out, log_scale, noise):
         return out + torch.exp(log_scale.to(out.dtype)) * noise(torch.randn)
+
+    def optimal_log_scale(self, x, out, dims):
+        """log sigma* = 1/2 log mean (x - out)^2 over `dims`: d/d sigma of the sum of log N(x; out,
+        sigma^2) is zero there (Rybkin et al. 2021, eq. 5). (...) -> the shape left by `dims`."""
+        return 0.5 * torch.log(((x - out) ** 2).mean(dims))
 
 
 # The built-ins, declared by name in vaelib.registry (the command line reads them from there without

@@ -50,7 +50,14 @@ from torch import nn
 
 from vaelib import _validate
 from vaelib.distributions import LOG_2PI, _kl_normal, _log_normal, _sample_normal
-from vaelib.networks import check_decoder, check_encoder, check_module, device_dtype, mlp
+from vaelib.networks import (
+    check_decoder,
+    check_encoder,
+    check_module,
+    device_dtype,
+    in_eval_mode,
+    mlp,
+)
 from vaelib.registry import LIKELIHOODS, PRIORS
 
 
@@ -74,6 +81,15 @@ class ELBOTerms(NamedTuple):
 
 
 DEFAULT_HIDDEN_DIMS = (400,)
+# sigma_x's floor: one 8-bit level of [0, 1] data, the width of the dequantization noise
+# (vaelib.data.dequantize). A learned sigma_x below it rewards reconstructing noise.
+SIGMA_X_FLOOR = 1 / 256
+# The running sigma_x^2 of learn_sigma_x="optimal": the mean of the first batches' optima, then an
+# exponential average with this weight on each new batch (a memory of about 10 steps).
+SIGMA_X_MOMENTUM = 0.1
+# A fixed sigma_x at least this many times the data's spread around their mean image warns.
+SIGMA_X_WARN_RATIO = 2.5
+SIGMA_X_RULES = (False, True, "optimal")
 
 
 def _check_dims(data_dim, latent_dim, hidden_dims):
@@ -122,6 +138,34 @@ def _check_sigma_x(sigma_x, data_dim):
     return _validate.positive_scalar("sigma_x", sigma_x)
 
 
+def _sigma_x_rule(lik, sigma_x, learn_sigma_x, sigma_x_floor):
+    """(sigma_x, learn_sigma_x, sigma_x_floor) with their defaults resolved and the rule checked.
+
+    The one default, in Python and on the command line: no sigma_x given and learn_sigma_x None
+    means "optimal" (the closed-form optimum per batch, shared, starting at 1; True for a
+    registered likelihood without a closed form); a sigma_x given alone is fixed;
+    learn_sigma_x=True learns it by gradient from sigma_x (default 1).
+    """
+    if learn_sigma_x is None and (sigma_x is not None or lik.scale is None):
+        learn_sigma_x = False
+    elif learn_sigma_x is None:  # a likelihood without a closed form learns its scale by gradient
+        learn_sigma_x = "optimal" if lik.has_optimal_scale() else True
+    if isinstance(learn_sigma_x, str) and learn_sigma_x != "optimal":
+        raise ValueError(f"learn_sigma_x must be False, True or 'optimal', got {learn_sigma_x!r}")
+    if not isinstance(learn_sigma_x, (bool, str)):
+        raise TypeError(
+            f"learn_sigma_x must be a bool or 'optimal', got {type(learn_sigma_x).__name__}"
+        )
+    if learn_sigma_x == "optimal" and lik.scale is not None and not lik.has_optimal_scale():
+        raise ValueError(
+            f"learn_sigma_x='optimal' needs a likelihood with a closed-form optimal scale; "
+            f"{lik.name!r} has none: use learn_sigma_x=True"
+        )
+    floor = SIGMA_X_FLOOR if sigma_x_floor is None else sigma_x_floor
+    floor = _validate.positive_scalar("sigma_x_floor", floor)
+    return (1.0 if sigma_x is None else sigma_x), learn_sigma_x, floor
+
+
 class _EncoderDecoder(nn.Module):
     """Shared parts: the encoder body, the decoder, the likelihood p(x | z), argument checks."""
 
@@ -135,6 +179,7 @@ class _EncoderDecoder(nn.Module):
         learn_sigma_x,
         encoder,
         decoder,
+        sigma_x_floor=None,
     ):
         super().__init__()
         custom_encoder, custom_decoder = (
@@ -150,9 +195,10 @@ class _EncoderDecoder(nn.Module):
             )
         hidden_dims = _check_dims(data_dim, latent_dim, hidden_dims)
         lik = LIKELIHOODS.get(likelihood)
+        sigma_x, learn_sigma_x, sigma_x_floor = _sigma_x_rule(
+            lik, sigma_x, learn_sigma_x, sigma_x_floor
+        )
         sigma_x = _check_sigma_x(sigma_x, data_dim)
-        if not isinstance(learn_sigma_x, bool):
-            raise TypeError(f"learn_sigma_x must be a bool, got {type(learn_sigma_x).__name__}")
         if learn_sigma_x and lik.scale is None:
             scaled = " or ".join(
                 f"likelihood={n!r}" for n in LIKELIHOODS.names() if LIKELIHOODS.scale(n)
@@ -193,21 +239,23 @@ class _EncoderDecoder(nn.Module):
         log_sigma = (
             torch.log(sigma_x) if vector else torch.tensor(math.log(sigma_x), dtype=torch.float64)
         )
-        if lik.scale is not None and learn_sigma_x:
+        self._sigma_rule = learn_sigma_x
+        self.sigma_x_floor = sigma_x_floor  # the least sigma_x a learned one takes (SIGMA_X_FLOOR)
+        if lik.scale is not None and learn_sigma_x == "optimal":
+            # the running optimum (persistent: checkpoints keep it) and how many batches made it
+            self.register_buffer("log_sigma_x", log_sigma.to(torch.get_default_dtype()))
+            self.register_buffer("sigma_x_updates", torch.zeros((), dtype=torch.long))
+        elif lik.scale is not None and learn_sigma_x:
             self.log_sigma_x = nn.Parameter(log_sigma.to(torch.get_default_dtype()))
         elif lik.scale is not None:
             self.register_buffer("log_sigma_x", log_sigma, persistent=False)
             self._log_sigma_x64 = log_sigma  # the exact value, for _apply
         else:
             self.log_sigma_x = None
-        # A fixed sigma_x = 1 on data in [0, 1] lets the KL term win (notebook 07): the model warns
-        # once, at the first data, while this is True. Set it to False when sigma_x = 1 is what you
-        # mean (a demonstration of the collapse).
-        self.warn_unit_sigma_x = (
-            lik.scale is not None
-            and not learn_sigma_x
-            and bool((torch.as_tensor(sigma_x) == 1.0).all())
-        )
+        # A fixed sigma_x large against the data's spread lets the KL term win (notebook 07): the
+        # model checks once, at the first data, while this is True. Set it to False when such a
+        # sigma_x is what you mean (a demonstration of the collapse).
+        self.warn_unit_sigma_x = lik.scale is not None and learn_sigma_x is False
         self._config = {
             "data_dim": data_dim,
             "latent_dim": latent_dim,
@@ -215,9 +263,11 @@ class _EncoderDecoder(nn.Module):
             "likelihood": likelihood,
             "sigma_x": sigma_x.tolist() if vector else sigma_x,
         }
+        if sigma_x_floor != SIGMA_X_FLOOR:  # absent at the default: older checkpoints still match
+            self._config["sigma_x_floor"] = sigma_x_floor
 
     def _finish_config(self, learn_sigma_x):
-        self._config["learn_sigma_x"] = learn_sigma_x
+        self._config["learn_sigma_x"] = self._sigma_rule  # resolved: False, True or "optimal"
         if (
             self.custom_encoder or self.custom_decoder
         ):  # absent for the MLP model: its config rebuilds it
@@ -267,8 +317,14 @@ class _EncoderDecoder(nn.Module):
         """
         if self.log_sigma_x is None:
             return None
-        sigma = torch.exp(self.log_sigma_x.detach().to("cpu", torch.float64))
+        sigma = torch.exp(self._log_scale().detach().to("cpu", torch.float64))
         return sigma.item() if sigma.dim() == 0 else sigma
+
+    @property
+    def sigma_x_rule(self):
+        """How sigma_x is set: False (fixed), True (learned by gradient with the weights) or
+        "optimal" (the closed-form optimum, `_log_px_z`); None for a likelihood without a scale."""
+        return None if self.log_sigma_x is None else self._sigma_rule
 
     # -- checks
     # -------------------------------------------------------------------------------------
@@ -345,20 +401,66 @@ class _EncoderDecoder(nn.Module):
         """log p(x | z) from the decoder output `out` (logits or mean), summed over pixels."""
         if self.warn_unit_sigma_x:
             self._warn_about_sigma_x(x)
-        return self._lik.log_prob(x, out, self.log_sigma_x)
+        if self.sigma_x_rule == "optimal" and self.training:
+            return self._lik.log_prob(x, out, self._calibrate_sigma_x(x, out))
+        return self._lik.log_prob(x, out, self._log_scale())
+
+    def _log_scale(self):
+        """log sigma_x as used: the fixed value, or a learned one held at or above the floor."""
+        if self.log_sigma_x is None or self.sigma_x_rule is False:
+            return self.log_sigma_x
+        return self.log_sigma_x.clamp(min=math.log(self.sigma_x_floor))
+
+    def _calibrate_sigma_x(self, x, out):
+        """learn_sigma_x="optimal" in train mode: sigma_x of this batch at its closed-form optimum.
+
+        sigma_x^2 = mean of (x - mean(z))^2 over the batch and the K samples of z (and the pixels
+        when shared): the sigma_x that maximises the batch's reconstruction term for the current
+        decoder (Rybkin, Daniilidis & Levine 2021, "Simple and Effective VAE Training with
+        Calibrated Decoders", sec. 3), floored at `sigma_x_floor`. The running sigma_x^2 (what eval
+        mode, sampling and checkpoints use) averages the batch optima: their plain mean over the
+        first 1 / SIGMA_X_MOMENTUM batches, then an exponential average. Returns the batch's log
+        sigma_x, () or (D,), without gradient.
+        """
+        with torch.no_grad():
+            per_pixel = self.log_sigma_x.dim() == 1
+            dims = tuple(range(out.dim() - 1)) if per_pixel else tuple(range(out.dim()))
+            log_batch = self._lik.optimal_log_scale(x, out, dims)  # () or (D,)
+            n = int(self.sigma_x_updates)
+            weight = max(1.0 / (n + 1), SIGMA_X_MOMENTUM)
+            running = torch.exp(2 * self.log_sigma_x.double())
+            var = (1 - weight) * running + weight * torch.exp(2 * log_batch.double())
+            self.log_sigma_x.copy_(0.5 * torch.log(var))
+            self.sigma_x_updates += 1
+            return log_batch.clamp(min=math.log(self.sigma_x_floor))
 
     def _warn_about_sigma_x(self, x):
-        self.warn_unit_sigma_x = False  # once per model, at the first data it sees
-        if x.numel() and 0.0 <= x.min().item() and x.max().item() <= 1.0:
-            warnings.warn(
-                f"{type(self).__name__} has a fixed sigma_x = 1 on data in [0, 1], where a "
-                f"{self.likelihood.capitalize()} likelihood barely "
-                "rewards reconstruction and the model collapses to the prior (notebook 07): pass a "
-                "smaller sigma_x "
-                "(e.g. 0.1) or learn_sigma_x=True.",
-                UserWarning,
-                stacklevel=_caller_outside_vaelib(),
-            )
+        """Warn once when a fixed sigma_x is SIGMA_X_WARN_RATIO times the data's spread or more.
+
+        The spread is sqrt(mean_d Var(x_d)) over the first batch the model sees: the sigma_x of a
+        decoder that ignores z and predicts the mean image. A fixed sigma_x that large leaves the
+        reconstruction term less to gain than the KL costs: the model collapses to the prior.
+        """
+        flat = x.detach().reshape(-1, x.shape[-1]).double()  # (B, D)
+        spread = flat.var(0, correction=0).mean().sqrt().item() if flat.shape[0] > 1 else 0.0
+        if not spread > 0:
+            return  # one example (or copies of one) has no spread: check at the next data
+        self.warn_unit_sigma_x = False  # once per model, at the first data with a spread
+        sigma = self.log_sigma_x.double().min().exp().item()  # the smallest, when per pixel
+        if not sigma >= SIGMA_X_WARN_RATIO * spread:
+            return
+        where = (
+            "data in [0, 1]" if 0.0 <= flat.min().item() and flat.max().item() <= 1.0 else "data"
+        )
+        warnings.warn(
+            f"{type(self).__name__} has a fixed sigma_x = {sigma:.3g} on {where} whose pixels "
+            f"spread by {spread:.3g} around their mean image (sqrt of the mean pixel variance), "
+            f"where a {self.likelihood.capitalize()} likelihood barely rewards reconstruction and "
+            "the model collapses to the prior (notebook 07): leave sigma_x out (its closed-form "
+            "optimum, learn_sigma_x='optimal'), pass a smaller sigma_x, or learn_sigma_x=True.",
+            UserWarning,
+            stacklevel=_caller_outside_vaelib(),
+        )
 
 
 class VAE(_EncoderDecoder):
@@ -383,11 +485,19 @@ class VAE(_EncoderDecoder):
         likelihood: "bernoulli" (x in [0, 1], decoder returns logits) or "gaussian" (decoder returns
             the mean).
         sigma_x: the Gaussian likelihood's standard deviation (its initial value when learned): a
-            number shared by all pixels, or a sequence/array/tensor of D numbers, one per pixel. A
-            fixed sigma_x = 1 on data in [0, 1] warns (UserWarning) the first time the model sees
-            data: the model collapses (notebook 07).
-        learn_sigma_x: learn log sigma_x as a parameter, shared or per pixel as sigma_x is (Gaussian
-            only).
+            number shared by all pixels, or a sequence/array/tensor of D numbers, one per pixel.
+            None (the default): 1, and learned by the "optimal" rule. A fixed sigma_x at least
+            SIGMA_X_WARN_RATIO = 2.5 times the data's spread around their mean image warns
+            (UserWarning) the first time the model sees data: the model collapses (notebook 07).
+        learn_sigma_x: how sigma_x is set, shared or per pixel as sigma_x is (Gaussian only):
+            "optimal" (the default when sigma_x is not given): in train mode, each batch's
+            closed-form optimum sigma_x^2 = mean (x - mean(z))^2 (Rybkin et al. 2021, "sigma-VAE"),
+            whose running average is what eval mode, samples and checkpoints use; True: a parameter
+            learned by gradient with the weights (slow: it moves at the weights' learning rate);
+            False (the default when sigma_x is given): fixed.
+        sigma_x_floor: the least value a learned or optimal sigma_x takes (default SIGMA_X_FLOOR =
+            1/256, one 8-bit level of [0, 1] data): without it a per-pixel sigma_x collapses on
+            pixels that are constant in the training images, and the test ELBO pays for it.
         encoder: None for the MLP, or your own nn.Module x (B, D) -> (B, 2k) or (mu, logvar) (module
             docstring).
         decoder: None for the MLP, or your own nn.Module z (..., k) -> (..., D), keeping leading
@@ -407,15 +517,24 @@ class VAE(_EncoderDecoder):
         latent_dim,
         hidden_dims=None,
         likelihood="bernoulli",
-        sigma_x=1.0,
-        learn_sigma_x=False,
+        sigma_x=None,
+        learn_sigma_x=None,
         encoder=None,
         decoder=None,
         prior="normal",
         prior_options=None,
+        sigma_x_floor=None,
     ):
         super().__init__(
-            data_dim, latent_dim, hidden_dims, likelihood, sigma_x, learn_sigma_x, encoder, decoder
+            data_dim,
+            latent_dim,
+            hidden_dims,
+            likelihood,
+            sigma_x,
+            learn_sigma_x,
+            encoder,
+            decoder,
+            sigma_x_floor,
         )
         if self.custom_encoder:
             check_encoder(self.encoder, data_dim, latent_dim, pair_allowed=True)
@@ -579,11 +698,13 @@ class VAE(_EncoderDecoder):
 
     # -- generation
     # ---------------------------------------------------------------------------------
+    @in_eval_mode
     @torch.no_grad()
     def sample(self, n, generator=None, noisy=False):
         """Ancestral samples: z ~ p(z) (N(0, I_k) by default), then the decoder's mean E[x | z], or
         a draw x ~ p(x | z).
 
+        Runs in eval mode (`vaelib.networks.eval_mode`), the model's mode restored afterwards.
         noisy=False (the default, what one shows as images): pixel probabilities sigmoid(logits)
         (Bernoulli) or the Gaussian mean. noisy=True: a draw from p(x | z): mean + sigma_x * eps
         with eps ~ N(0, I) (Gaussian), or binary pixels, 1 with probability sigmoid(logits)
@@ -615,7 +736,7 @@ class VAE(_EncoderDecoder):
         if not noisy:
             return self._lik.mean(out)
         return self._lik.sample(
-            out, self.log_sigma_x, lambda fn: draw(fn, n, self.data_dim)
+            out, self._log_scale(), lambda fn: draw(fn, n, self.data_dim)
         )  # (n, D)
 
 
@@ -633,9 +754,8 @@ class Autoencoder(_EncoderDecoder):
         hidden_dims: widths of the encoder's hidden layers (the decoder mirrors them); None means
             (400,).
         likelihood: "bernoulli" or "gaussian".
-        sigma_x: the Gaussian likelihood's standard deviation: a number, or D numbers (one per
-            pixel), as for VAE.
-        learn_sigma_x: learn log sigma_x by maximum likelihood (Gaussian only).
+        sigma_x, learn_sigma_x, sigma_x_floor: the Gaussian likelihood's standard deviation and
+            how it is set, as for VAE (default: its closed-form optimum per batch).
         encoder: None for the MLP, or your own nn.Module x (B, D) -> the code (B, k).
         decoder: None for the MLP, or your own nn.Module z (..., k) -> (..., D), keeping leading
             dimensions.
@@ -649,13 +769,22 @@ class Autoencoder(_EncoderDecoder):
         latent_dim,
         hidden_dims=None,
         likelihood="bernoulli",
-        sigma_x=1.0,
-        learn_sigma_x=False,
+        sigma_x=None,
+        learn_sigma_x=None,
         encoder=None,
         decoder=None,
+        sigma_x_floor=None,
     ):
         super().__init__(
-            data_dim, latent_dim, hidden_dims, likelihood, sigma_x, learn_sigma_x, encoder, decoder
+            data_dim,
+            latent_dim,
+            hidden_dims,
+            likelihood,
+            sigma_x,
+            learn_sigma_x,
+            encoder,
+            decoder,
+            sigma_x_floor,
         )
         if self.custom_encoder:
             check_encoder(self.encoder, data_dim, latent_dim, pair_allowed=False)

@@ -11,6 +11,8 @@ the module's state are left as they were)::
         D).
 """
 
+import contextlib
+import functools
 from collections import OrderedDict
 
 import torch
@@ -173,3 +175,51 @@ def mlp(sizes, prefix):
         layers[f"{prefix}{i}"] = nn.Linear(n_in, n_out)
         layers[f"relu{i}"] = nn.ReLU()
     return layers
+
+
+@contextlib.contextmanager
+def eval_mode(module):
+    """Run a block with `module` in eval mode (dropout off, batch norm on its running statistics),
+    then put every submodule back in the mode it had.
+
+    What every evaluation, sample, plot, explorer and command of vaelib runs in, so that a result
+    does not depend on the batch size and the running statistics are never changed by looking at
+    data; `vaelib.train.fit` trains in train mode and validates in eval mode the same way::
+
+        with eval_mode(model):
+            elbo = model.elbo(x_test)
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"eval_mode needs a torch.nn.Module, got {type(module).__name__}")
+    restore = set_mode(module, training=False)
+    try:
+        yield module
+    finally:
+        restore()
+
+
+def set_mode(module, training):
+    """Put `module` in train (True) or eval (False) mode; return a function () -> None that
+    puts every submodule back in the mode it had (a submodule's own mode survives)."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.train(training)
+
+    def restore():
+        for m, mode in modes:
+            m.training = mode
+
+    return restore
+
+
+def in_eval_mode(fn):
+    """Decorator: run fn(model, ...) inside `eval_mode(model)` when its first argument is a module
+    (a method's self counts); any other first argument passes through for fn's own checks."""
+
+    @functools.wraps(fn)
+    def wrapper(model, *args, **kwargs):
+        if not isinstance(model, nn.Module):
+            return fn(model, *args, **kwargs)
+        with eval_mode(model):
+            return fn(model, *args, **kwargs)
+
+    return wrapper

@@ -11,8 +11,14 @@ Plots (each returns its matplotlib Figure; pass `ax=` to draw into your own axes
     2-D codes coloured by class label latent_manifold(model)        decoded images on a grid of
     equal prior mass, for a 2-D latent kl_per_unit(kl)               bar chart of the KL per latent
     unit, from vaelib.evaluate.kl_per_unit
-Their numbers come from plain functions (`make_grid`, `manifold_codes`) that are tested on their
-own.
+    traversals(model, x)          decoded images along each latent unit, the others held fixed
+    rate_distortion(rates, distortions, betas)   distortion against rate across a beta sweep
+Their numbers come from plain functions (`make_grid`, `manifold_codes`, `traversal_codes`) that are
+tested on their own.
+
+One colour convention for images, here and in the command line's `sample`: dark ink on white
+(matplotlib's "gray_r"): pixel value 0 (or less) is white, 1 (or more) black, as one draws digits
+and clothes on paper; the colour range is [0, 1] for data and decoder means in [0, 1].
 
 (Longer than most modules: one function a figure the series draws, each short on its own.)
 """
@@ -139,6 +145,10 @@ def savefig(fig, name):
     fmt = path.suffix[1:].lower()
     # No "Software" stamp in PNGs, so a re-run leaves byte-identical files when nothing changed.
     metadata = {"metadata": {"Software": None}} if fmt == "png" else {}
+    # a tight bounding box always, not only under use_style (whose rcParams ask for it): no label
+    # or legend outside the axes is cut off.
+    if matplotlib.rcParams["savefig.bbox"] != "tight":
+        metadata["bbox_inches"] = "tight"
     _atomic.atomic_write(path, lambda f: fig.savefig(f, format=fmt, **metadata))
     return path
 
@@ -338,21 +348,32 @@ def image_grid(
         pad: pixels between images.
         ax: draw into these axes instead of a new figure.
         title: axes title.
-        cmap: colour map (default: dark ink on white, as for digits).
+        cmap: colour map (default "gray_r": the series' convention, 0 white and 1 black, module
+            docstring).
         vmin, vmax: colour range; default [0, 1] when all pixels lie there (probabilities), else the
             data range.
+    The new figure is sized to the grid (about 6 inches on its longer side, images never drawn
+    larger than 0.08 inch per pixel), so a row of images is a strip, not a square with margins.
     Returns:
         matplotlib Figure.
     """
     grid = make_grid(images, image_shape, ncols, pad)
     if vmin is None and vmax is None and np.nanmin(grid) >= 0 and np.nanmax(grid) <= 1:
         vmin, vmax = 0.0, 1.0
-    fig, ax = _new_axes(ax, (6, 6))
+    fig, ax = _new_axes(ax, grid_figsize(grid.shape, title=bool(title)))
     ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set_axis_off()
     if title:
         ax.set_title(title)
     return fig
+
+
+def grid_figsize(shape, title=False, longer=6.0, most=0.08):
+    """(width, height) in inches of a figure showing an image grid of `shape` (rows, cols) pixels:
+    `longer` inches on the longer side, at most `most` inches per pixel, plus room for a title."""
+    rows, cols = shape
+    scale = min(longer / max(rows, cols), most)  # inches per pixel
+    return cols * scale + 0.2, rows * scale + 0.2 + (0.35 if title else 0.0)
 
 
 def latent_scatter(z, labels=None, dims=(0, 1), ax=None, title=None, s=6, alpha=0.7):
@@ -446,7 +467,7 @@ def latent_manifold(model, n=15, image_shape=None, ax=None, title=None, cmap="gr
     import torch
 
     from vaelib.models import VAE
-    from vaelib.networks import device_dtype
+    from vaelib.networks import device_dtype, eval_mode
 
     if not isinstance(model, VAE):
         raise TypeError(f"model must be a vaelib.models.VAE, got {type(model).__name__}")
@@ -457,7 +478,7 @@ def latent_manifold(model, n=15, image_shape=None, ax=None, title=None, cmap="gr
         )
     codes = manifold_codes(n)  # (n, n, 2)
     device, dtype = device_dtype(model)
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         z = torch.from_numpy(codes.reshape(-1, 2)).to(device, dtype)  # (n*n, 2)
         images = model.decode_mean(z)  # (n*n, D)
     H, W = resolve_image_shape(model.data_dim, image_shape)
@@ -499,4 +520,145 @@ def kl_per_unit(kl, ax=None, title=None, threshold=None):
         title=title or f"KL per unit (total {kl.sum():.2f} nats)",
     )
     ax.set_xticks(units if len(kl) <= 32 else units[:: math.ceil(len(kl) / 16)])
+    return fig
+
+
+def traversal_codes(z0, dims, n=7, span=None):
+    """Codes for a latent traversal: row r varies unit dims[r] over n values, the others stay z0's.
+
+    The values are standard normal quantiles Phi^{-1}((i + 1/2) / n), as in `manifold_codes` (equal
+    prior mass between them), or evenly spaced in [-span, span] when span is given.
+
+    Args:
+        z0: (k,) the code held fixed (e.g. the encoder mean of an image, or zeros: the prior mean).
+        dims: sequence of latent units to vary.
+        n: values per unit.
+        span: None for the quantiles, else the largest |value|.
+    Returns:
+        codes (len(dims), n, k) and values (n,), float64 numpy arrays.
+    """
+    import torch
+
+    z0 = _numpy("z0", z0)
+    if z0.ndim != 1:
+        raise ValueError(f"z0 must have shape (k,), got {z0.shape}")
+    k = z0.shape[0]
+    dims = [int(d) for d in dims]
+    if not dims or any(not 0 <= d < k for d in dims):
+        raise ValueError(f"dims must be latent units in [0, {k}), got {dims}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an int >= 2, got {n!r}")
+    if span is None:
+        values = torch.special.ndtri((torch.arange(n, dtype=torch.float64) + 0.5) / n).numpy()
+    else:
+        values = np.linspace(-float(span), float(span), n)
+    codes = np.repeat(np.repeat(z0[None, None], len(dims), 0), n, 1)  # (R, n, k)
+    for r, d in enumerate(dims):
+        codes[r, :, d] = values
+    return codes, values
+
+
+def traversals(
+    model, x=None, dims=None, n=7, span=None, image_shape=None, ax=None, title=None, cmap="gray_r"
+):
+    """Latent traversals: decode codes that vary one latent unit at a time; return the Figure.
+
+    Row r shows E[x | z] (`model.decode_mean`) for z = z0 with unit dims[r] set to each of n values
+    (`traversal_codes`): standard normal quantiles, so each row walks through the prior from its
+    5 % to its 95 % point and beyond. z0 is the encoder mean of the image x, or 0 (the prior mean)
+    without x. Runs in eval mode (`vaelib.networks.eval_mode`). A unit whose row does not change is
+    unused (its KL is near 0: `vaelib.evaluate.kl_per_unit`).
+
+    Args:
+        model: a vaelib.models.VAE.
+        x: optional (D,) or (1, D) image whose code is held fixed.
+        dims: latent units to vary (default: all, at most 16: the first 16).
+        n: values per unit; span: as in `traversal_codes`.
+        image_shape, ax, title, cmap: as in `image_grid`.
+    Returns:
+        matplotlib Figure; rows labelled by unit, columns by value.
+    """
+    import torch
+
+    from vaelib.models import VAE
+    from vaelib.networks import device_dtype, eval_mode
+
+    if not isinstance(model, VAE):
+        raise TypeError(f"model must be a vaelib.models.VAE, got {type(model).__name__}")
+    device, dtype = device_dtype(model)
+    H, W = resolve_image_shape(model.data_dim, image_shape)
+    with torch.no_grad(), eval_mode(model):
+        if x is None:
+            z0 = np.zeros(model.latent_dim)
+        else:
+            xt = torch.as_tensor(x).to(device, dtype).reshape(-1, model.data_dim)
+            if xt.shape[0] != 1:
+                raise ValueError(f"x must be one image (D,) or (1, D), got {tuple(np.shape(x))}")
+            z0 = model.encode(xt)[0][0].double().cpu().numpy()  # (k,) the encoder mean
+        dims = list(range(min(model.latent_dim, 16))) if dims is None else list(dims)
+        codes, values = traversal_codes(z0, dims, n, span)  # (R, n, k)
+        z = torch.from_numpy(codes.reshape(-1, model.latent_dim)).to(device, dtype)
+        images = model.decode_mean(z)  # (R n, D)
+    fig = image_grid(images, (H, W), ncols=n, pad=1, ax=ax, title=title, cmap=cmap)
+    ax = fig.axes[0] if ax is None else ax
+    ax.set_axis_on()
+    ax.grid(False)
+    for side in ("top", "right", "bottom", "left"):
+        ax.spines[side].set_visible(False)
+    ax.set_xticks([c * (W + 1) + (W - 1) / 2 for c in range(n)], [f"{v:.2g}" for v in values])
+    ax.set_yticks(
+        [r * (H + 1) + (H - 1) / 2 for r in range(len(dims))], [f"z{d + 1}" for d in dims]
+    )
+    ax.tick_params(length=0, labelsize=8)
+    ax.set_xlabel(
+        "value of the varied unit (standard normal quantiles)" if span is None else "value"
+    )
+    return fig
+
+
+def rate_distortion(rates, distortions, betas=None, ax=None, title=None, label=None):
+    """Distortion against rate across a beta sweep (Alemi et al. 2018, fig. 1); return the Figure.
+
+    Each point is one model: rate = mean KL(q(z | x) || p(z)), distortion = mean -E_q[log p(x |
+    z)], both in nats (`vaelib.evaluate.rate_distortion`). The dashed lines are of equal ELBO = -(R
+    + D): along them the ELBO cannot tell the models apart; beta = 1 is the best ELBO.
+
+    Args:
+        rates, distortions: (M,) each, tensor, array or list.
+        betas: optional (M,) KL weights, written beside the points.
+        ax, title: as in `image_grid`; label: legend label of the curve.
+    Returns:
+        matplotlib Figure.
+    """
+    r, d = _numpy("rates", rates), _numpy("distortions", distortions)
+    if r.ndim != 1 or r.shape != d.shape or r.shape[0] == 0:
+        raise ValueError(
+            f"rates and distortions must have the same shape (M,), got {r.shape} and {d.shape}"
+        )
+    fig, ax = _new_axes(ax, (5.5, 4.2))
+    order = np.argsort(r)
+    ax.plot(r[order], d[order], marker="o", label=label)
+    total = r + d
+    lo, hi = np.nanmin(total), np.nanmax(total)
+    for c in np.linspace(lo, hi, 3) if hi > lo else [lo]:
+        xs = np.array([0.0, c])
+        ax.plot(xs, c - xs, color="0.6", linestyle="--", linewidth=0.8, zorder=0)
+    if betas is not None:
+        b = _numpy("betas", betas)
+        if b.shape != r.shape:
+            raise ValueError(f"betas must have shape {r.shape}, got {b.shape}")
+        for ri, di, bi in zip(r, d, b):
+            ax.annotate(
+                f"β={bi:g}", (ri, di), textcoords="offset points", xytext=(5, 4), fontsize=8
+            )
+    pad_r, pad_d = 0.08 * (np.ptp(r) or 1.0), 0.08 * (np.ptp(d) or 1.0)
+    ax.set_xlim(max(0.0, r.min() - pad_r), r.max() + pad_r)
+    ax.set_ylim(d.min() - pad_d, d.max() + pad_d)
+    ax.set(
+        xlabel="rate: KL(q(z|x) || p(z)) (nats)",
+        ylabel="distortion: -E_q log p(x|z) (nats)",
+        title=title or "Rate-distortion across β (dashed: equal ELBO)",
+    )
+    if label:
+        ax.legend()
     return fig

@@ -36,7 +36,7 @@ from vaelib import _validate, objectives, quick_mode
 from vaelib import history as _history
 from vaelib.checkpoints import load_checkpoint, save_checkpoint  # noqa: F401 - DESIGN.md's public names
 from vaelib.models import check_model
-from vaelib.networks import device_dtype
+from vaelib.networks import device_dtype, eval_mode, set_mode
 from vaelib.registry import LIKELIHOODS
 
 _SEED_LIMIT = 2**64  # torch generators take seeds in [0, 2**64)
@@ -321,7 +321,8 @@ def _validation(model, valid_x, binarize, seed, batch_size, device, dtype):
 
     def validate():
         vgen.set_state(vgen_state)  # the same validation noise every epoch
-        return _batched(elbo, vx, max(batch_size, 1024)).mean().item()
+        with eval_mode(model):  # dropout off, batch norm on its running statistics
+            return _batched(elbo, vx, max(batch_size, 1024)).mean().item()
 
     return validate
 
@@ -405,6 +406,10 @@ def fit(
     The model moves to `device` and stays there. Initial weights are the model's: seed torch
     (torch.manual_seed) before constructing it. Everything random inside fit comes from one
     generator seeded with `seed` (or restored from `rng_state`), so reruns give identical weights.
+
+    The model trains in train mode (dropout on, batch norm on each minibatch, updating its running
+    statistics) and is validated in eval mode (`vaelib.networks.eval_mode`), whatever mode it came
+    in; fit gives it back in the mode it had.
 
     Nothing is lost when training stops early: on a KeyboardInterrupt (Ctrl-C, or a signal handler
     that raises one) or a FloatingPointError (a NaN or infinite loss or parameter), fit puts back
@@ -503,6 +508,7 @@ def fit(
     snapshot = _Snapshot(
         model, history.optimizer_state, gen, len(history["epoch"])
     )  # the start, until an epoch ends
+    restore_mode = set_mode(model, training=True)  # train mode; the caller's mode comes back after
     try:
         optimizer = _make_optimizer(model, lr, history.optimizer_state)
         with tqdm(
@@ -549,6 +555,8 @@ def fit(
         snapshot.restore(model, history, device)
         e.history = history
         raise
+    finally:
+        restore_mode()
     history.optimizer_state = optimizer.state_dict()
     history.rng_state = {"device": device.type, "state": gen.get_state()}
     return history

@@ -5,7 +5,7 @@ import io
 import math
 import time
 
-from vaelib.networks import device_dtype
+from vaelib.networks import device_dtype, in_eval_mode
 
 
 def load_ipywidgets():
@@ -139,6 +139,7 @@ def as_float(name, value):
     return float(value)
 
 
+@in_eval_mode
 def decoded_mean(model, z):
     """E[x | z] of a VAE (model.decode_mean), float64 on the CPU.  z: (..., k) on any device ->
     (..., D)."""

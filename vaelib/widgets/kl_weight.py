@@ -8,6 +8,7 @@ import torch
 
 from vaelib import _validate, quick_mode
 from vaelib.distributions import kl_normal
+from vaelib.networks import in_eval_mode
 from vaelib.widgets._common import (
     FigureImage,
     decoded_mean,
@@ -123,6 +124,7 @@ def train_sigma_grid(
     return models
 
 
+@in_eval_mode
 @torch.no_grad()
 def kl_weight_readout(model, x, n_images=8):
     """What a trained VAE does with images x: reconstructions, KL to the prior per unit, active

@@ -8,6 +8,7 @@ import torch
 
 from vaelib import _validate
 from vaelib.distributions import log_normal
+from vaelib.networks import in_eval_mode
 from vaelib.widgets._common import (
     FigureImage,
     as_float,
@@ -19,6 +20,7 @@ from vaelib.widgets._common import (
 )
 
 
+@in_eval_mode
 @torch.no_grad()
 def latent_codes(model, x):
     """Encoder means mu(x) of a VAE with a 2-D latent space.  x: (N, D) -> (N, 2) float64 numpy
@@ -30,6 +32,7 @@ def latent_codes(model, x):
     return model.encode(to_model(model, x))[0].double().cpu().numpy()
 
 
+@in_eval_mode
 @torch.no_grad()
 def latent_readout(model, z, codes, n_neighbours=5):
     """What the decoder and the prior say at a latent point z, and which training codes lie nearest.
@@ -67,6 +70,7 @@ def latent_readout(model, z, codes, n_neighbours=5):
     }
 
 
+@in_eval_mode
 @torch.no_grad()
 def interpolation_path(model, x_a, x_b, n=10):
     """Decode the straight line between the encoder means of two images.
