@@ -258,6 +258,7 @@ def test_fit_iwae_needs_a_vae(digits):
 # ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:VAE has a fixed sigma_x")  # sigma_x is the oracle's
 def test_gradient_snr_matches_closed_form_for_a_linear_gaussian_decoder_bias():
     """Linear decoder W z + b, fixed sigma_x = s, ELBO with one sample: d loss / d b =
     -(1/(B s^2)) sum_b (x_b - W z_b - b), z_b = mu_b + sd_b eps_b, so the gradient is Gaussian with
