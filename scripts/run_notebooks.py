@@ -18,6 +18,11 @@ from vaelib._atomic import atomic_write
 
 
 def run(path, timeout):
+    """Execute one notebook in full mode in a fresh kernel and write it back; its seconds."""
+    os.environ.pop("VAELIB_QUICK", None)  # a committed notebook is the full series
+    # a non-interactive backend (MPLBACKEND=agg, as `make notebooks` sets) would still save figures/
+    # but leave the committed notebook without its inline images
+    os.environ.pop("MPLBACKEND", None)
     nb = nbformat.read(path, as_version=4)
     # store_widget_state=False: explorers (vaelib.widgets) need a live kernel; their saved state
     # would only add megabytes and a widget manager script from another host to the static book.
@@ -48,10 +53,6 @@ def main(argv=None):
     if not paths:
         print("no notebooks found", file=sys.stderr)
         return 1
-    os.environ.pop("VAELIB_QUICK", None)  # make run is the full series
-    # a non-interactive backend (MPLBACKEND=agg, as `make notebooks` sets) would still save figures/
-    # but leave the committed notebook without its inline images
-    os.environ.pop("MPLBACKEND", None)
     total = 0.0
     for path in paths:
         print(f"running {path} ...", flush=True)
