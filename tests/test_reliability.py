@@ -7,6 +7,7 @@ the previous checkpoint.
 """
 
 import errno
+import gc
 import inspect
 import io
 import os
@@ -15,6 +16,7 @@ import stat
 import sys
 import threading
 import time
+import warnings
 import zipfile
 
 import numpy as np
@@ -36,7 +38,8 @@ def _epoch_end_lines():
     return set(range(first + start, first + stop))
 
 
-# Functions traced line by line; fit only on its epoch-end lines.
+# Functions traced line by line; fit only on its epoch-end lines. (getattr: the test also runs,
+# and fails, against the vaelib before issue 26, which lacks some of them.)
 _TRACED = {
     f.__code__
     for f in (
@@ -46,9 +49,12 @@ _TRACED = {
         checkpoints.save_checkpoint,
         _atomic.atomic_write,
         _atomic.clean_orphans,
-        _atomic.check_regular,
+        getattr(_atomic, "check_regular", None),
+        _atomic.atomic_file.__wrapped__,
+        getattr(getattr(_atomic, "_directory_lock", None), "__wrapped__", None),
     )
-} | {_atomic.atomic_file.__wrapped__.__code__, _atomic._directory_lock.__wrapped__.__code__}
+    if f is not None
+}
 
 
 class _Injector:
@@ -123,18 +129,23 @@ def test_an_interrupt_at_every_line_of_the_epoch_end_resumes_bit_for_bit(tmp_pat
         ref.append(_weights(model))
     model, error, counter = _run(tmp_path, None, x)
     assert error is None and _equal(_weights(model), ref[2])
-    # Every line of fit's epoch end, take and give_to, and every 7th line of the copies (_clone,
-    # the same few lines once per tensor) and of the save: about 300 of the ~1,400 points of the
-    # two epoch ends, in seconds.
+    # Every line of fit's epoch end, take and give_to, and every 19th line of the copies (_clone,
+    # the same few lines once per tensor) and of the save (19 is prime to their lengths, so every
+    # line of them is hit for some tensor): about 110 of the ~1,400 points of the two epoch ends.
     points = [
         n
         for n, where in enumerate(counter.where, start=1)
-        if where in ("fit", "take", "give_to") or n % 7 == 0
+        if where in ("fit", "take", "give_to") or n % 19 == 0
     ]
-    assert len(points) > 150 and {"take", "_clone", "atomic_file"} <= set(counter.where)
+    assert len(points) > 80 and {"take", "_clone", "atomic_file"} <= set(counter.where)
     for n in points:
         (tmp_path / "model.pt").unlink(missing_ok=True)
-        model, error, _ = _run(tmp_path, n, x)
+        with warnings.catch_warnings():
+            # An interrupt inside the `finally` that closes the temporary file leaves the closing
+            # to the garbage collector (a ResourceWarning; the file is removed as an orphan later).
+            warnings.simplefilter("ignore", ResourceWarning)
+            model, error, _ = _run(tmp_path, n, x)
+            gc.collect()
         assert error is not None, n
         done = len(error.history["epoch"])
         assert error.history["epoch"] == list(range(1, done + 1)), n

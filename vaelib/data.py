@@ -626,7 +626,7 @@ class _Deadline:
     (a socket timeout alone is reset by every byte)."""
 
     def __init__(self, start, deadline):
-        self.start, self.deadline, self.passed = start, deadline, False
+        self.start, self.deadline, self.passed, self.received = start, deadline, False, 0
         self.sockets, self.lock = [], threading.Lock()
         self.timer = threading.Timer(max(0.0, start + deadline - time.monotonic()), self._expire)
         self.timer.daemon = True
@@ -688,9 +688,9 @@ def _fetch_verified(name, file, url, dest, timeout, deadline):
                 raise  # an error of its own, or already the deadline's
             elapsed = time.monotonic() - start
             raise DownloadError(
-                f"download timed out: the deadline of {deadline:g} s passed after {elapsed:.1f} s "
-                f"(the server is too slow, or sends its response a few bytes at a time); pass "
-                "deadline= to allow longer"
+                f"download timed out: the deadline of {deadline:g} s passed after "
+                f"{watch.received} bytes ({elapsed:.1f} s: the server is too slow, or sends its "
+                "response a few bytes at a time); pass deadline= to allow longer"
             ) from None
 
 
@@ -725,6 +725,7 @@ def _fetch(name, file, url, dest, timeout, deadline, start, watch):
                     break
                 out.write(block)
                 received += len(block)
+                watch.received = received
                 if received > limit:
                     raise DownloadError(
                         f"the server sent more than {limit} bytes, far more than {file}.gz can hold"
