@@ -130,8 +130,8 @@ def test_an_interrupt_at_every_line_of_the_epoch_end_resumes_bit_for_bit(tmp_pat
     model, error, counter = _run(tmp_path, None, x)
     assert error is None and _equal(_weights(model), ref[2])
     # Every line of fit's epoch end, take and give_to, and every 19th line of the copies (_clone,
-    # the same few lines once per tensor) and of the save (19 is prime to their lengths, so every
-    # line of them is hit for some tensor): about 110 of the ~1,400 points of the two epoch ends.
+    # the same few lines once per tensor, so the stride lands on different lines for different
+    # tensors) and of the save: about 110 of the ~1,400 points of the two epoch ends.
     points = [
         n
         for n, where in enumerate(counter.where, start=1)
