@@ -126,16 +126,19 @@ def test_required_keys_and_foreign_keys_are_errors():
 
 
 def test_every_checkpoint_version_still_loads(tmp_path):
-    """Version 1 (no digest) and version 2 files load to the same weights; another version is
-    refused."""
+    """Version 1 (no digest) and version 2 files load to the same weights, version 1 only with
+    allow_unverified=True (without a digest it cannot be told from a stripped version-2 file);
+    another version is refused."""
     torch.manual_seed(0)
     model = VAE(6, 2, (4,))
     path = checkpoints.save_checkpoint(tmp_path / "v2.pt", model)
     payload = torch.load(path, weights_only=True)
     v1 = {k: v for k, v in payload.items() if k != "digest"} | {"version": 1}
     torch.save(v1, tmp_path / "v1.pt")
+    with pytest.raises(ValueError, match=r"version 1 has no SHA-256 digest"):
+        checkpoints.load_checkpoint(tmp_path / "v1.pt")
     for file in ("v1.pt", "v2.pt"):
-        loaded = checkpoints.load_checkpoint(tmp_path / file)
+        loaded = checkpoints.load_checkpoint(tmp_path / file, allow_unverified=file == "v1.pt")
         assert all(
             torch.equal(a, b)
             for a, b in zip(loaded.state_dict().values(), model.state_dict().values())

@@ -327,7 +327,8 @@ def test_a_bug_in_a_subprocess_prints_the_traceback(tmp_path):
 
 
 def test_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
-    """Running out of memory is not a bug: one line that says what to lower."""
+    """Running out of memory is not a bug: one line that says what to lower (for sample, --n: issue
+    26, item 6)."""
     monkeypatch.setattr(
         checkpoints,
         "load_checkpoint",
@@ -336,7 +337,7 @@ def test_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
     assert_one_line_error(
         in_process(["sample", tmp_path / "m.pt", "--out", tmp_path / "s.png"], capsys),
         "out of memory",
-        "--batch-size",
+        "--n",
     )
 
 

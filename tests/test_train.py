@@ -684,12 +684,16 @@ def test_tampered_checkpoint_fails_the_digest(tmp_path):
 
 
 def test_version_1_checkpoints_without_digest_still_load(tmp_path):
+    """Only when trusted (allow_unverified=True): without a digest, a version-1 file cannot be told
+    from a version-2 file rewritten as version 1 (issue 26, item 5)."""
     model = vae()
     path = checkpoints.save_checkpoint(tmp_path / "m.pt", model)
     payload = torch.load(path, weights_only=True)
     del payload["digest"]
     torch.save(dict(payload, version=1), path)
-    assert same_weights(checkpoints.load_checkpoint(path), model)
+    with pytest.raises(ValueError, match=r"version 1 has no SHA-256 digest"):
+        checkpoints.load_checkpoint(path)
+    assert same_weights(checkpoints.load_checkpoint(path, allow_unverified=True), model)
     torch.save(dict(payload, version=2), path)  # version 2 without its digest: refused
     with pytest.raises(ValueError, match=r"corrupt checkpoint"):
         checkpoints.load_checkpoint(path)

@@ -449,9 +449,7 @@ def main(argv=None):
     except Exception as e:
         if _out_of_memory(e):
             print(
-                f"vaelib: error: out of memory ({type(e).__name__}); lower --batch-size (and "
-                f"--chunk-size for "
-                "evaluate), or use --device cpu",
+                f"vaelib: error: out of memory ({type(e).__name__}); {_OOM_ADVICE[args.command]}",
                 file=sys.stderr,
             )
             return 1
@@ -465,6 +463,15 @@ def main(argv=None):
 # downloads, a full or read-only disk) and FloatingPointError (a NaN in training). A TypeError or
 # RuntimeError reaching main is a bug: it keeps its traceback.
 EXPECTED_ERRORS = (CLIError, ValueError, OSError, FloatingPointError)
+
+
+# What to lower when a command runs out of memory: the options that size its allocations.
+_OOM_ADVICE = {
+    "train": "lower --batch-size or --hidden, train on less data (--data), or use --device cpu",
+    "evaluate": "lower --batch-size and --chunk-size, evaluate fewer examples (--limit), or use "
+    "--device cpu",
+    "sample": "draw fewer samples (--n)",
+}
 
 
 def _out_of_memory(e):
@@ -545,15 +552,38 @@ def _signals_deferred():
 
 
 def cmd_train(args):
-    if threading.current_thread() is not threading.main_thread():
-        return _train(args)
-    old = signal.signal(
-        signal.SIGTERM, _raise_terminated
-    )  # SIGTERM stops training like Ctrl-C: it saves first
+    with contextlib.ExitStack() as held:  # the run folder's lock, for the run's lifetime
+        args.lock_run = lambda out, option: _lock_run(held, out, option)
+        if args.resume is not None and args.resume.strip() and Path(args.resume).is_dir():
+            args.lock_run(Path(args.resume), "--resume")  # before its checkpoint is read
+        if threading.current_thread() is not threading.main_thread():
+            return _train(args)
+        old = signal.signal(
+            signal.SIGTERM, _raise_terminated
+        )  # SIGTERM stops training like Ctrl-C: it saves first
+        try:
+            return _train(args)
+        finally:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _lock_run(held, out, option):
+    """One run per output folder: lock `out` until the run ends; a live run's lock is an error
+    naming its pid."""
+    from vaelib import _atomic
+
+    if getattr(held, "locked", None) == out.resolve():
+        return
     try:
-        return _train(args)
-    finally:
-        signal.signal(signal.SIGTERM, old)
+        held.enter_context(_atomic.lock_directory(out))
+    except _atomic.Locked as e:
+        who = f"pid {e.pid}" if e.pid is not None else "another process"
+        raise CLIError(
+            f"{option} {out}: another training run ({who}) is writing to this folder; wait for it "
+            f"to finish or stop it (kill {e.pid if e.pid is not None else 'PID'}), or choose "
+            "another --out"
+        ) from None
+    held.locked = out.resolve()
 
 
 def _option(key):
@@ -646,7 +676,10 @@ def _settings(args):
             "continue it; resume it in Python with vaelib.train.fit(model, x, epochs, "
             "history=checkpoint.history)"
         )
+    moved = _moved_data(explicit, saved, ck.metadata, path)
     for key, value in explicit.items():
+        if key == "data" and moved:
+            continue  # the same bytes at another path: compared by SHA-256 below, in _train
         if key not in RESUME_MAY_CHANGE and value != saved[key]:
             raise CLIError(
                 f"{_option(key)} {value} differs from the run's {saved[key]}: --resume continues a "
@@ -655,7 +688,32 @@ def _settings(args):
                 "--no-progress may change)"
             )
     settings = dict(saved, **{k: explicit[k] for k in RESUME_MAY_CHANGE if k in explicit})
+    if moved:
+        settings["data"] = explicit["data"]
+    elif isinstance(settings["data"], str) and not Path(settings["data"]).is_file():
+        raise CLIError(
+            f"--resume {args.resume}: the run's data file {settings['data']} is not there any "
+            "more; if it moved, pass its new path with --data (it must have the same SHA-256)"
+        )
     return settings, ck, Path(args.resume)
+
+
+def _moved_data(explicit, saved, metadata, path):
+    """True when --data names another path than the run's file but with the recorded SHA-256 (a
+    moved or copied file): --resume compares the bytes, not the paths."""
+    new, old = explicit.get("data"), saved.get("data")
+    if new is None or not isinstance(old, str) or new == old:
+        return False
+    recorded = (metadata or {}).get("data_sha256")
+    if not Path(new).is_file():
+        raise CLIError(f"--data {new}: no such file")
+    actual = _file_sha256(new)
+    if actual != recorded:
+        raise CLIError(
+            f"--data {new} is not the run's data: its SHA-256 is {actual}, {path} records "
+            f"{recorded} (for {old}); --resume continues a run on the same data"
+        )
+    return True
 
 
 def _train(args):
@@ -667,11 +725,12 @@ def _train(args):
     device = train.resolve_device(args.device)
     if settings["data"] is not None:
         x, _, file_shape = _load_npz(settings["data"], settings["likelihood"])
+        del _  # x_test: training keeps one copy of the data
         source, data_sha256 = Path(settings["data"]).name, _file_sha256(settings["data"])
         if ck is not None and data_sha256 != ck.metadata.get("data_sha256"):
             raise CLIError(
-                f"--resume: {settings['data']} changed since the run started (its SHA-256 "
-                f"differs); "
+                f"--resume: {settings['data']} changed since the run started (its SHA-256 is "
+                f"{data_sha256}, the checkpoint records {ck.metadata.get('data_sha256')}); "
                 "resuming on other data would not continue the same run"
             )
     else:
@@ -699,6 +758,7 @@ def _train(args):
             settings["sigma_x"] = float(f"{spread:.4g}") if spread > 0 else 1.0
         model = _build_model(settings, x.shape[1])
         out = _out_dir(str(out))
+        getattr(args, "lock_run", lambda *_: None)(out, "--out")
         if (out / "model.pt").exists() and not args.overwrite:
             raise CLIError(
                 f"{out / 'model.pt'} exists: continue that run with --resume {out}, or start "
@@ -807,6 +867,15 @@ def _build_model(settings, data_dim):
         kwargs["sigma_x"] = [settings["sigma_x"]] * data_dim if per_pixel else settings["sigma_x"]
         kwargs["learn_sigma_x"] = settings["learn_sigma_x"]
         kwargs["sigma_x_floor"] = settings.get("sigma_x_floor")
+    from vaelib import _memory
+
+    _memory.check(
+        "--hidden",
+        _memory.mlp_bytes(data_dim, settings["latent_dim"], settings["hidden"]),
+        f"a model {data_dim}-{'-'.join(map(str, settings['hidden']))}-{settings['latent_dim']} "
+        "with its gradients and Adam state",
+        "lower --hidden (and --latent-dim)",
+    )
     torch.manual_seed(settings["seed"])  # the initial weights
     return cls(data_dim, settings["latent_dim"], settings["hidden"], **kwargs)
 
@@ -981,10 +1050,37 @@ def _evaluation_data(args, metadata, likelihood):
     if args.dataset is not None:
         x, _ = data.load(args.dataset, args.split)
         return x, args.dataset
+    _check_data_hash(args, metadata)
     x_train, x_test, _ = _load_npz(args.data, likelihood)
     if args.split == "test" and x_test is None:
         raise CLIError(f"{args.data} has no x_test array; evaluate on --split train or add x_test")
     return (x_test if args.split == "test" else x_train), Path(args.data).name
+
+
+def _check_data_hash(args, metadata):
+    """The --data file must be the one the checkpoint was trained on when it is that file (by path
+    or by default): compare its SHA-256 with the recorded one. Another file is evaluated with a
+    note."""
+    recorded, trained_on = metadata.get("data_sha256"), metadata.get("data")
+    if not isinstance(recorded, str) or not Path(args.data).is_file():
+        return
+    actual = _file_sha256(args.data)
+    if actual == recorded:
+        return
+    same_path = (
+        isinstance(trained_on, str) and Path(args.data).resolve() == Path(trained_on).resolve()
+    )
+    if same_path:
+        raise CLIError(
+            f"--data {args.data} changed since {args.checkpoint} was trained on it: its SHA-256 is "
+            f"{actual}, the checkpoint records {recorded}; restore the training file, or evaluate "
+            "on a copy of the new data at another path"
+        )
+    print(
+        f"note: {args.data} is not the file the model was trained on (SHA-256 {actual[:12]}..., "
+        f"training file {recorded[:12]}...)",
+        file=sys.stderr,
+    )
 
 
 def cmd_evaluate(args):

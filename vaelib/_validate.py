@@ -95,6 +95,8 @@ def count(name, n, *, minimum=1):
 
     Bools are rejected (True is an int to Python, but never a meant count).
     """
+    if isinstance(n, np.integer):
+        n = int(n)  # a numpy integer (np.int64 from an array's shape or sum) is a count too
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"{name} must be an int, got {type(n).__name__}")
     if n < minimum:
@@ -129,6 +131,8 @@ def positive_scalar(name, s):
         if s.numel() != 1:
             raise ValueError(f"{name} must be a scalar, got shape {tuple(s.shape)}")
         s = s.item()
+    if isinstance(s, (np.floating, np.integer)):
+        s = s.item()  # numpy scalars (np.float32 sigma_x) are numbers too
     if isinstance(s, bool) or not isinstance(s, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(s).__name__}")
     s = float(s)

@@ -10,18 +10,25 @@ cannot exhaust memory. The history is stored as its per-epoch lists with the opt
 state beside it; `load_checkpoint(..., with_state=True).history` is a `vaelib.history.History` that
 `fit` resumes from, its missing keys filled as `vaelib.history.KEYS` declares.
 
-Formats: version 1 (no digest) and version 2 (with the digest, what `save_checkpoint` writes) are
-    read;
-`tests/fixtures/` keeps version-2 files written by an older vaelib that must keep loading and
-resuming.
+Formats: version 2 (with the digest, what `save_checkpoint` writes) is read. Version 1 files carry
+no digest, so they cannot be told from a version-2 file whose digest was stripped: they are refused
+unless `load_checkpoint(..., allow_unverified=True)` says the file is trusted. `tests/fixtures/`
+keeps version-2 files written by an older vaelib that must keep loading and resuming.
+
+Crafted files: before anything is hashed or built, the file must be one zip archive from its first
+byte (a file with another checkpoint prepended would load the other one), and every stored tensor
+must fit in its stored bytes (a tensor whose metadata claims 10^9 elements over a few stored bytes
+would be materialised by the digest).
 
 (Longer than most modules: saving, the digest, and loading with its checks against crafted or
 corrupt files and older formats belong together.)
 """
 
 import hashlib
+import io
 import math
 import warnings
+import zipfile
 from enum import Enum
 from pathlib import Path, PurePath
 from typing import NamedTuple
@@ -31,7 +38,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from vaelib import history as _history
-from vaelib._atomic import atomic_write
+from vaelib._atomic import atomic_write, check_regular
 from vaelib.models import MODELS, check_model
 
 CHECKPOINT_FORMAT = "vaelib-checkpoint"
@@ -266,6 +273,27 @@ def _state_mismatch(want, have, what):
     return f"the stored weights do not match {what}: {', '.join(parts)}"
 
 
+def _nonfinite_parameter(state):
+    """The name of the first floating tensor of a state dict that holds NaN or inf, else None."""
+    for name, t in state.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(t.isfinite().all()):
+            return name
+    return None
+
+
+def warn_if_nonfinite(model, where):
+    """Warn (RuntimeWarning) when a model's weights hold NaN or inf: every result from it is NaN."""
+    name = _nonfinite_parameter(model.state_dict())
+    if name is not None:
+        warnings.warn(
+            f"{where}: the model's weights hold NaN or inf values (first in {name!r}); its ELBO, "
+            "samples and likelihoods will be NaN. Use an earlier checkpoint or re-train",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return name
+
+
 def save_checkpoint(path, model, optimizer=None, history=None, rng_state=None, metadata=None):
     """Save a model, and optionally the training state, so that `load_checkpoint` reads it back.
 
@@ -330,6 +358,8 @@ def save_checkpoint(path, model, optimizer=None, history=None, rng_state=None, m
         raise FileNotFoundError(
             f"cannot save checkpoint {path}: directory {path.parent} does not exist"
         )
+    check_regular(path, "checkpoint")  # a FIFO or device node is refused, never replaced
+    warn_if_nonfinite(model, f"saving {path}")
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -344,14 +374,64 @@ def save_checkpoint(path, model, optimizer=None, history=None, rng_state=None, m
         "metadata": _plain(metadata, "metadata"),
     }
     payload["digest"] = _digest(payload)
-    atomic_write(path, lambda f: torch.save(payload, f))
+    # Serialised in memory first: a full disk then fails in our own write as an OSError naming the
+    # file (torch.save straight into the file turns it into an "enforce fail" RuntimeError).
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()), what="checkpoint")
     return path
+
+
+def _check_layout(path, f):
+    """Refuse a file that is not one zip archive starting at its first byte (another file prepended:
+    torch reads the archive at the start, zip readers the one at the end)."""
+    head = f.read(4)
+    f.seek(0)
+    if head != b"PK\x03\x04":
+        return  # not a zip at all: torch.load reports it below
+    try:
+        with zipfile.ZipFile(f) as z:
+            first = min((i.header_offset for i in z.infolist()), default=0)
+    except Exception:  # noqa: BLE001 - a damaged archive (any error): torch.load reports it below
+        first = 0
+    f.seek(0)
+    if first != 0:
+        raise ValueError(
+            f"{path}: not a single checkpoint: its archive starts {first} bytes into the file "
+            "(another file was joined in front of it); refusing to load it"
+        )
+
+
+def _check_tensor_sizes(path, obj, where="the file"):
+    """Refuse tensors that claim more elements than their stored bytes hold (before any hashing:
+    the digest would materialise the claimed size)."""
+    if isinstance(obj, torch.Tensor):
+        itemsize = obj.element_size()
+        stored = obj.untyped_storage().nbytes()
+        claimed = obj.numel() * itemsize
+        extent = (
+            obj.storage_offset() + 1 + sum((n - 1) * st for n, st in zip(obj.shape, obj.stride()))
+            if obj.numel()
+            else 0
+        ) * itemsize
+        if claimed > stored or extent > stored:
+            raise ValueError(
+                f"{path}: broken checkpoint: {where} claims a tensor of shape {list(obj.shape)} "
+                f"({claimed} bytes) over {stored} stored bytes; refusing to read it"
+            )
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_tensor_sizes(path, v, f"{where}[{k!r}]" if where != "the file" else repr(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_tensor_sizes(path, v, f"{where}[{i}]")
 
 
 def _read_payload(path):
     """torch.load(weights_only=True) of an existing file; anything unreadable becomes a ValueError
     naming it."""
     with open(path, "rb") as f:  # errors opening the file (permissions) surface as they are
+        _check_layout(path, f)
         try:
             with (
                 warnings.catch_warnings()
@@ -370,8 +450,8 @@ def _read_payload(path):
     )
 
 
-def _verify(path, payload):
-    """Check the format tag, version and digest; raise ValueError naming `path`."""
+def _verify(path, payload, allow_unverified=False):
+    """Check the format tag, version, tensor sizes and digest; raise ValueError naming `path`."""
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a vaelib checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
     version = payload.get("version")
@@ -379,6 +459,13 @@ def _verify(path, payload):
         raise ValueError(
             f"{path}: checkpoint version {version!r}; this vaelib reads versions "
             f"{', '.join(map(str, _READABLE_VERSIONS))}"
+        )
+    _check_tensor_sizes(path, payload)
+    if version == 1 and not allow_unverified:
+        raise ValueError(
+            f"{path}: checkpoint version 1 has no SHA-256 digest, so its contents cannot be "
+            "verified (a version-2 file rewritten as version 1 looks the same); if you trust the "
+            "file, load it with load_checkpoint(path, allow_unverified=True) and save it again"
         )
     if version >= 2:
         stored = payload.get("digest")
@@ -408,7 +495,7 @@ def _verify(path, payload):
             )
 
 
-def load_checkpoint(path, model=None, with_state=False):
+def load_checkpoint(path, model=None, with_state=False, allow_unverified=False):
     """Load a checkpoint written by `save_checkpoint`: rebuild its model on the CPU, or load it into
     `model`.
 
@@ -428,6 +515,8 @@ def load_checkpoint(path, model=None, with_state=False):
         with_state: False returns the model; True returns a Checkpoint(model, optimizer_state,
             history, rng_state, metadata) NamedTuple, whose fields go straight into fit(...) to
             resume training.
+        allow_unverified: also read a version-1 file (no digest: nothing checks its contents).
+    A model whose weights hold NaN or inf loads with a RuntimeWarning.
     Returns:
         The VAE or Autoencoder with the stored weights (in the stored dtype), or a Checkpoint.
     Raises:
@@ -443,8 +532,10 @@ def load_checkpoint(path, model=None, with_state=False):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not isinstance(allow_unverified, bool):
+        raise TypeError(f"allow_unverified must be a bool, got {type(allow_unverified).__name__}")
     payload = _read_payload(path)
-    _verify(path, payload)
+    _verify(path, payload, allow_unverified)
     cls = MODELS.get(payload.get("model_class"))
     config, state = payload.get("config"), payload.get("state_dict")
     if (
@@ -507,6 +598,7 @@ def load_checkpoint(path, model=None, with_state=False):
             f"{path}: broken checkpoint: cannot load the weights into {cls.__name__} "
             f"({_short(' '.join(str(e).split()))})"
         ) from None
+    warn_if_nonfinite(model, f"loading {path}")
     if not with_state:
         return model
     history = payload.get("history")

@@ -26,12 +26,15 @@ recompressed copy (the Debian one) verifies the same as the upstream `.gz`. Deco
 in memory per process: a second `load` of the same files is a copy, not a re-read.
 """
 
+import contextlib
 import gzip
 import hashlib
 import http.client
 import math
 import os
+import socket
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -238,11 +241,17 @@ def load_npz(path):
         raise FileNotFoundError(f"{p}: no such file")
     with open(p, "rb") as f:
         magic = f.read(6)
-    if magic[:4] != b"PK\x03\x04" and magic != b"\x93NUMPY":
+    if magic == b"\x93NUMPY":
+        raise ValueError(
+            f"{p}: a single .npy array (np.save), expected an .npz file with x_train: save one "
+            "with np.savez(FILE, x_train=array)"
+        )
+    if magic[:4] != b"PK\x03\x04":
         raise ValueError(
             f"{p}: not a readable .npz file (no zip header); save one with np.savez(FILE, "
             f"x_train=...)"
         )
+    _check_npz_sizes(p)
     try:
         with np.load(p, allow_pickle=False) as npz:
             if not hasattr(npz, "files"):
@@ -269,7 +278,8 @@ def load_npz(path):
     for name, a in arrays.items():
         where = f"{p}: {name}"
         if a.dtype == np.uint8:
-            a = a.astype(np.float32) / 255.0
+            a = a.astype(np.float32)
+            a /= 255.0  # in place: one float32 copy of the data, not two
         elif a.dtype.kind == "b" or a.dtype.kind == "f":
             a = a.astype(np.float32)
         else:
@@ -297,6 +307,70 @@ def load_npz(path):
         return torch.from_numpy(np.ascontiguousarray(a.reshape(a.shape[0], -1)))  # (N, D)
 
     return flat(out["x_train"]), flat(out["x_test"]) if "x_test" in out else None, image_shape
+
+
+# The most bytes load_npz accepts for one array as stored (its float32 copy may be up to 4x this for
+# uint8 pixels); None: the machine's physical memory.
+MAX_NPZ_BYTES = None
+
+# Deflate never inflates more than 1032:1; a member that claims more is lying about its size.
+_DEFLATE_RATIO = 1032
+
+
+def _npz_limit():
+    if MAX_NPZ_BYTES is not None:
+        return MAX_NPZ_BYTES
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 36
+
+
+def _check_npz_sizes(p):
+    """Check each x_train/x_test array's declared size against what the file can hold and a limit,
+    before numpy allocates it (a 300-byte file may declare terabytes). Raises ValueError."""
+    import zipfile
+
+    file_size = p.stat().st_size
+    limit = _npz_limit()
+    try:
+        with zipfile.ZipFile(p) as z:
+            for info in z.infolist():
+                name = info.filename.removesuffix(".npy")
+                if name not in ("x_train", "x_test"):
+                    continue
+                with z.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read_header(f, max_header_size=10000)
+                    header = f.tell()
+                declared = math.prod(shape) * dtype.itemsize
+                holds = info.file_size - header
+                if info.compress_type == zipfile.ZIP_STORED:
+                    can_hold = min(holds, file_size)
+                else:
+                    can_hold = min(holds, _DEFLATE_RATIO * min(info.compress_size, file_size))
+                if declared > can_hold:
+                    raise ValueError(
+                        f"{p}: {name} declares shape {shape} of {dtype} ({declared} bytes), more "
+                        f"than the file can hold ({can_hold} bytes); the file is corrupt or crafted"
+                    )
+                if declared > limit:
+                    raise ValueError(
+                        f"{p}: {name} has shape {shape} of {dtype} ({declared / 2**30:.1f} GiB), "
+                        f"more than this machine's {limit / 2**30:.1f} GiB of memory can load "
+                        "(vaelib.data.MAX_NPZ_BYTES); use a subset of the data"
+                    )
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ValueError(f"{p}: not a readable .npz file ({type(e).__name__}: {e})") from None
+    except ValueError as e:
+        if str(e).startswith(f"{p}:"):
+            raise
+        raise ValueError(f"{p}: not a readable .npz file ({' '.join(str(e).split())})") from None
 
 
 def read_idx(path, max_bytes=MAX_IDX_BYTES):
@@ -546,16 +620,89 @@ def _download(name, file, dirs, bases, timeout, deadline):
     raise DownloadError(message)
 
 
+class _Deadline:
+    """Shut down every socket of a request when `deadline` seconds have passed since `start`: a
+    server that trickles its headers or body one byte at a time cannot hold the download longer
+    (a socket timeout alone is reset by every byte)."""
+
+    def __init__(self, start, deadline):
+        self.start, self.deadline, self.passed, self.received = start, deadline, False, 0
+        self.sockets, self.lock = [], threading.Lock()
+        self.timer = threading.Timer(max(0.0, start + deadline - time.monotonic()), self._expire)
+        self.timer.daemon = True
+
+    def _expire(self):
+        with self.lock:
+            self.passed = True
+            for sock in self.sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def register(self, sock):
+        with self.lock:
+            self.sockets.append(sock)
+            if self.passed:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def opener(self):
+        """A urllib opener whose HTTP(S) connections register their sockets here."""
+        watch = self
+
+        class HTTPConnection(http.client.HTTPConnection):
+            def connect(self):
+                super().connect()
+                watch.register(self.sock)
+
+        class HTTPSConnection(http.client.HTTPSConnection):
+            def connect(self):
+                super().connect()
+                watch.register(self.sock)
+
+        class HTTPHandler(urllib.request.HTTPHandler):
+            def http_open(self, req):
+                return self.do_open(HTTPConnection, req)
+
+        class HTTPSHandler(urllib.request.HTTPSHandler):
+            def https_open(self, req):
+                return self.do_open(HTTPSConnection, req, context=self._context)
+
+        return urllib.request.build_opener(HTTPHandler, HTTPSHandler)
+
+    def __enter__(self):
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.timer.cancel()
+
+
 def _fetch_verified(name, file, url, dest, timeout, deadline):
+    """`_fetch` within `deadline` seconds in all: connecting, the headers and the body."""
+    start = time.monotonic()
+    with _Deadline(start, deadline) as watch:
+        try:
+            _fetch(name, file, url, dest, timeout, deadline, start, watch)
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            if not watch.passed or "the deadline" in str(e):
+                raise  # an error of its own, or already the deadline's
+            elapsed = time.monotonic() - start
+            raise DownloadError(
+                f"download timed out: the deadline of {deadline:g} s passed after "
+                f"{watch.received} bytes ({elapsed:.1f} s: the server is too slow, or sends its "
+                "response a few bytes at a time); pass deadline= to allow longer"
+            ) from None
+
+
+def _fetch(name, file, url, dest, timeout, deadline, start, watch):
     """Download `url` into `dest` (atomically), within `timeout` per operation and `deadline`
     overall."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     limit = 2 * _MAX_BYTES[file] + (1 << 20)  # a .gz is never much larger than its content
     with _atomic.atomic_file(dest, ".part") as (out, tmp):
         print(f"vaelib.data: downloading {url} -> {dest}", file=sys.stderr)
-        start = time.monotonic()
         try:
-            response = urllib.request.urlopen(url, timeout=min(timeout, deadline))
+            response = watch.opener().open(url, timeout=min(timeout, deadline))
         except urllib.error.HTTPError as e:
             e.close()
             raise
@@ -567,7 +714,7 @@ def _fetch_verified(name, file, url, dest, timeout, deadline):
             )  # read1: whatever has arrived, never waits for a full chunk
             while True:
                 elapsed = time.monotonic() - start
-                if elapsed > deadline:
+                if elapsed > deadline or watch.passed:
                     raise DownloadError(
                         f"download timed out: the deadline of {deadline:g} s passed after "
                         f"{received} bytes "
@@ -578,6 +725,7 @@ def _fetch_verified(name, file, url, dest, timeout, deadline):
                     break
                 out.write(block)
                 received += len(block)
+                watch.received = received
                 if received > limit:
                     raise DownloadError(
                         f"the server sent more than {limit} bytes, far more than {file}.gz can hold"

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vaelib import _validate
+from vaelib import _memory, _validate
 from vaelib.distributions import _kl_normal, _log_normal, _sample_normal
 from vaelib.models import VAE, Autoencoder, check_model
 from vaelib.networks import device_dtype, in_eval_mode
@@ -104,7 +104,7 @@ def test_elbo(model, x, batch_size=1000, n_samples=1, generator=None):
     _validate.generator("generator", generator)
     device, dtype = device_dtype(model)
     out = [
-        model.elbo_terms(xb.to(device, dtype), n_samples, generator).elbo
+        _elbo_in_chunks(model, xb.to(device, dtype), n_samples, generator)
         for xb in x.split(batch_size)
     ]
     return torch.cat(out).to(x.device)
@@ -161,6 +161,23 @@ def rate_distortion(model, x, batch_size=1000, n_samples=1, generator=None):
 
     (r, r_se), (d, d_se), (e, e_se) = map(mean_se, (kl, distortion, -(kl + distortion)))
     return RateDistortion(r, d, e, r_se, d_se, e_se, n)
+
+
+def _elbo_in_chunks(model, xb, n_samples, generator):
+    """model.elbo_terms(xb, n_samples).elbo, with the K samples split into chunks that fit in a
+    quarter of the memory when all K at once would not: log_px_z = sum_chunks k_c log_px_z_c / K."""
+    per_sample = 3 * xb.shape[0] * (model.data_dim + model._width + 2 * model.latent_dim)
+    chunk = max(1, _memory.limit_bytes() // 4 // (per_sample * xb.element_size()))
+    if n_samples <= chunk:
+        return model.elbo_terms(xb, n_samples, generator).elbo
+    log_px_z, kl, done = 0.0, 0.0, 0
+    while done < n_samples:
+        k = min(chunk, n_samples - done)
+        terms = model.elbo_terms(xb, k, generator)
+        log_px_z = log_px_z + terms.log_px_z * k  # (B,)
+        kl = kl + terms.kl * k  # (B,) the same for every chunk with the closed-form KL; a Monte
+        done += k  # Carlo KL (a learned prior) is averaged over all the draws like log_px_z
+    return (log_px_z - kl) / n_samples
 
 
 @in_eval_mode

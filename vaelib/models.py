@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vaelib import _validate
+from vaelib import _memory, _validate
 from vaelib.distributions import LOG_2PI, _kl_normal, _log_normal, _sample_normal
 from vaelib.networks import (
     check_decoder,
@@ -90,6 +90,10 @@ SIGMA_X_MOMENTUM = 0.1
 # A fixed sigma_x at least this many times the data's spread around their mean image warns.
 SIGMA_X_WARN_RATIO = 2.5
 SIGMA_X_RULES = (False, True, "optimal")
+
+
+def _default_itemsize():
+    return torch.get_default_dtype().itemsize
 
 
 def _check_dims(data_dim, latent_dim, hidden_dims):
@@ -194,6 +198,12 @@ class _EncoderDecoder(nn.Module):
                 "and decoder there is no MLP: leave hidden_dims out"
             )
         hidden_dims = _check_dims(data_dim, latent_dim, hidden_dims)
+        if not both_custom:  # the MLP's weights, gradients and Adam moments must fit in memory
+            _memory.check(
+                "hidden_dims",
+                _memory.mlp_bytes(data_dim, latent_dim, hidden_dims, _default_itemsize()),
+                f"a model with hidden_dims {list(hidden_dims)} (data_dim {data_dim})",
+            )
         lik = LIKELIHOODS.get(likelihood)
         sigma_x, learn_sigma_x, sigma_x_floor = _sigma_x_rule(
             lik, sigma_x, learn_sigma_x, sigma_x_floor
@@ -633,8 +643,19 @@ class VAE(_EncoderDecoder):
             ELBOTerms(elbo, log_px_z, kl), each (B,) in nats.
         """
         self.check_x(x)
-        _validate.count("n_samples", n_samples)
+        n_samples = _validate.count("n_samples", n_samples)
         _validate.generator("generator", generator)
+        _memory.check(
+            "n_samples",
+            3
+            * n_samples
+            * x.shape[0]
+            * (self.data_dim + self._width + 2 * self.latent_dim)
+            * x.element_size(),
+            f"the ELBO with n_samples={n_samples} for {x.shape[0]} examples",
+            "lower n_samples, or evaluate fewer examples at once (vaelib.evaluate.test_elbo "
+            "splits large n_samples into chunks)",
+        )
         mu, logvar = self.encode(x)  # (B, k) each
         if n_samples == 1:  # the common case, without a sample dimension (the same draws as K = 1)
             z = _sample_normal(mu, logvar, None, generator)  # (B, k)
@@ -718,11 +739,17 @@ class VAE(_EncoderDecoder):
         Returns:
             (n, D) tensor, no gradient.
         """
-        _validate.count("n", n)
+        n = _validate.count("n", n)
         _validate.generator("generator", generator)
         if not isinstance(noisy, bool):
             raise TypeError(f"noisy must be a bool, got {type(noisy).__name__}")
         model_device, dtype = device_dtype(self)
+        _memory.check(
+            "n",
+            2 * n * (2 * self.data_dim + self._width + self.latent_dim) * dtype.itemsize,
+            f"sample({n}) ({n} x {self.data_dim} values)",
+            "draw fewer samples at once (lower n, or --n on the command line)",
+        )
         device = generator.device if generator is not None else model_device
 
         def draw(fn, *shape):  # on the generator's device, then moved to the model's

@@ -98,6 +98,13 @@ def _shape_of(out):
 
 def _check_dummy_output_finite(call, out):
     for t in out if isinstance(out, (tuple, list)) else (out,):
+        if t.dtype != call.dtype:
+            raise TypeError(
+                f"{call.describe()} returned dtype {t.dtype} on a dummy batch of dtype "
+                f"{call.dtype} "
+                f"(its parameters' dtype); it must compute in the model's dtype: remove the "
+                f"conversion (e.g. .double() or .half()) from its forward, or convert the module"
+            )
         if not bool(torch.isfinite(t).all()):
             raise ValueError(f"{call.describe()} returned NaN or inf on a dummy batch")
 

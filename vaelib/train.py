@@ -90,7 +90,7 @@ def _check_train_dtype(model):
 
 
 def _check_data(model, name, x, binarize):
-    x = _validate.as_tensor(name, x)
+    x = _validate.as_tensor(name, x).detach()  # data, never a leaf of the training graph
     if (
         x.is_floating_point()
         and x.dtype not in _TRAIN_DTYPES
@@ -243,19 +243,49 @@ def _clone(obj, into=None):
 
 class _Snapshot:
     """The training state at the end of the last complete epoch: what an interrupt or a NaN rolls
-    back to."""
+    back to.
+
+    The state lives in one tuple (model state, optimizer state, generator state, epochs), replaced
+    by a single assignment: `take` copies into a spare set of buffers (the previous snapshot's), and
+    only a complete copy is swapped in, so an interrupt at any point of `take` leaves the previous
+    snapshot whole (never weights from two epochs).
+    """
 
     def __init__(self, model, optimizer_state, gen, n_epochs):
-        self.model_state = _clone(model.state_dict())
-        self.optimizer_state = _clone(optimizer_state)
-        self.rng_state = gen.get_state()
-        self.n_epochs = n_epochs  # len(history["epoch"]) at that point
+        self._state = (
+            _clone(model.state_dict()),
+            _clone(optimizer_state),
+            gen.get_state(),
+            n_epochs,  # len(history["epoch"]) at that point
+        )
+        self._spare = None  # buffers of an older snapshot that `take` may overwrite
+
+    @property
+    def model_state(self):
+        return self._state[0]
+
+    @property
+    def optimizer_state(self):
+        return self._state[1]
+
+    @property
+    def rng_state(self):
+        return self._state[2]
+
+    @property
+    def n_epochs(self):
+        return self._state[3]
 
     def take(self, model, optimizer, gen, n_epochs):
-        self.model_state = _clone(model.state_dict(), into=self.model_state)
-        self.optimizer_state = _clone(optimizer.state_dict(), into=self.optimizer_state)
-        self.rng_state = gen.get_state()
-        self.n_epochs = n_epochs
+        spare, self._spare = self._spare, None  # being overwritten: never the live snapshot
+        spare = spare or (None, None)
+        new = (
+            _clone(model.state_dict(), into=spare[0]),
+            _clone(optimizer.state_dict(), into=spare[1]),
+            gen.get_state(),
+            n_epochs,
+        )
+        self._state, self._spare = new, self._state  # the swap: `_state` is set in one store
 
     def give_to(self, history, device):
         """Set history's optimizer and generator state to copies of this snapshot's (training goes
@@ -266,12 +296,13 @@ class _Snapshot:
     def restore(self, model, history, device):
         """Put the model back to the snapshot, cut the history back to its epochs and give it the
         snapshot's state."""
+        model_state, optimizer_state, rng_state, n_epochs = self._state
         with torch.no_grad():
-            model.load_state_dict(self.model_state)
+            model.load_state_dict(model_state)
         for key in history:
-            del history[key][self.n_epochs :]
-        history.optimizer_state = self.optimizer_state
-        history.rng_state = {"device": device.type, "state": self.rng_state}
+            del history[key][n_epochs:]
+        history.optimizer_state = optimizer_state
+        history.rng_state = {"device": device.type, "state": rng_state}
 
 
 def kl_weight(epoch, beta, warmup_epochs):
@@ -485,6 +516,10 @@ def fit(
         progress,
         on_epoch_end,
     )
+    # numpy integers (np.int64) pass the checks as counts; torch wants Python ints
+    epochs, batch_size, n_samples, warmup_epochs = map(
+        int, (epochs, batch_size, n_samples, warmup_epochs)
+    )
     train_x = _check_data(model, "train_x", train_x, binarize)
     valid_x = None if valid_x is None else _check_data(model, "valid_x", valid_x, binarize)
     history = _start_history(model, history, valid_x is not None, optimizer_state, rng_state)
@@ -551,14 +586,14 @@ def fit(
                 if on_epoch_end is not None:
                     snapshot.give_to(history, device)
                     on_epoch_end(model, history)
+        history.optimizer_state = optimizer.state_dict()
+        history.rng_state = {"device": device.type, "state": gen.get_state()}
     except (KeyboardInterrupt, FloatingPointError) as e:
         snapshot.restore(model, history, device)
         e.history = history
         raise
     finally:
         restore_mode()
-    history.optimizer_state = optimizer.state_dict()
-    history.rng_state = {"device": device.type, "state": gen.get_state()}
     return history
 
 
@@ -581,7 +616,14 @@ def _check_fit_args(
     _check_train_dtype(model)
     _validate.count("epochs", epochs, minimum=0)
     _validate.count("batch_size", batch_size)
-    _validate.positive_scalar("lr", lr)
+    lr = _validate.positive_scalar("lr", lr)
+    dtype = device_dtype(model)[1]
+    if lr / 0.1 > torch.finfo(dtype).max:  # Adam's first step is lr / (1 - beta1) per parameter
+        raise ValueError(
+            f"lr={lr:g} is too large for a {dtype} model: Adam's first step, lr / (1 - 0.9), "
+            f"overflows {dtype} (at most {torch.finfo(dtype).max:.3g}); typical rates are 1e-4 to "
+            "1e-2"
+        )
     _check_seed(seed)
     _validate.beta(beta)
     _validate.count("warmup_epochs", warmup_epochs, minimum=0)
