@@ -59,14 +59,31 @@ def _directory_lock(directory, exclusive):
         yield False
         return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
-            held = True
-        except OSError:
-            held = False
+        held = _flock_within(
+            fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, 0 if exclusive else 10
+        )
         yield held
     finally:
         os.close(fd)  # releases the lock
+
+
+def _flock_within(fd, operation, seconds):
+    """Try the flock `operation` without blocking, retrying for up to `seconds`; True when held.
+
+    Never a blocking flock: a cleaner holds the directory only for a moment, and a lock this very
+    process still holds through another descriptor (an interrupted cleanup) must not hang the
+    write; after `seconds` the writer goes on unlocked, as on a file system without flock."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        except OSError:
+            return False
 
 
 def clean_orphans(directory, prefix, suffix):

@@ -140,7 +140,7 @@ def rate_distortion(model, x, batch_size=1000, n_samples=1, generator=None):
         x: (N, D) data, tensor or numpy array (binarized for a Bernoulli model, module docstring).
         batch_size, n_samples, generator: as in `test_elbo`.
     Returns:
-        RateDistortion(rate, distortion, elbo, rate_se, distortion_se, elbo_se, n): floats, nats.
+        RateDistortion(rate, distortion, elbo, rate_se, distortion_se, elbo_se, n), floats in nats.
     """
     x = _check(model, x, batch_size)
     _validate.count("n_samples", n_samples)

@@ -10,7 +10,7 @@ The VAE builds its prior as `cls(latent_dim, data_dim, unit_interval, **options)
 the likelihood's data lie in [0, 1], so the VampPrior keeps its pseudo-inputs there) and calls
 
     log_prob(z, encode)       log p(z), z (..., k) -> (...) in nats, every constant kept
-    sample(n, encode, draw)   n draws z ~ p(z), (n, k); draw(fn, *shape) returns torch.rand or
+    sample(n, encode, draw)   n draws z ~ p(z), (n, k); `draw(fn, *shape)` returns torch.rand or
                               torch.randn noise of that shape from the caller's generator
 
 where `encode` is the model's encoder x (..., D) -> (mu, logvar) (only the VampPrior uses it). Each
