@@ -431,7 +431,15 @@ def test_runs_stopped_by_sigint_sigterm_or_sigkill_resume_to_the_same_weights(tm
             cwd=tmp_path,
         )
         kw = {k: v for k, v in kw.items() if k not in ("capture_output", "timeout")}
-        procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+        # SIGINT at its default in the child: a test runner started in the background by a
+        # non-interactive shell ignores SIGINT, and a child inherits the ignoring
+        procs[name] = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            **kw,
+        )
     for name, (sig, every) in runs.items():
         proc, out = procs[name], tmp_path / name
         if every:
