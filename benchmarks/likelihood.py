@@ -270,9 +270,7 @@ def parse_args(argv):
         "--prior",
         default="normal",
         choices=PRIORS.names(),
-        help="p(z): "
-        + "; ".join(f"{n}: {PRIORS.help(n)}" for n in PRIORS.names())
-        + " (default: normal)",
+        help="p(z): " + PRIORS.choices_help("normal"),
     )
     p.add_argument(
         "--prior-components",

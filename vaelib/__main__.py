@@ -196,9 +196,7 @@ def build_parser():
         "--likelihood",
         choices=LIKELIHOODS.names(),
         default=None,
-        help="p(x|z): "
-        + "; ".join(f"{n}: {LIKELIHOODS.help(n)}" for n in LIKELIHOODS.names())
-        + " (default: bernoulli)",
+        help="p(x|z): " + LIKELIHOODS.choices_help("bernoulli"),
     )
     p.add_argument(
         "--sigma-x",
@@ -250,9 +248,7 @@ def build_parser():
         "--objective",
         choices=OBJECTIVES.names(),
         default=None,
-        help="the training loss: "
-        + "; ".join(f"{n}: {OBJECTIVES.help(n)}" for n in OBJECTIVES.names())
-        + " (default: elbo)",
+        help="the training loss: " + OBJECTIVES.choices_help("elbo"),
     )
     p.add_argument(
         "--K",

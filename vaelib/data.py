@@ -45,7 +45,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from vaelib import _atomic, _validate
+from vaelib import _atomic, _memory, _validate
 
 DATASETS = ("digits", "mnist", "fashion-mnist")
 SPLITS = ("train", "test")
@@ -318,12 +318,7 @@ _DEFLATE_RATIO = 1032
 
 
 def _npz_limit():
-    if MAX_NPZ_BYTES is not None:
-        return MAX_NPZ_BYTES
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 36
+    return MAX_NPZ_BYTES if MAX_NPZ_BYTES is not None else _memory.limit_bytes()
 
 
 def _check_npz_sizes(p):

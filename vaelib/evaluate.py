@@ -166,8 +166,8 @@ def rate_distortion(model, x, batch_size=1000, n_samples=1, generator=None):
 def _elbo_in_chunks(model, xb, n_samples, generator):
     """model.elbo_terms(xb, n_samples).elbo, with the K samples split into chunks that fit in a
     quarter of the memory when all K at once would not: log_px_z = sum_chunks k_c log_px_z_c / K."""
-    per_sample = 3 * xb.shape[0] * (model.data_dim + model._width + 2 * model.latent_dim)
-    chunk = max(1, _memory.limit_bytes() // 4 // (per_sample * xb.element_size()))
+    per_sample = model._elbo_bytes(xb.shape[0], 1, xb.element_size())
+    chunk = max(1, _memory.limit_bytes() // 4 // per_sample)
     if n_samples <= chunk:
         return model.elbo_terms(xb, n_samples, generator).elbo
     log_px_z, kl, done = 0.0, 0.0, 0

@@ -626,6 +626,13 @@ class VAE(_EncoderDecoder):
 
     # -- the bound
     # ----------------------------------------------------------------------------------
+    def _elbo_bytes(self, batch, n_samples, itemsize):
+        """Bytes the ELBO of `batch` examples with `n_samples` draws plans to hold (its activations,
+        about three copies): what `elbo_terms` checks and `evaluate.test_elbo` chunks by."""
+        return (
+            3 * n_samples * batch * (self.data_dim + self._width + 2 * self.latent_dim) * itemsize
+        )
+
     def elbo_terms(self, x, n_samples=1, generator=None):
         """The per-example ELBO and its parts: reconstruction term and closed-form KL.
 
@@ -647,11 +654,7 @@ class VAE(_EncoderDecoder):
         _validate.generator("generator", generator)
         _memory.check(
             "n_samples",
-            3
-            * n_samples
-            * x.shape[0]
-            * (self.data_dim + self._width + 2 * self.latent_dim)
-            * x.element_size(),
+            self._elbo_bytes(x.shape[0], n_samples, x.element_size()),
             f"the ELBO with n_samples={n_samples} for {x.shape[0]} examples",
             "lower n_samples, or evaluate fewer examples at once (vaelib.evaluate.test_elbo "
             "splits large n_samples into chunks)",

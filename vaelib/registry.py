@@ -73,6 +73,12 @@ class Registry:
         object."""
         return self._entry(name)["scale"]
 
+    def choices_help(self, default):
+        """Help text of a command-line option whose choices are this registry's names: "name: help"
+        for each entry, then the default."""
+        entries = "; ".join(f"{n}: {self.help(n)}" for n in self.names())
+        return f"{entries} (default: {default})"
+
     def get(self, name):
         """The object registered as `name`; ValueError listing the names for an unknown one."""
         entry = self._entry(name)
