@@ -59,6 +59,8 @@ SMALL = [
     "4",
     "--binarizations",
     "reference777,numpy1",
+    "--spread-k",
+    "10",
 ]
 
 
@@ -136,7 +138,11 @@ def test_reference_model_clamps_probabilities_and_draws_he_normal_weights(monkey
 
 
 def _draws(r):
-    return {n: b["nll"] for n, b in r["final"]["binarizations"].items()}
+    return {
+        (key, n): b["nll"]
+        for key in ("binarizations", "spread")
+        for n, b in r["final"][key].items()
+    }
 
 
 @needs_fashion
@@ -155,12 +161,16 @@ def test_likelihood_run_resume_and_report(tmp_path, monkeypatch):
     assert r["epochs"][0]["lr"] == pytest.approx(1e-3) and r["epochs"][-1]["lr"] == pytest.approx(
         1e-5
     )
-    draws = r["final"]["binarizations"]
-    assert list(draws) == ["reference777", "numpy1"]
-    for b in draws.values():  # two blocks of 1000 and 200 images
-        assert b["n_test"] == 1200 and sorted(b["blocks"]) == ["0", "1000"] and b["k"] == 20
+    # the first draw at K = 20, then every draw at the spread pass's K = 10
+    draws, spread = r["final"]["binarizations"], r["final"]["spread"]
+    assert list(draws) == ["reference777"] and list(spread) == ["reference777", "numpy1"]
+    for b, k in [(draws["reference777"], 20), *((b, 10) for b in spread.values())]:
+        # two blocks of 1000 and 200 images
+        assert b["n_test"] == 1200 and sorted(b["blocks"]) == ["0", "1000"] and b["k"] == k
         assert math.isfinite(b["nll"]) and 0 < b["nll_se"] < 5 and b["elbo"] < -b["nll"]
-    assert draws["reference777"]["nll"] != draws["numpy1"]["nll"]
+    assert spread["reference777"]["nll"] != spread["numpy1"]["nll"]
+    # more samples, a tighter bound: K = 20 beats K = 10 on the same images
+    assert draws["reference777"]["nll"] < spread["reference777"]["nll"]
 
     # Stopped after epoch 2 and resumed, then stopped in the middle of the evaluation (a block
     # deleted, as if the run had died before writing it) and resumed: the numbers of the
@@ -175,12 +185,14 @@ def test_likelihood_run_resume_and_report(tmp_path, monkeypatch):
     assert [e["valid_elbo"] for e in r2["epochs"]] == [e["valid_elbo"] for e in r["epochs"]]
     assert _draws(r2) == _draws(r)
     r2["status"] = "evaluating"
-    for b in (r2["final"]["binarizations"]["numpy1"],):
+    for b in (r2["final"]["spread"]["numpy1"],):
         del b["blocks"]["1000"], b["nll"]
     (again / "likelihood.json").write_text(json.dumps(r2))
     finished = run_likelihood(again, "--epochs", "3", "--seed", "1", "--resume")
     assert finished.returncode == 0, finished.stderr
-    assert "numpy1: 1200/1200" in finished.stdout and "reference777: 1000/" not in finished.stdout
+    assert "numpy1 (K=10): 1200/1200" in finished.stdout
+    assert "reference777 (K=20): 1000/" not in finished.stdout
+    assert "reference777 (K=10): 1000/" not in finished.stdout
     assert _draws(json.loads((again / "likelihood.json").read_text())) == _draws(r)
 
     report = script("likelihood_report", monkeypatch)
@@ -234,6 +246,21 @@ def test_report_interval_and_spreads(monkeypatch):
     assert s["draws"] == ["reference777", "numpy1"] and s["bin_sd"] == pytest.approx(
         (229.3 - 229.1) / 2**0.5
     )
+    # a spread pass (every draw at a cheaper K) measures the binarization spread where every seed
+    # has at least two of its draws
+    for r, (a, b) in zip(runs, [(230.0, 230.6), (230.4, 230.8), (229.9, None)]):
+        r["final"]["spread"] = {"reference777": {"nll": a, "k": 1000}}
+        if b is not None:
+            r["final"]["spread"]["numpy2"] = {"nll": b, "k": 1000}
+    s2 = report.summary(runs)
+    assert s2["spread_k"] is None and s2["bin_sd"] == s["bin_sd"]  # numpy2 missing for seed 2
+    runs[2]["final"]["spread"]["numpy2"] = {"nll": 230.5, "k": 1000}
+    s2 = report.summary(runs)
+    assert s2["spread_k"] == 1000 and s2["spread_draws"] == ["numpy2", "reference777"]
+    assert s2["bin_sd"] == pytest.approx(
+        ((230.6 + 230.8 + 230.5) - (230.0 + 230.4 + 229.9)) / 3 / 2**0.5
+    )
+    assert (s2["mean"], s2["se"]) == (s["mean"], s["se"])  # the headline stays the K = 5000 draw
     d, hw = report.difference(s, {"nll": 228.7, "pm": 0.15})
     assert d == pytest.approx(0.4) and hw == pytest.approx(
         1.959964 * (s["se"] ** 2 + 0.15**2) ** 0.5
