@@ -847,3 +847,39 @@ def test_train_with_the_iwae_objective_resumes_it(tmp_path, capsys):
         ),
         "needs K",
     )
+
+
+def test_train_with_a_learned_prior_resumes_it_and_evaluates(tmp_path, capsys):
+    """--prior vamp --prior-components 5 reaches the model and the checkpoint: --resume continues
+    it, 2 + 1 epochs equal 3 in one go bit for bit, and evaluate and sample use the learned prior;
+    a learned prior with an autoencoder, components without a learned prior and another prior on
+    --resume are one-line errors."""
+    common = ["--dataset", "digits", "--latent-dim", 2, "--hidden", 8, "--batch-size", 256]
+    common += ["--prior", "vamp", "--prior-components", 5, "--no-progress"]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    result = in_process(["train", *common, "--epochs", 3, "--out", whole], capsys)
+    assert result.returncode == 0 and "prior vamp (5 components)" in result.stdout
+    assert in_process(["train", *common, "--epochs", 2, "--out", part], capsys).returncode == 0
+    result = in_process(["train", "--resume", part, "--epochs", 3, "--no-progress"], capsys)
+    assert result.returncode == 0, result.stderr
+    a = checkpoints.load_checkpoint(whole / "model.pt", with_state=True)
+    b = checkpoints.load_checkpoint(part / "model.pt", with_state=True)
+    assert b.model.config["prior"] == "vamp" and b.model.prior.pseudo_inputs.shape == (5, 64)
+    assert all(torch.equal(v, b.model.state_dict()[k]) for k, v in a.model.state_dict().items())
+    result = in_process(["evaluate", whole / "model.pt", "--K", 20], capsys)
+    assert result.returncode == 0 and "IWAE log-likelihood (K=20)" in result.stdout
+    png = tmp_path / "s.png"
+    assert in_process(["sample", whole / "model.pt", "--n", 4, "--out", png], capsys).returncode == 0
+    assert png.stat().st_size > 0
+    errors = [
+        (["--model", "autoencoder", "--prior", "mog"], "needs --model vae"),
+        (["--prior-components", 3], "--prior-components needs a learned --prior"),
+        (["--prior", "flow"], "invalid choice: 'flow'"),
+    ]
+    for extra, message in errors:
+        args = ["train", "--epochs", 1, "--out", tmp_path / "x", *extra]
+        assert_one_line_error(in_process(args, capsys), message)
+    assert_one_line_error(
+        in_process(["train", "--resume", part, "--prior", "mog", "--epochs", 4], capsys),
+        "--prior mog differs from the run's vamp",
+    )

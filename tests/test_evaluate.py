@@ -709,6 +709,20 @@ def test_kl_per_unit_is_zero_for_a_unit_on_the_prior():
     assert kl[1].item() == 0.0 and kl[0].item() > 0 and kl[2].item() > 0
 
 
+@pytest.mark.parametrize("prior", ["vamp", "mog"])
+def test_kl_per_unit_refuses_a_prior_that_does_not_factorise(prior):
+    """With a learned prior the per-unit KL to N(0, 1) would not add up to the model's KL term (a
+    mixture does not factorise over units): a ValueError naming the prior, not a silently wrong
+    split; active_units still works."""
+    torch.manual_seed(0)
+    vae = VAE(6, 3, hidden_dims=(5,), prior=prior, prior_options={"n_components": 4}).double()
+    x = torch.rand(10, 6, dtype=torch.float64)
+    with pytest.raises(ValueError, match=rf"prior is '{prior}', which does not factorise"):
+        evaluate.kl_per_unit(vae, x)
+    n_active, variance = evaluate.active_units(vae, x)
+    assert variance.shape == (3,) and 0 <= n_active <= 3
+
+
 # ---- issue 14: bits_per_dim arguments ----
 @pytest.mark.parametrize(
     "data_dim, error, message",

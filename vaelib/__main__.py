@@ -40,7 +40,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from vaelib.registry import LIKELIHOODS, OBJECTIVES
+from vaelib.registry import LIKELIHOODS, OBJECTIVES, PRIORS
 
 PROG = "python -m vaelib"
 
@@ -117,9 +117,18 @@ TRAIN_DEFAULTS = {
     "seed": 0,
     "objective": "elbo",
     "K": None,
+    "prior": "normal",
+    "prior_components": None,
 }
 # Settings added after runs were saved without them: an older run resumes with these values.
-TRAIN_FILLS = {"objective": "elbo", "K": None, "sigma_x_per_pixel": False, "sigma_x_floor": None}
+TRAIN_FILLS = {
+    "objective": "elbo",
+    "K": None,
+    "sigma_x_per_pixel": False,
+    "sigma_x_floor": None,
+    "prior": "normal",
+    "prior_components": None,
+}
 RESUME_MAY_CHANGE = ("epochs", "lr")  # a new --lr continues the run, but not bit for bit
 CHECKPOINT_EVERY = 1
 
@@ -249,6 +258,19 @@ def build_parser():
         choices=OBJECTIVES.names(),
         default=None,
         help="the training loss: " + OBJECTIVES.choices_help("elbo"),
+    )
+    p.add_argument(
+        "--prior",
+        choices=PRIORS.names(),
+        default=None,
+        help="p(z): " + PRIORS.choices_help("normal"),
+    )
+    p.add_argument(
+        "--prior-components",
+        type=_positive_int,
+        default=None,
+        help="components of a learned --prior (vamp: pseudo-inputs, default 500; mog: Gaussians, "
+        "default 10)",
     )
     p.add_argument(
         "--K",
@@ -651,6 +673,16 @@ def _settings(args):
                 )
             )
         settings["sigma_x_per_pixel"] = bool(settings["sigma_x_per_pixel"])
+        if settings["model"] != "vae" and settings["prior"] != "normal":
+            raise CLIError(
+                f"--prior {settings['prior']} needs --model vae (an autoencoder has no prior)"
+            )
+        if settings["prior_components"] is not None and settings["prior"] == "normal":
+            raise CLIError(
+                "--prior-components needs a learned --prior ("
+                + " or ".join(n for n in PRIORS.names() if n != "normal")
+                + "); the default prior N(0, I) has no components"
+            )
         return settings, None, Path(args.out)
     if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
         raise CLIError(
@@ -791,7 +823,7 @@ def _train(args):
     hidden = "-".join(map(str, settings["hidden"]))
     what = (
         f"{type(model).__name__} {x.shape[1]}-{hidden}-{settings['latent_dim']} "
-        f"({_likelihood_text(model)})"
+        f"({_likelihood_text(model)}{_prior_text(model)})"
     )
     action = f"resuming {what} at epoch {done}" if ck is not None else f"training {what}"
     print(
@@ -858,6 +890,11 @@ def _build_model(settings, data_dim):
 
     cls = models.VAE if settings["model"] == "vae" else models.Autoencoder
     kwargs = {"likelihood": settings["likelihood"]}
+    prior = settings.get("prior", "normal")
+    if prior != "normal":
+        kwargs["prior"] = prior
+        if settings.get("prior_components") is not None:
+            kwargs["prior_options"] = {"n_components": settings["prior_components"]}
     if LIKELIHOODS.scale(settings["likelihood"]) is not None:
         per_pixel = settings.get("sigma_x_per_pixel")
         kwargs["sigma_x"] = [settings["sigma_x"]] * data_dim if per_pixel else settings["sigma_x"]
@@ -872,8 +909,24 @@ def _build_model(settings, data_dim):
         "with its gradients and Adam state",
         "lower --hidden (and --latent-dim)",
     )
+    if prior == "vamp":  # the pseudo-inputs are C more images with their gradients and Adam state
+        C = settings.get("prior_components") or PRIORS.get("vamp").defaults["n_components"]
+        _memory.check(
+            "--prior-components",
+            4 * C * data_dim * 4,
+            f"a VampPrior of {C} pseudo-inputs of {data_dim} values",
+        )
     torch.manual_seed(settings["seed"])  # the initial weights
     return cls(data_dim, settings["latent_dim"], settings["hidden"], **kwargs)
+
+
+def _prior_text(model):
+    """', prior vamp (500 components)' for a learned prior; '' for N(0, I) and an autoencoder."""
+    name = model.config.get("prior", "normal")
+    if name == "normal":
+        return ""
+    n = model.config.get("prior_options", {}).get("n_components")
+    return f", prior {name}" + (f" ({n} components)" if n is not None else "")
 
 
 def _likelihood_text(model):

@@ -294,14 +294,27 @@ def kl_per_unit(model, x, batch_size=1000):
     Welling 2013, app. B). A unit with KL_j near 0 has collapsed onto the prior (see also
     `active_units`).
 
+    Only for the prior N(0, I): a learned prior (`VAE(prior="vamp")`, "mog") does not factorise
+    over the units, so its KL term does not split into per-unit parts, and this function raises
+    ValueError rather than return the KL to N(0, I), which would not add up to the model's KL.
+    `active_units` works with every prior.
+
     Args:
-        model: a vaelib.models.VAE.
+        model: a vaelib.models.VAE with the prior N(0, I).
         x: (N, D) data, tensor or numpy array (binarized for a Bernoulli model, see the module
             docstring).
         batch_size: examples per forward pass.
     Returns:
         (k,) tensor of KL_j in nats, on the device of x (the CPU for numpy input).
     """
+    prior = getattr(model, "config", {}).get("prior", "normal")
+    if prior != "normal":
+        raise ValueError(
+            f"kl_per_unit needs the prior N(0, I); this model's prior is {prior!r}, which does not "
+            "factorise over the latent units, so its KL term has no per-unit split (use "
+            "active_units, which works with every prior, or the model's whole KL: "
+            "model.elbo_terms)"
+        )
     x = _check(model, x, batch_size)
     if x.shape[0] == 0:
         raise ValueError(f"x must hold at least one example, got shape {tuple(x.shape)}")
