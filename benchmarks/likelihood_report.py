@@ -132,7 +132,9 @@ DIFFERENCES = [
         "as ours",
     ),
 ]
-RUN_KEYS = ("seed", "out", "threads")  # what may differ between the seeds of one configuration
+# what may differ between the seeds of one configuration: the seed, where and how it ran, and
+# (a run stopped and resumed) where it stopped
+RUN_KEYS = ("seed", "out", "threads", "stop_after")
 
 
 def draws_of(r):
@@ -164,6 +166,7 @@ def load(paths):
         r["config"].setdefault("prior", "normal")  # runs written before --prior
         r["config"].setdefault("prior_components", None)
         r["config"].setdefault("spread_k", 0)  # runs written before the separate spread pass
+        r["config"].setdefault("train_limit", None)  # and before --train-limit
         r["path"] = str(p)
         runs.append(r)
     return runs
