@@ -4,6 +4,7 @@ notebooks' first cells, and go stale (this test fails) when a notebook is added 
 
 import importlib.util
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -179,29 +180,33 @@ def test_reading_minutes_is_the_stated_model():
     assert series_index.reading_minutes(c) == pytest.approx(1.04 * 19.4, rel=1e-12)
 
 
+def _core_counts_at(commit):
+    """{notebook number: core_counts} of the notebooks at a commit, read with git; skips the test
+    when the history is not there."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(
+            ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True
+        ).stdout
+
+    try:
+        names = git("ls-tree", "--name-only", commit, "notebooks/").split()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip(f"no git history with commit {commit}")
+    return {
+        Path(n).name[:2]: series_index.core_counts(json.loads(git("show", f"{commit}:{n}")))
+        for n in names
+        if n.endswith(".ipynb")
+    }
+
+
 def test_the_calibration_is_refitted_from_the_timed_notebooks():
     """The counts in TIMED_READS are those of the notebooks the readers timed (commit 3aaeb51, read
     with git when the history is there), and the stated scale is their least-squares fit."""
-    import subprocess
-
+    at = _core_counts_at("3aaeb51")
     for number, counts in series_index.TIMED_READS.items():
-        try:
-            names = subprocess.run(
-                ["git", "-C", str(REPO), "ls-tree", "--name-only", "3aaeb51", "notebooks/"],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.split()
-        except (OSError, subprocess.CalledProcessError):
-            pytest.skip("no git history with commit 3aaeb51")
-        (name,) = [n for n in names if Path(n).name.startswith(f"{number}_")]
-        text = subprocess.run(
-            ["git", "-C", str(REPO), "show", f"3aaeb51:{name}"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        assert series_index.core_counts(json.loads(text)) == counts, name
+        assert at[number] == counts, number
     low, high = series_index.TIMED_MINUTES
     observed = {k: (c, (low + high) / 2) for k, c in series_index.TIMED_READS.items() if k != "00"}
     scale = series_index.fit_reading_scale(observed)
@@ -217,6 +222,25 @@ def test_the_calibration_is_refitted_from_the_timed_notebooks():
     # the old model's 18-23 minutes, for the record
     old = [round(c.words / 150 + c.lines / 20) for c, _ in observed.values()]
     assert (min(old), max(old)) == (18, 23)
+
+
+def test_the_close_reads_are_refitted_from_the_notebooks_they_read():
+    """CLOSE_READS holds the counts of the notebooks at the commit the second readers read, and
+    CLOSE_READING_SCALE is the least-squares fit to their minutes, with the miss the docstring
+    states."""
+    at = _core_counts_at(series_index.CLOSE_READS_COMMIT)
+    for number, (counts, _) in series_index.CLOSE_READS.items():
+        assert at[number] == counts, number
+    scale = series_index.fit_reading_scale(series_index.CLOSE_READS)
+    assert scale == pytest.approx(2.560, abs=5e-4)
+    assert series_index.CLOSE_READING_SCALE == round(scale, 2)
+    miss = [
+        series_index.reading_minutes(c, scale=series_index.CLOSE_READING_SCALE) - m
+        for c, m in series_index.CLOSE_READS.values()
+    ]
+    assert round(math.sqrt(sum(d * d for d in miss) / len(miss)), 1) == 7.7  # the docstring's
+    minutes = [m for _, m in series_index.CLOSE_READS.values()]
+    assert (min(minutes), max(minutes)) == (40, 65)
 
 
 def test_fit_reading_scale_is_least_squares():

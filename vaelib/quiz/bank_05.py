@@ -68,8 +68,8 @@ QUESTIONS = [
         id="05.3",
         prompt=(
             "An encoder is trained for 1,000 steps on 200 points with 10 samples each. "
-            "Per-point VI uses 200 steps of 10 samples for every point. From how many points N "
-            "does per-point VI cost more log-joint evaluations than training the encoder?"
+            "Per-point VI uses 200 steps of 10 samples for every point. At how many points N do "
+            "the two cost the same number of log-joint evaluations (the break-even)?"
         ),
         kind="number",
         answer=1000.0,

@@ -23,8 +23,8 @@ QUESTIONS = [
     Question(
         id="09.2",
         prompt=(
-            "F.binary_cross_entropy_with_logits(logits, x) with its default reduction returns "
-            "0.28 on a batch of "
+            "F.binary_cross_entropy_with_logits(logits, x) with its default reduction='mean' "
+            "returns 0.28 on a batch of "
             "128 images of D = 784 pixels (one z per image). What is -log p(x|z) per image, in "
             "nats?"
         ),
