@@ -869,7 +869,9 @@ def test_train_with_a_learned_prior_resumes_it_and_evaluates(tmp_path, capsys):
     result = in_process(["evaluate", whole / "model.pt", "--K", 20], capsys)
     assert result.returncode == 0 and "IWAE log-likelihood (K=20)" in result.stdout
     png = tmp_path / "s.png"
-    assert in_process(["sample", whole / "model.pt", "--n", 4, "--out", png], capsys).returncode == 0
+    assert (
+        in_process(["sample", whole / "model.pt", "--n", 4, "--out", png], capsys).returncode == 0
+    )
     assert png.stat().st_size > 0
     errors = [
         (["--model", "autoencoder", "--prior", "mog"], "needs --model vae"),
