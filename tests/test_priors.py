@@ -238,6 +238,18 @@ def test_bad_prior_arguments_are_refused():
         VAE(12, 2, prior="vamp", prior_options=[("n_components", 3)])
 
 
+def test_a_vampprior_beyond_memory_fails_up_front_naming_the_option(monkeypatch):
+    """Pseudo-inputs (C, D) with gradients and Adam state beyond the machine's memory: one
+    ValueError naming prior_options['n_components'] (and the CLI's --prior-components), before
+    anything big is allocated."""
+    from vaelib import _memory
+
+    monkeypatch.setattr(_memory, "LIMIT_BYTES", 64 * 2**20)  # pretend 64 MiB
+    VAE(784, 2, prior="vamp", prior_options={"n_components": 1000})  # 12.5 MB: fits
+    with pytest.raises(ValueError, match=r"VampPrior of 10000 pseudo-inputs .*--prior-components"):
+        VAE(784, 2, prior="vamp", prior_options={"n_components": 10_000})  # 125 MB: does not
+
+
 @pytest.mark.parametrize("prior", ["mog", "vamp"])
 def test_checkpoint_rebuilds_the_prior_and_a_resumed_run_equals_the_uninterrupted_one(
     prior, tmp_path

@@ -909,13 +909,6 @@ def _build_model(settings, data_dim):
         "with its gradients and Adam state",
         "lower --hidden (and --latent-dim)",
     )
-    if prior == "vamp":  # the pseudo-inputs are C more images with their gradients and Adam state
-        C = settings.get("prior_components") or PRIORS.get("vamp").defaults["n_components"]
-        _memory.check(
-            "--prior-components",
-            4 * C * data_dim * 4,
-            f"a VampPrior of {C} pseudo-inputs of {data_dim} values",
-        )
     torch.manual_seed(settings["seed"])  # the initial weights
     return cls(data_dim, settings["latent_dim"], settings["hidden"], **kwargs)
 

@@ -307,15 +307,14 @@ def kl_per_unit(model, x, batch_size=1000):
     Returns:
         (k,) tensor of KL_j in nats, on the device of x (the CPU for numpy input).
     """
-    prior = getattr(model, "config", {}).get("prior", "normal")
-    if prior != "normal":
-        raise ValueError(
-            f"kl_per_unit needs the prior N(0, I); this model's prior is {prior!r}, which does not "
-            "factorise over the latent units, so its KL term has no per-unit split (use "
-            "active_units, which works with every prior, or the model's whole KL: "
-            "model.elbo_terms)"
-        )
     x = _check(model, x, batch_size)
+    if not model.prior.analytic_kl:  # the models' own test for a closed-form KL to N(0, I)
+        raise ValueError(
+            f"kl_per_unit needs the prior N(0, I); this model's prior is "
+            f"{model.config.get('prior')!r}, which does not factorise over the latent units, so "
+            "its KL term has no per-unit split (use active_units, which works with every prior, "
+            "or the model's whole KL: model.elbo_terms)"
+        )
     if x.shape[0] == 0:
         raise ValueError(f"x must hold at least one example, got shape {tuple(x.shape)}")
     device, dtype = device_dtype(model)

@@ -27,7 +27,7 @@ import math
 import torch
 from torch import nn
 
-from vaelib import _validate
+from vaelib import _memory, _validate
 from vaelib.distributions import LOG_2PI
 
 
@@ -153,6 +153,14 @@ class VampPrior(Prior):
             raise ValueError(f"prior_options['init_mean'] must be a finite number, got {mean!r}")
         std = _validate.positive_scalar("prior_options['init_std']", self.options["init_std"])
         self.unit_interval = bool(unit_interval)
+        # the pseudo-inputs are C more images, with their gradients and Adam's two moments
+        _memory.check(
+            "prior_options['n_components']",
+            4 * C * data_dim * 4,
+            f"a VampPrior of {C} pseudo-inputs of {data_dim} values with their gradients and Adam "
+            "state",
+            "lower prior_options['n_components'] (--prior-components on the command line)",
+        )
         self.pseudo_inputs = nn.Parameter(mean + std * torch.randn(C, data_dim))  # (C, D)
 
     def inputs(self):
