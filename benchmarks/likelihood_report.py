@@ -17,9 +17,10 @@ number is:
 Below it, one row per seed with the command that reruns it. Runs still evaluating are reported with
 the draws they have finished.
 
-    python benchmarks/likelihood_report.py benchmarks/results/likelihood/*.json            # print
-    the tables python benchmarks/likelihood_report.py benchmarks/results/likelihood/*.json --write
-    # ... into RESULTS.md
+Print the tables, or write them into RESULTS.md and redraw the curve:
+
+    python benchmarks/likelihood_report.py benchmarks/results/likelihood/*.json
+    python benchmarks/likelihood_report.py benchmarks/results/likelihood/*.json --write
 """
 
 import argparse
