@@ -302,6 +302,8 @@ def tables(groups):
             if main == REFERENCE_DRAW or not math.isnan(s["bin_sd"])
             else "[n/a: another test draw, and the spread over draws not measured]"
         )
+        if math.isnan(s["se"]) and not interval.startswith("[n/a"):
+            interval += " (one seed: from the published ± alone, without our seed spread)"
         pub = f"{ref['nll']:.2f}{_pm(ref)}"
         cpu = [
             r["final"]["train_cpu_minutes"]

@@ -265,6 +265,31 @@ def test_report_interval_and_spreads(monkeypatch):
     assert d == pytest.approx(0.4) and hw == pytest.approx(
         1.959964 * (s["se"] ** 2 + 0.15**2) ** 0.5
     )
+    # one seed: no seed standard error, so the interval is the published ± alone, and says so
+    one = report.summary(runs[:1])
+    assert math.isnan(one["se"]) and report.difference(one, {"nll": 228.7, "pm": 0.15})[
+        1
+    ] == pytest.approx(1.959964 * 0.15)
+    for r in runs:
+        r["config"].update(
+            model="gated",
+            hidden="300,300",
+            latent_dim=40,
+            prior="normal",
+            prior_components=None,
+            lr=1e-3,
+            lr_final=1e-5,
+            epochs=300,
+            batch_size=100,
+            warmup_epochs=50,
+        )
+        r["final"].update(train_cpu_minutes=50.0, epoch=300)
+        r.update(device="cpu", threads=1)
+        for b in r["final"]["binarizations"].values():
+            b.update(nll_se=0.76, elbo=-231.0, k=5000, n_test=10000)
+    row = report.tables({"one": runs[:1]})
+    assert "(one seed: from the published ± alone, without our seed spread)" in row
+    assert "(one seed" not in report.tables({"all": runs})
 
 
 def test_throughput_compares_fit_with_the_plain_loop():
