@@ -573,6 +573,7 @@ def _evaluate_draw(args, r, json_path, model, key, name, K, x_test_gray, x_valid
             "elbo_sum": elbo.sum().item(),
             "cpu_seconds": time.process_time() - c0,
             "wall_seconds": time.perf_counter() - t0,
+            "threads": torch.get_num_threads(),  # a resumed evaluation may use other threads
         }
         n = sum(b["n"] for b in res["blocks"].values())
         s = sum(b["log_px_sum"] for b in res["blocks"].values())

@@ -154,6 +154,14 @@ def spread_of(r):
     return {n: b for n, b in f.get("spread", {}).items() if "nll" in b}
 
 
+def eval_threads_of(r):
+    """The thread counts of run r's evaluation blocks (runs written before blocks recorded their
+    threads: the empty set, read as the training's)."""
+    f = r.get("final") or {}
+    passes = [*f.get("binarizations", {}).values(), *f.get("spread", {}).values()]
+    return {b["threads"] for d in passes for b in d.get("blocks", {}).values() if "threads" in b}
+
+
 def load(paths):
     runs = []
     for p in paths:
@@ -339,11 +347,15 @@ def tables(groups):
                     f"{n} {b['nll']:.2f}" for n, b in sp.items()
                 )
             ev = sum(b.get("eval_cpu_minutes", 0.0) for b in [*dr.values(), *sp.values()])
+            threads = str(r["threads"])
+            eval_threads = eval_threads_of(r)
+            if eval_threads and eval_threads != {r["threads"]}:
+                threads += f" (evaluation: {', '.join(map(str, sorted(eval_threads)))})"
             seeds.append(
                 f"| {c['dataset']} | {c['protocol']} | {r['config']['seed']} | {f['epoch']} "
                 f"({c['epochs']}) | "
                 f"{elbo:.2f} | {per} | {f['train_cpu_minutes']:.0f} + {ev:.0f} | {r['device']}, "
-                f"{r['threads']} "
+                f"{threads} "
                 f"| {rerun(r)} |\n"
             )
     return "".join(out + seeds)

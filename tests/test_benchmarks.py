@@ -167,6 +167,7 @@ def test_likelihood_run_resume_and_report(tmp_path, monkeypatch):
     for b, k in [(draws["reference777"], 20), *((b, 10) for b in spread.values())]:
         # two blocks of 1000 and 200 images
         assert b["n_test"] == 1200 and sorted(b["blocks"]) == ["0", "1000"] and b["k"] == k
+        assert {blk["threads"] for blk in b["blocks"].values()} == {r["threads"]}
         assert math.isfinite(b["nll"]) and 0 < b["nll_se"] < 5 and b["elbo"] < -b["nll"]
     assert spread["reference777"]["nll"] != spread["numpy1"]["nll"]
     # more samples, a tighter bound: K = 20 beats K = 10 on the same images
@@ -289,6 +290,9 @@ def test_report_interval_and_spreads(monkeypatch):
             b.update(nll_se=0.76, elbo=-231.0, k=5000, n_test=10000)
     row = report.tables({"one": runs[:1]})
     assert "(one seed: from the published ± alone, without our seed spread)" in row
+    assert "| cpu, 1 |" in row  # no block records its threads: the training's count
+    runs[0]["final"]["binarizations"]["reference777"]["blocks"] = {"0": {"threads": 2}}
+    assert "| cpu, 1 (evaluation: 2) |" in report.tables({"one": runs[:1]})
     assert "(one seed" not in report.tables({"all": runs})
 
 
