@@ -265,6 +265,12 @@ def summary(runs):
     return out
 
 
+def _span(values):
+    """'a–b' of the smallest and largest value, rounded; one number where they round alike."""
+    lo, hi = f"{min(values):.0f}", f"{max(values):.0f}"
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
 def _fmt(x, digits=2):
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
@@ -327,7 +333,7 @@ def tables(groups):
             f"| {c['dataset']} | {describe(c)} | {len(runs)} | {n_draws} | "
             f"**{s['mean']:.2f} ± "
             f"{_fmt(s['se'])}**{label} | {_fmt(s['seed_sd'])} | {bin_sd} | {pub} | "
-            f"{d:+.2f} {interval} | {min(cpu):.0f}–{max(cpu):.0f} |\n"
+            f"{d:+.2f} {interval} | {_span(cpu)} |\n"
         )
         for r in sorted(runs, key=lambda r: r["config"]["seed"]):
             f, dr = r["final"], draws_of(r)
@@ -377,7 +383,7 @@ def curve_table(groups):
             f"{c['curve_images']} test images (draw torch12345; the same images at every epoch, so "
             f"the points "
             "compare with each other, not with the full-test numbers above), mean over "
-            f"{len(runs)} runs: "
+            f"{len(runs)} run{'s' if len(runs) > 1 else ''}: "
         )
         out.append(
             ", ".join(f"epoch {e}: {statistics.fmean(v):.2f}" for e, v in sorted(by_epoch.items()))
@@ -500,7 +506,9 @@ def section(groups):
         "over seeds on "
         "one test set; the seed spread and the binarization spread are standard deviations; the "
         "interval for the "
-        "difference combines our standard error with the published ±.\n\n"
+        "difference combines our standard error with the published ±. Runs of one configuration "
+        "evaluated differently form separate rows: those evaluated before the five-draw protocol "
+        "have one draw (`torch12345`, K = 5000) and no spread pass.\n\n"
         + tables(groups)
         + curve_table(groups)
         + "\n![test NLL against epochs, and the kept models against the published "
