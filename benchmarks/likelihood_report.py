@@ -418,7 +418,7 @@ def plot(groups, path):
             lw=1,
             capsize=2,
             color=color,
-            label=f"{c['protocol']}: mean ± sd over {len(runs)} seeds",
+            label=f"{_group_label(runs).rsplit(', ', 1)[0]}: mean ± sd over seeds",
         )
         s = summary(runs)
         for j, n in enumerate(s["draws"]):
@@ -434,13 +434,7 @@ def plot(groups, path):
                 color=color,
                 alpha=1.0 if n == REFERENCE_DRAW else 0.45,
             )
-        bx.plot(
-            [],
-            [],
-            "o",
-            color=color,
-            label=f"{c['protocol']}: each test draw (dark: theirs), ± sd over seeds",
-        )
+    bx.plot([], [], "o", color="0.3", label="ours: dark, the reference's draw; bars: sd over seeds")
     ref = REFERENCES[c["dataset"]]
     if ref["pm"]:
         bx.errorbar(
@@ -460,8 +454,9 @@ def plot(groups, path):
     ax.legend(fontsize=7, loc="upper right")
     bx.set_xticks(list(range(len(groups))) + ([len(groups)] if ref["pm"] else []))
     bx.set_xticklabels(
-        [runs[0]["config"]["protocol"] for runs in groups.values()]
-        + (["published"] if ref["pm"] else [])
+        [_group_label(runs).replace(", ", "\n") for runs in groups.values()]
+        + (["published"] if ref["pm"] else []),
+        fontsize=7,
     )
     bx.set_xlim(-0.5, len(groups) + 0.5)
     bx.margins(y=0.35)
@@ -473,6 +468,15 @@ def plot(groups, path):
     )
     savefig(fig, path)
     plt.close(fig)
+
+
+def _group_label(runs):
+    """'ours, 3 seeds, torch12345': what tells the groups apart (seeds, and the draw of their
+    K = 5000 number)."""
+    n = len(runs)
+    return (
+        f"{runs[0]['config']['protocol']}, {n} seed{'s' if n > 1 else ''}, {summary(runs)['main']}"
+    )
 
 
 def _pm(ref):
