@@ -434,7 +434,7 @@ def plot(groups, path):
                 color=color,
                 alpha=1.0 if n == REFERENCE_DRAW else 0.45,
             )
-    bx.plot([], [], "o", color="0.3", label="ours: dark, the reference's draw; bars: sd over seeds")
+    bx.plot([], [], "o", color="0.3", label="dark: the reference's draw; bars: sd over seeds")
     ref = REFERENCES[c["dataset"]]
     if ref["pm"]:
         bx.errorbar(
