@@ -378,11 +378,10 @@ def curve_table(groups):
             for p in r["curve"]:
                 by_epoch.setdefault(p["epoch"], []).append(p["nll"])
         out.append(
-            f"\nCurve ({c['dataset']}, {c['protocol']}): test NLL with K = {c['curve_k']} on the "
-            f"first "
-            f"{c['curve_images']} test images (draw torch12345; the same images at every epoch, so "
-            f"the points "
-            "compare with each other, not with the full-test numbers above), mean over "
+            f"\nCurve ({c['dataset']}, group '{_group_label(runs)}'): test NLL with "
+            f"K = {c['curve_k']} on the first {c['curve_images']} test images (draw torch12345; "
+            "the same images at every epoch, so the points compare with each other, not with the "
+            "full-test numbers above), mean over "
             f"{len(runs)} run{'s' if len(runs) > 1 else ''}: "
         )
         out.append(
@@ -413,12 +412,12 @@ def plot(groups, path):
             epochs,
             mean,
             yerr=sd,
-            fmt="o-",
+            fmt="o-" if gi % 2 == 0 else "s--",  # groups of one configuration overlap
             ms=3,
             lw=1,
             capsize=2,
             color=color,
-            label=f"{_group_label(runs).rsplit(', ', 1)[0]}: mean ± sd over seeds",
+            label=f"group '{_group_label(runs)}' (as on the right): mean ± sd over seeds",
         )
         s = summary(runs)
         for j, n in enumerate(s["draws"]):
@@ -512,7 +511,8 @@ def section(groups):
         "interval for the "
         "difference combines our standard error with the published ±. Runs of one configuration "
         "evaluated differently form separate rows: those evaluated before the five-draw protocol "
-        "have one draw (`torch12345`, K = 5000) and no spread pass.\n\n"
+        "have one draw (`torch12345`, K = 5000) and no spread pass; the curves and the figure "
+        "name each such group by its protocol, its seeds and the draw of its K = 5000 number.\n\n"
         + tables(groups)
         + curve_table(groups)
         + "\n![test NLL against epochs, and the kept models against the published "
