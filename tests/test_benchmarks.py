@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from vaelib import data
 
@@ -294,6 +295,110 @@ def test_report_interval_and_spreads(monkeypatch):
     runs[0]["final"]["binarizations"]["reference777"]["blocks"] = {"0": {"threads": 2}}
     assert "| cpu, 1 (evaluation: 2) |" in report.tables({"one": runs[:1]})
     assert "(one seed" not in report.tables({"all": runs})
+
+
+def test_report_compares_a_learned_prior_and_the_control_with_the_gaussian_row(monkeypatch):
+    """The differences from our Gaussian-prior row against hand computation: a 3-seed row uses
+    both seed standard errors; a one-seed row borrows the Gaussian row's seed sd and says so; a
+    learned prior is never compared with the Gaussian prior's published number."""
+    report = script("likelihood_report", monkeypatch)
+    mk = lambda seed, nll, **config: {
+        "config": {
+            "seed": seed,
+            "dataset": "fashion-mnist",
+            "protocol": "ours",
+            "prior": "normal",
+            **config,
+        },
+        "final": {"binarizations": {"reference777": {"nll": nll}}},
+    }
+    gauss = [mk(0, 229.0), mk(1, 229.2), mk(2, 228.9)]
+    vamp = [mk(s, v, prior="vamp") for s, v in enumerate([227.5, 227.9, 227.6])]
+    control = [mk(0, 228.6, protocol="reference")]
+    groups = {"g": gauss, "v": vamp, "c": control}
+    text = report.comparisons(groups)
+    g, v = report.summary(gauss), report.summary(vamp)
+    d = v["mean"] - g["mean"]
+    hw = 1.959964 * (v["se"] ** 2 + g["se"] ** 2) ** 0.5
+    assert "'ours, vamp prior, 3 seeds, reference777' minus 'ours, 3 seeds, reference777'" in text
+    assert f"**{d:+.2f} nats** [{d - hw:+.2f}, {d + hw:+.2f}]." in text
+    dc, hwc = 228.6 - g["mean"], 1.959964 * (g["seed_sd"] ** 2 + g["se"] ** 2) ** 0.5
+    assert "'reference, 1 seed, reference777' minus" in text
+    assert f"**{dc:+.2f} nats** [{dc - hwc:+.2f}, {dc + hwc:+.2f}]; one seed" in text
+    assert text.count("\n- ") == 2  # the Gaussian row is not compared with itself
+    assert report.published(vamp[0]["config"])["nll"] is None
+    assert report.published(gauss[0]["config"])["nll"] == 228.70
+    # the choices: the control's total, and the clamp measurements averaged over seeds
+    clamps = [
+        {
+            "seed": s,
+            "k": 1000,
+            "draw": "reference777",
+            "summary": {
+                "nll_change": c,
+                "nll_change_se": 0.006,
+                "clamped_fraction": 0.3,
+                "max_abs_diff_from_stored_per_image": 0.0,
+                "cpu_minutes": 18.0,
+            },
+        }
+        for s, c in [(0, -0.010), (1, -0.020), (2, -0.015)]
+    ]
+    text = report.choices(groups, clamps)
+    assert "**-0.015 nats** over 3 seeds (seed 0 -0.010 ± 0.006" in text
+    assert "30.0 % of the decoder's outputs" in text
+    assert f"together (the control run): {dc:+.2f} nats" in text
+    assert "has not finished" in report.choices({"g": gauss}, [])
+
+
+@needs_fashion
+def test_clamp_measurement_pairs_the_samples_and_resumes(tmp_path, monkeypatch):
+    """likelihood_clamp.py on a small finished run: its unclamped pass reproduces the run's own
+    numbers (the same importance samples), the NLL change is the clamped minus the trained NLL,
+    a stopped measurement resumes to the same numbers, and bad input is refused by name."""
+    run = tmp_path / "run"
+    done = run_likelihood(run, "--epochs", "1", "--seed", "3")
+    assert done.returncode == 0, done.stderr
+
+    def clamp(*args):
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "likelihood_clamp.py"), *map(str, args)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+    out = tmp_path / "clamp.json"
+    first = clamp(run, "--k", "10", "--test-limit", "1200", "--out", out)
+    assert first.returncode == 0, first.stderr
+    m = json.loads(out.read_text())
+    s = m["summary"]
+    assert s["n_test"] == 1200 and sorted(m["blocks"]) == ["0", "1000"]
+    assert m["block_seeds"] == "reference777/K10"  # the run's spread pass at K = 10
+    assert s["max_abs_diff_from_stored_per_image"] < 1e-4
+    assert s["nll_change"] == pytest.approx(s["nll_clamped"] - s["nll_trained"], abs=1e-9)
+    assert 0.0 <= s["clamped_fraction"] <= 1.0 and s["nll_change_se"] >= 0.0
+    # stopped after the first block: resuming computes the second only, to the same numbers
+    del m["blocks"]["1000"], m["summary"]
+    out.write_text(json.dumps(m))
+    again = clamp(run, "--k", "10", "--test-limit", "1200", "--out", out, "--resume")
+    assert again.returncode == 0, again.stderr
+    assert "images 0-1000" not in again.stdout and "images 1000-1200" in again.stdout
+    s2 = json.loads(out.read_text())["summary"]
+    assert {k: v for k, v in s2.items() if k != "cpu_minutes"} == {
+        k: v for k, v in s.items() if k != "cpu_minutes"
+    }
+    refused = clamp(run, "--k", "10", "--out", out)
+    assert refused.returncode != 0 and "exists; add --resume" in refused.stderr
+    (run / "best.pt").rename(run / "kept.pt")
+    missing = clamp(run, "--out", tmp_path / "other.json")
+    assert missing.returncode != 0 and "best.pt is missing" in missing.stderr
+
+
+def test_counting_clamp_counts_and_clamps_like_the_probabilities(monkeypatch):
+    lc = script("likelihood_clamp", monkeypatch)
+    c = lc.CountingClamp(1e-5)
+    logits = torch.tensor([[-20.0, -11.0, 0.0], [11.6, 30.0, 5.0]])
+    out = c(logits)
+    assert (c.changed, c.total) == (3, 6)
+    p = torch.sigmoid(logits.double()).clamp(1e-5, 1 - 1e-5)
+    assert torch.allclose(torch.sigmoid(out.double()), p, rtol=0, atol=1e-9)
 
 
 def test_throughput_compares_fit_with_the_plain_loop():
