@@ -599,14 +599,17 @@ def choices(groups, clamps):
         cpu = statistics.fmean(m["summary"]["cpu_minutes"] for m in clamps)
         lines.append(
             "- The probability clamp at evaluation alone (`python benchmarks/likelihood_clamp.py "
-            "DIR --out FILE`: our kept models evaluated with and without it, the same importance "
+            "DIR --out FILE`: each kept model evaluated with and without it, the same importance "
             f"samples, K = {clamps[0]['k']} on {clamps[0]['draw']}): "
-            f"**{statistics.fmean(change):+.3f} nats** over {len(clamps)} seeds ({per}; ± the "
+            f"**{statistics.fmean(change):+.3f} nats** over {len(clamps)} "
+            f"seed{'s' if len(clamps) > 1 else ''} ({per}; ± the "
             f"standard error over images of the paired difference), although "
-            f"{100 * frac:.1f} % of the decoder's outputs were clamped: nearly all are pixels "
-            "the model is sure of and gets right, where the clamp costs at most 1e-5 nats. The "
-            "unclamped pass reproduced each run's own numbers to "
-            f"{match:.1e} nats per image; {cpu:.0f} CPU-minutes per seed."
+            f"{100 * frac:.1f} % of the decoder's outputs (pixel by importance sample) were "
+            "clamped: a clamped pixel the model gets right costs at most 1e-5 nats more, one it "
+            "gets wrong at most 11.5 nats instead of more; the net is the number above. The "
+            "unclamped pass reproduced the run's own numbers "
+            + ("exactly" if match == 0 else f"to within {match:.1e} nats per image")
+            + f"; {cpu:.0f} CPU-minutes per seed."
         )
     control = [
         runs
