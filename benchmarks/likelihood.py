@@ -58,6 +58,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _runs import fill_defaults
 from torch import nn
 
 from vaelib import _atomic, checkpoints, data, evaluate, train
@@ -235,6 +236,37 @@ def reference_valid(x_valid):
 
 def _block_seed(seed, name, start):
     return int.from_bytes(hashlib.sha256(f"{seed}/{name}/{start}".encode()).digest()[:7], "big")
+
+
+def block_tag(key, name, K):
+    """The name in the block seeds of one evaluation pass: the draw's name for the headline pass
+    (key "binarizations"), "name/K{K}" for the spread pass (key "spread"), so the two passes over
+    one draw use different importance samples."""
+    return name if key == "binarizations" else f"{name}/K{K}"
+
+
+def run_config(args):
+    """The settings saved in a run's likelihood.json: every option but the ones that only steer
+    this invocation (--resume, --stop-after) and the draws (kept per draw in "final")."""
+    return {
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+        if k not in ("resume", "binarizations", "stop_after")
+    }
+
+
+# Settings a resumed run may change: they move where and how fast it runs, not its numbers.
+RESUME_FREE = ("threads", "out")
+
+
+def resume_conflicts(saved, now):
+    """["name: saved A, now B", ...] for each setting (other than RESUME_FREE) in which the
+    configuration `now` of a --resume differs from the run's `saved` one."""
+    return [
+        f"{k.replace('_', '-')}: saved {saved.get(k)!r}, now {now[k]!r}"
+        for k in now
+        if k not in RESUME_FREE and saved.get(k) != now[k]
+    ]
 
 
 def cpu_model():
@@ -557,7 +589,7 @@ def _evaluate_draw(args, r, json_path, model, key, name, K, x_test_gray, x_valid
     xb = binarize(name, x_test_gray, x_valid_gray)
     xb = xb[: args.test_limit] if args.test_limit else xb
     res = r["final"].setdefault(key, {}).setdefault(name, {"blocks": {}})
-    tag = name if key == "binarizations" else f"{name}/K{K}"  # the block seeds of each pass
+    tag = block_tag(key, name, K)
     for start in range(0, xb.shape[0], BLOCK):
         if str(start) in res["blocks"]:
             continue
@@ -638,20 +670,26 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     model = build()
     if args.resume:
+        if not json_path.is_file():
+            raise SystemExit(f"{json_path} is missing: there is no run in {out} to resume")
         r = json.loads(json_path.read_text())
         if r["status"] == "done":
             raise SystemExit(f"the run in {out} is finished; nothing to resume")
+        changed = resume_conflicts(
+            fill_defaults(r["config"], spread_k=args.spread_k), run_config(args)
+        )
+        if changed:
+            raise SystemExit(
+                f"the run in {out} was started with other settings ({'; '.join(changed)}); "
+                "resume it with its own settings, or start a new --out folder"
+            )
     else:
         r = {
             "started": datetime.datetime.now().isoformat(timespec="seconds"),
             "status": "training",
             "command": "python benchmarks/likelihood.py "
             + " ".join(sys.argv[1:] if argv is None else argv),
-            "config": {
-                k: (str(v) if isinstance(v, Path) else v)
-                for k, v in vars(args).items()
-                if k not in ("resume", "binarizations", "stop_after")
-            },
+            "config": run_config(args),
             "architecture": "-".join(str(v) for v in (D, *hidden, args.latent_dim)),
             "n_train": int(x_train.shape[0]),
             "n_valid": int(x_valid.shape[0]),
@@ -666,10 +704,6 @@ def main(argv=None):
             "best": None,
             "final": None,
         }
-    r["config"].setdefault("protocol", "ours")  # runs written before the reference protocol existed
-    r["config"].setdefault("prior", "normal")  # and before --prior
-    r["config"].setdefault("prior_components", None)
-    r["config"].setdefault("spread_k", args.spread_k)  # and before the separate spread pass
 
     if r["status"] == "training":
         run = train_reference if args.protocol == "reference" else train_ours

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from _runs import fill_defaults
 from likelihood import (
     BLOCK,
     N_VALID,
@@ -35,6 +36,7 @@ from likelihood import (
     ClampLogits,
     _block_seed,
     binarize,
+    block_tag,
     build_model,
     log,
     write_json,
@@ -60,13 +62,11 @@ class CountingClamp(ClampLogits):
 def stored_pass(run, draw, K):
     """(tag of the block seeds, stored result or None) of `run`'s evaluation of `draw` at K."""
     final = run.get("final") or {}
-    spread = final.get("spread", {}).get(draw)
-    if spread is not None and spread.get("k") == K:
-        return f"{draw}/K{K}", spread
-    main = final.get("binarizations", {}).get(draw)
-    if main is not None and main.get("k") == K:
-        return draw, main
-    return f"{draw}/K{K}", None
+    for key in ("spread", "binarizations"):
+        stored = final.get(key, {}).get(draw)
+        if stored is not None and stored.get("k") == K:
+            return block_tag(key, draw, K), stored
+    return block_tag("spread", draw, K), None
 
 
 def parse_args(argv):
@@ -91,10 +91,7 @@ def main(argv=None):
         if not path.is_file():
             raise SystemExit(f"{path} is missing: give the folder of a finished likelihood.py run")
     run = json.loads(run_json.read_text())
-    c = run["config"]
-    c.setdefault("protocol", "ours")
-    c.setdefault("prior", "normal")
-    c.setdefault("prior_components", None)
+    c = fill_defaults(run["config"])
     if run.get("status") != "done":
         raise SystemExit(f"the run in {args.run} is not finished (status {run.get('status')!r})")
     if c["protocol"] != "ours":

@@ -37,6 +37,7 @@ import sys
 from pathlib import Path
 
 from _results import replace_section
+from _runs import fill_defaults
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
@@ -196,11 +197,7 @@ def load(paths):
                 f"skipping {p}: status {r.get('status')!r}, no finished test draw", file=sys.stderr
             )
             continue
-        r["config"].setdefault("protocol", "ours")
-        r["config"].setdefault("prior", "normal")  # runs written before --prior
-        r["config"].setdefault("prior_components", None)
-        r["config"].setdefault("spread_k", 0)  # runs written before the separate spread pass
-        r["config"].setdefault("train_limit", None)  # and before --train-limit
+        fill_defaults(r["config"])  # a run written before a setting existed
         r["path"] = str(p)
         runs.append(r)
     return runs

@@ -180,7 +180,15 @@ def test_likelihood_run_resume_and_report(tmp_path, monkeypatch):
     again = tmp_path / "again"
     stopped = run_likelihood(again, "--epochs", "3", "--seed", "1", "--stop-after", "2")
     assert stopped.returncode == 0, stopped.stderr
-    assert json.loads((again / "likelihood.json").read_text())["status"] == "training"
+    saved = (again / "likelihood.json").read_text()
+    assert json.loads(saved)["status"] == "training"
+    # A resume with other settings would mix two runs: refused by name, nothing written.
+    other = run_likelihood(again, "--epochs", "4", "--seed", "2", "--resume")
+    assert other.returncode != 0
+    assert "seed: saved 1, now 2" in other.stderr and "epochs: saved 3, now 4" in other.stderr
+    assert (again / "likelihood.json").read_text() == saved
+    empty = run_likelihood(tmp_path / "empty", "--epochs", "3", "--seed", "1", "--resume")
+    assert empty.returncode != 0 and "there is no run in" in empty.stderr
     resumed = run_likelihood(again, "--epochs", "3", "--seed", "1", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     r2 = json.loads((again / "likelihood.json").read_text())
@@ -223,6 +231,24 @@ def test_likelihood_run_resume_and_report(tmp_path, monkeypatch):
     assert f"**{mean:.2f} ± " in text and "228.70 ± 0.15" in text
     assert "--seed 1 --out DIR" in text and "--seed 2 --out DIR" in text and "AdamNormGrad" in text
     assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_old_run_files_read_with_the_settings_they_were_run_with(monkeypatch):
+    """A run file written before a setting existed is read as run then (Gaussian prior, our
+    protocol, every draw at --k); a setting the file has is kept; the runner may fill the spread
+    pass with today's."""
+    runs = script("_runs", monkeypatch)
+    assert runs.fill_defaults({"seed": 0}) == {
+        "seed": 0,
+        "protocol": "ours",
+        "prior": "normal",
+        "prior_components": None,
+        "spread_k": 0,
+        "train_limit": None,
+    }
+    c = runs.fill_defaults({"prior": "vamp", "spread_k": 10}, spread_k=1000)
+    assert c["prior"] == "vamp" and c["spread_k"] == 10
+    assert runs.fill_defaults({}, spread_k=1000)["spread_k"] == 1000
 
 
 def test_report_interval_and_spreads(monkeypatch):
