@@ -33,7 +33,8 @@ above, so its row compares with the Gaussian-prior row under one protocol.
 
 Every --curve-every epochs the test NLL on the first --curve-images test images (K = --curve-k, draw
 torch12345) is added to the curve, and the JSON and a checkpoint are saved, so a stopped run resumes
-where it was (--resume).
+where it was (--resume, with the run's own settings: any other setting but --threads is refused by
+name). One process at a time writes a run folder: a second one on a live run's folder is refused.
 
 Examples (the RESULTS.md rows; the control run; a smoke test; MNIST exits with a message when its
 files are absent):
@@ -645,6 +646,19 @@ def main(argv=None):
     if out == repo or repo in out.parents:
         raise SystemExit(f"--out {out} is inside the repository; choose a folder outside it")
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        with _atomic.lock_directory(out):  # one process per run folder
+            return train_and_evaluate(args, argv, out, x_all, xt)
+    except _atomic.Locked as e:
+        who = f"pid {e.pid}" if e.pid is not None else "another process"
+        raise SystemExit(
+            f"another likelihood.py ({who}) is writing to {out}; wait for it to finish or stop it, "
+            "then --resume"
+        ) from None
+
+
+def train_and_evaluate(args, argv, out, x_all, xt):
+    """Train and evaluate into the locked folder `out`; returns the exit status."""
     json_path = out / "likelihood.json"
 
     x_train, x_valid_gray = (

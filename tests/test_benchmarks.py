@@ -6,6 +6,7 @@ keep the scripts working.)"""
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vaelib import data
+from vaelib import _atomic, data
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -189,6 +190,11 @@ def test_likelihood_run_resume_and_report(tmp_path, monkeypatch):
     assert (again / "likelihood.json").read_text() == saved
     empty = run_likelihood(tmp_path / "empty", "--epochs", "3", "--seed", "1", "--resume")
     assert empty.returncode != 0 and "there is no run in" in empty.stderr
+    # A second process on a live run's folder (here: this test holds the lock) is refused.
+    with _atomic.lock_directory(again):
+        twice = run_likelihood(again, "--epochs", "3", "--seed", "1", "--resume")
+    assert twice.returncode != 0 and f"another likelihood.py (pid {os.getpid()})" in twice.stderr
+    assert (again / "likelihood.json").read_text() == saved
     resumed = run_likelihood(again, "--epochs", "3", "--seed", "1", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     r2 = json.loads((again / "likelihood.json").read_text())
