@@ -15,13 +15,14 @@ number is:
     if it is a standard deviation of a mean of several runs); where the reference draw is missing,
     the binarization spread is added.
 Below it, one row per seed with the command that reruns it. Runs still evaluating are reported with
-the draws they have finished. Then each other row (a learned prior, the control run) minus our
-Gaussian-prior row on the same test draw, with a 95 % interval from the two standard errors over
-seeds; a learned prior is compared with the published number of that prior only (PUBLISHED_PRIORS),
-never with the Gaussian prior's. Last, what the protocol choices move where measured: the test
-draw (the binarization spread), the probability clamp at evaluation (the files of
-`likelihood_clamp.py` in results/likelihood_clamp/), and every training choice together (the
-control run).
+the draws they have finished. The section opens with the answer (`lead`): each Gaussian-prior
+row against its published number, each other row against that row. Then each other row (a learned
+prior, the control run) minus our Gaussian-prior row on the same test draw, with a 95 % interval
+from the two standard errors over seeds; a learned prior is compared with the published number of
+that prior only (PUBLISHED_PRIORS), never with the Gaussian prior's. Last, what the protocol
+choices move where measured: the test draw (the binarization spread), the probability clamp at
+evaluation (the files of `likelihood_clamp.py` in results/likelihood_clamp/), and every training
+choice together (the control run).
 
 Print the tables, or write them into RESULTS.md and redraw the curve:
 
@@ -526,32 +527,83 @@ def _base(groups, dataset):
     return max(rows, key=len, default=None)
 
 
+def _against_base(groups):
+    """[(runs, base, difference, half-width of its 95 % interval)] for each row on the reference
+    draw other than our Gaussian-prior row `base` of its dataset (see `comparisons`)."""
+    out = []
+    for runs in groups.values():
+        base = _base(groups, runs[0]["config"]["dataset"])
+        s = summary(runs)
+        if base is None or base is runs or s["main"] != REFERENCE_DRAW:
+            continue
+        b = summary(base)
+        se = s["se"] if len(runs) > 1 else b["seed_sd"]  # one seed: the Gaussian row's seed sd
+        out.append((runs, base, s["mean"] - b["mean"], Z95 * math.sqrt(se**2 + b["se"] ** 2)))
+    return out
+
+
+def _verdict(d, hw, than):
+    """'consistent with {than}' when the 95 % interval holds 0, else 'better/worse than {than}'."""
+    if abs(d) <= hw:
+        return f"consistent with {than}"
+    return f"{'better' if d < 0 else 'worse'} than {than}"
+
+
+def lead(groups):
+    """The answer first: each dataset's Gaussian-prior row against its published number, then
+    each other row against that row."""
+    out = []
+    for dataset, ref in REFERENCES.items():
+        base = _base(groups, dataset)
+        if base is None:
+            continue
+        b = summary(base)
+        d, hw = difference(b, ref)
+        out.append(
+            f"- {dataset}, our VAE with the Gaussian prior ({b['n_seeds']} seeds): "
+            f"**{b['mean']:.2f} ± {b['se']:.2f}** nats on the reference's test draw; "
+            f"{d:+.2f} [{d - hw:+.2f}, {d + hw:+.2f}] from the published "
+            f"{ref['nll']:.2f}{_pm(ref)}, {_verdict(d, hw, 'it')}.\n"
+        )
+        for runs, _, d, hw in _against_base(groups):
+            if runs[0]["config"]["dataset"] != dataset:
+                continue
+            s, c = summary(runs), runs[0]["config"]
+            what = (
+                "the control run with the reference's training choices"
+                if c["protocol"] == "reference"
+                else f"the {c['prior']} prior"
+            )
+            n = s["n_seeds"]
+            out.append(
+                f"- {dataset}, {what} ({n} seed{'s' if n > 1 else ''}): **{s['mean']:.2f}** "
+                f"nats; {d:+.2f} [{d - hw:+.2f}, {d + hw:+.2f}] against our Gaussian-prior row, "
+                f"{_verdict(d, hw, 'it')}.\n"
+            )
+    if not out:
+        return ""
+    return (
+        "In short (test NLL, nats per image, lower is better; [95 % interval] of each "
+        "difference; details below):\n\n" + "".join(out) + "\n"
+    )
+
+
 def comparisons(groups):
     """Each other row (a learned prior, the control run) minus our Gaussian-prior row, on the same
     test draw, with a 95 % interval from the two seed standard errors (a one-seed row borrows the
     Gaussian row's seed sd: its own cannot be measured from one seed)."""
     out = []
-    for runs in groups.values():
-        c = runs[0]["config"]
-        base = _base(groups, c["dataset"])
-        s = summary(runs)
-        if base is None or base is runs or s["main"] != REFERENCE_DRAW:
-            continue
-        b = summary(base)
-        d = s["mean"] - b["mean"]
-        if len(runs) > 1:
-            se, note = s["se"], ""
-        else:
-            se = b["seed_sd"]
-            note = (
-                "; one seed, so its seed noise is taken as the Gaussian row's seed sd "
-                f"({b['seed_sd']:.2f})"
-            )
-        hw = Z95 * math.sqrt(se**2 + b["se"] ** 2)
+    for runs, base, d, hw in _against_base(groups):
+        note = (
+            ""
+            if len(runs) > 1
+            else "; one seed, so its seed noise is taken as the Gaussian row's seed sd "
+            f"({summary(base)['seed_sd']:.2f})"
+        )
         out.append(
-            f"- '{_group_label(runs)}' minus '{_group_label(base)}' ({c['dataset']}, K = 5000 on "
-            f"{REFERENCE_DRAW}, the same test images for both): **{d:+.2f} nats** "
-            f"[{d - hw:+.2f}, {d + hw:+.2f}]{note}.\n"
+            f"- '{_group_label(runs)}' minus '{_group_label(base)}' "
+            f"({runs[0]['config']['dataset']}, K = 5000 on {REFERENCE_DRAW}, the same test images "
+            f"for both): **{d:+.2f} nats** [{d - hw:+.2f}, {d + hw:+.2f}]{note}.\n"
         )
     if not out:
         return ""
@@ -650,7 +702,8 @@ def section(groups, clamps=None):
     diffs = "".join(f"| {a} | {b} | {c} | {d} |\n" for a, b, c, d in DIFFERENCES)
     return (
         f"{SECTION}\n\n"
-        "`python benchmarks/likelihood.py --seed S --out DIR` trains one model and evaluates it, "
+        + lead(groups)
+        + "`python benchmarks/likelihood.py --seed S --out DIR` trains one model and evaluates it, "
         "writing "
         "DIR/likelihood.json (resumable: `--resume`); `python benchmarks/likelihood_report.py "
         "benchmarks/results/likelihood/*.json --write` makes the tables below and "

@@ -381,6 +381,22 @@ def test_report_compares_a_learned_prior_and_the_control_with_the_gaussian_row(m
     assert "30.0 % of the decoder's outputs" in text
     assert f"together (the control run): {dc:+.2f} nats" in text
     assert "has not finished" in report.choices({"g": gauss}, [])
+    # the answer first: the Gaussian row against its published number (the interval holds 0),
+    # each other row against the Gaussian row (the VampPrior's interval lies below 0)
+    text = report.lead(groups)
+    dg, hwg = g["mean"] - 228.70, 1.959964 * (g["se"] ** 2 + 0.15**2) ** 0.5
+    assert abs(dg) <= hwg and abs(d) > hw
+    assert (
+        f"**{g['mean']:.2f} ± {g['se']:.2f}** nats on the reference's test draw; "
+        f"{dg:+.2f} [{dg - hwg:+.2f}, {dg + hwg:+.2f}] from the published 228.70 ± 0.15, "
+        "consistent with it." in text
+    )
+    assert (
+        f"the vamp prior (3 seeds): **{v['mean']:.2f}** nats; {d:+.2f} [{d - hw:+.2f}, "
+        f"{d + hw:+.2f}] against our Gaussian-prior row, better than it." in text
+    )
+    assert "the control run with the reference's training choices (1 seed): **228.60**" in text
+    assert report.lead({"v": vamp}) == ""  # no Gaussian row: nothing to lead with
 
 
 @needs_fashion
