@@ -46,6 +46,8 @@ CURVE = HERE / "likelihood_curve.png"
 SECTION = "## Test log-likelihood against published results"
 REFERENCE_DRAW = "reference777"
 Z95 = 1.959964
+# The 97.5 % quantile of Student's t by degrees of freedom (scipy.stats.t.ppf(0.975, df)).
+T975 = {1: 12.706205, 2: 4.302653, 3: 3.182446, 4: 2.776445, 5: 2.570582}
 
 # Published test NLL (nats; minus the published log-likelihood), its ±, and where the number was
 # checked.
@@ -339,11 +341,12 @@ def tables(groups):
         ref = published(c)
         s = summary(runs)
         main = s["main"]
-        label = (
-            ""
-            if main == REFERENCE_DRAW
-            else f" (draw {main}: the reference's draw not evaluated yet)"
-        )
+        if main == REFERENCE_DRAW:
+            label = ""
+        elif any(r.get("status") == "evaluating" for r in runs):
+            label = f" (draw {main}: the reference's draw not evaluated yet)"
+        else:
+            label = f" (draw {main}: these runs were not evaluated on the reference's draw)"
         if ref["nll"] is None:
             pub, diff = "not transcribed (see the table of published numbers)", "n/a"
         else:
@@ -397,7 +400,7 @@ def tables(groups):
             seeds.append(
                 f"| {c['dataset']} | {c['protocol']} | {r['config']['seed']} | {f['epoch']} "
                 f"({c['epochs']}) | "
-                f"{elbo:.2f} | {per} | {f['train_cpu_minutes']:.0f} + {ev:.0f} | {r['device']}, "
+                f"{elbo:.2f} | {per} | {f['train_cpu_minutes']:.1f} + {ev:.1f} | {r['device']}, "
                 f"{threads} "
                 f"| {rerun(r)} |\n"
             )
@@ -421,9 +424,17 @@ def curve_table(groups):
             "full-test numbers above), mean over "
             f"{len(runs)} run{'s' if len(runs) > 1 else ''}: "
         )
+        points = sorted(by_epoch.items())
+        last = ""
+        if len(points) > 1:
+            (e1, v1), (e2, v2) = points[-2], points[-1]
+            drop = statistics.fmean(v1) - statistics.fmean(v2)
+            last = f" From epoch {e1} to {e2} the mean fell by {drop:.2f} nats."
         out.append(
-            ", ".join(f"epoch {e}: {statistics.fmean(v):.2f}" for e, v in sorted(by_epoch.items()))
-            + ".\n"
+            ", ".join(f"epoch {e}: {statistics.fmean(v):.2f}" for e, v in points)
+            + "."
+            + last
+            + "\n"
         )
     return "".join(out)
 
@@ -559,11 +570,17 @@ def lead(groups):
             continue
         b = summary(base)
         d, hw = difference(b, ref)
+        n = b["n_seeds"]
+        hw_t = math.sqrt((T975.get(n - 1, Z95) * b["se"]) ** 2 + (Z95 * (ref["pm"] or 0)) ** 2)
+        share = (ref["pm"] or 0) ** 2 / ((ref["pm"] or 0) ** 2 + b["se"] ** 2)
         out.append(
-            f"- {dataset}, our VAE with the Gaussian prior ({b['n_seeds']} seeds): "
+            f"- {dataset}, our VAE with the Gaussian prior ({n} seeds): "
             f"**{b['mean']:.2f} ± {b['se']:.2f}** nats on the reference's test draw; "
             f"{d:+.2f} [{d - hw:+.2f}, {d + hw:+.2f}] from the published "
-            f"{ref['nll']:.2f}{_pm(ref)}, {_verdict(d, hw, 'it')}.\n"
+            f"{ref['nll']:.2f}{_pm(ref)}, {_verdict(d, hw, 'it')}. The published ± makes "
+            f"{100 * share:.0f} % of the interval's variance, so this comparison cannot resolve "
+            f"a difference under about {hw:.2f} nats (with a t quantile for {n - 1} degrees of "
+            f"freedom on our se: ± {hw_t:.2f}).\n"
         )
         for runs, _, d, hw in _against_base(groups):
             if runs[0]["config"]["dataset"] != dataset:
@@ -652,10 +669,11 @@ def choices(groups, clamps):
             f"samples, K = {clamps[0]['k']} on {clamps[0]['draw']}): "
             f"**{statistics.fmean(change):+.3f} nats** over {len(clamps)} "
             f"seed{'s' if len(clamps) > 1 else ''} ({per}; ± the "
-            f"standard error over images of the paired difference), although "
+            f"standard error over images of the paired difference). "
             f"{100 * frac:.1f} % of the decoder's outputs (pixel by importance sample) were "
-            "clamped: a clamped pixel the model gets right costs at most 1e-5 nats more, one it "
-            "gets wrong at most 11.5 nats instead of more; the net is the number above. The "
+            "clamped. Why so many clamped outputs move the number so little: a clamped pixel the "
+            "model gets right costs at most 1e-5 nats more, and one it gets wrong at most 11.5 "
+            "nats instead of more. The "
             "unclamped pass reproduced the run's own numbers "
             + ("exactly" if match == 0 else f"to within {match:.1e} nats per image")
             + f"; {cpu:.0f} CPU-minutes per seed."
@@ -689,6 +707,62 @@ def _pm(ref):
     return f" ± {ref['pm']:.2f}" if ref["pm"] else ""
 
 
+def _repeats(groups):
+    """The groups that repeat an earlier group's configuration and seeds (runs trained again and
+    evaluated under another protocol): [(label, label of the earlier group)]."""
+    seen, out = {}, []
+    for runs in groups.values():
+        key = (describe(runs[0]["config"]), tuple(sorted(r["config"]["seed"] for r in runs)))
+        if key in seen:
+            out.append((_group_label(runs), seen[key]))
+        else:
+            seen[key] = _group_label(runs)
+    return out
+
+
+def intro(groups):
+    """What the numbers are and how to rerun them, one point a line."""
+    base = _base(groups, "fashion-mnist")
+    img_se = statistics.fmean(draws_of(r)[REFERENCE_DRAW]["nll_se"] for r in base) if base else None
+    lines = [
+        "- Data: the first 50,000 training images train (binarized afresh), the last 10,000 "
+        "validate; the test set is all 10,000 test images.",
+        "- Test NLL: −log p(x) estimated with K = 5000 importance samples (the IWAE bound, "
+        "`vaelib.evaluate.iwae_log_likelihood`) on the reference's own binarization of the test "
+        "set, `reference777` (numpy RandomState(777), drawn after their validation set as their "
+        "loader does; `tests/test_benchmarks.py` reproduces their loader's stream). Nats per "
+        "image, lower is better.",
+        "- ± after our NLL: the standard error over seeds, the test images fixed: how "
+        "reproducible training is. It leaves out the error of the test sample itself"
+        + (f" (± {img_se:.2f} per model, over images)" if img_se else "")
+        + ", which every row on `reference777` shares with the published number, so it largely "
+        "cancels when they are compared.",
+        "- Binarization spread: each model is also scored at K = 1000 on five binarizations "
+        "(`reference777`, our earlier draw `torch12345`, `numpy1`–`numpy3`; the draw moves every "
+        "K alike, and K = 1000 costs a fifth of K = 5000). Its sd says how much a number measured "
+        "on another binarization may differ for that reason alone.",
+        "- Interval: 95 %, normal approximation, 1.96 · √(our se² + published ±²). The published "
+        "± is taken as the standard error of their number (what it is over could not be read "
+        "here; were it a standard deviation over several runs, the interval would be narrower). "
+        "With few seeds a t quantile on our se is stricter; the first lines give that half-width "
+        "too.",
+    ]
+    for label, earlier in _repeats(groups):
+        lines.append(
+            f"- The group '{label}' holds earlier runs of the configuration and seeds of "
+            f"'{earlier}' (trained again, not extra seeds), evaluated on one draw only before the "
+            "five-draw protocol; kept for the record."
+        )
+    lines.append(
+        "- Rerun: `python benchmarks/likelihood.py --seed S --out DIR` trains one model and "
+        "evaluates it into DIR/likelihood.json (resumable: `--resume`); `python "
+        "benchmarks/likelihood_report.py benchmarks/results/likelihood/*.json --write` rebuilds "
+        "this section and `benchmarks/likelihood_curve.png` from the committed JSON files. The "
+        "columns are defined in `benchmarks/likelihood_report.py`'s docstring."
+    )
+    return "What the numbers are:\n\n" + "\n".join(lines) + "\n\n"
+
+
 def section(groups, clamps=None):
     published_rows = [*REFERENCES.items()] + [
         (f"{dataset}, {prior} prior", r) for (dataset, prior), r in PUBLISHED_PRIORS.items()
@@ -703,28 +777,7 @@ def section(groups, clamps=None):
     return (
         f"{SECTION}\n\n"
         + lead(groups)
-        + "`python benchmarks/likelihood.py --seed S --out DIR` trains one model and evaluates it, "
-        "writing "
-        "DIR/likelihood.json (resumable: `--resume`); `python benchmarks/likelihood_report.py "
-        "benchmarks/results/likelihood/*.json --write` makes the tables below and "
-        "`benchmarks/likelihood_curve.png` "
-        "from the committed JSON files. Data: the first 50,000 training images train (binarized "
-        "afresh), the last "
-        "10,000 validate; the kept model is evaluated with K = 5000 importance samples on all "
-        "10,000 test images of the reference's own binarization of the test set (numpy "
-        "RandomState(777), drawn after their validation set, `reference777`), then with K = 1000 "
-        "on each of five binarizations (`reference777`, our earlier draw `torch12345`, and "
-        "`numpy1`–`numpy3`) for the binarization spread: which test set was drawn moves the "
-        "estimate at every K alike, and K = 1000 costs a fifth of K = 5000. Nats per image, lower "
-        "is better. What each column means is in "
-        "`benchmarks/likelihood_report.py`'s docstring: the ± after our NLL is the standard error "
-        "over seeds on "
-        "one test set; the seed spread and the binarization spread are standard deviations; the "
-        "interval for the "
-        "difference combines our standard error with the published ±. Runs of one configuration "
-        "evaluated differently form separate rows: those evaluated before the five-draw protocol "
-        "have one draw (`torch12345`, K = 5000) and no spread pass; the curves and the figure "
-        "name each such group by its protocol, its seeds and the draw of its K = 5000 number.\n\n"
+        + intro(groups)
         + tables(groups)
         + comparisons(groups)
         + curve_table(groups)

@@ -329,6 +329,58 @@ def test_report_interval_and_spreads(monkeypatch):
     assert "(one seed" not in report.tables({"all": runs})
 
 
+def test_report_names_repeated_runs_and_the_last_curve_step(monkeypatch):
+    """Runs of one configuration and seeds evaluated on another draw are named as earlier runs,
+    not extra seeds; a finished row off the reference draw says it was never evaluated there (not
+    "not yet"); the curve text gives its last step."""
+    report = script("likelihood_report", monkeypatch)
+    config = dict(
+        dataset="fashion-mnist",
+        protocol="ours",
+        model="gated",
+        hidden="300,300",
+        latent_dim=40,
+        prior="normal",
+        prior_components=None,
+        lr=1e-3,
+        lr_final=1e-5,
+        epochs=300,
+        batch_size=100,
+        warmup_epochs=50,
+        curve_k=500,
+        curve_images=1000,
+        spread_k=0,
+    )
+    mk = lambda seed, draw, status, curve: {
+        "config": {**config, "seed": seed},
+        "status": status,
+        "device": "CPU",
+        "threads": 1,
+        "curve": [{"epoch": e, "nll": v} for e, v in curve],
+        "final": {
+            "epoch": 300,
+            "train_cpu_minutes": 50.0,
+            "binarizations": {
+                draw: {"nll": 229.0 + seed / 10, "nll_se": 0.76, "elbo": -231.0, "k": 5000}
+                | {"n_test": 10000}
+            },
+        },
+    }
+    new = [mk(s, "reference777", "done", [(280, 228.5), (300, 228.4 + s / 100)]) for s in (0, 1)]
+    old = [mk(s, "torch12345", "done", [(300, 228.4)]) for s in (0, 1)]
+    groups = {"new": new, "old": old}
+    assert report._repeats(groups) == [("ours, 2 seeds, torch12345", "ours, 2 seeds, reference777")]
+    assert "holds earlier runs of the configuration and seeds of" in report.intro(groups)
+    assert "these runs were not evaluated on the reference's draw" in report.tables(groups)
+    old[0]["status"] = "evaluating"
+    assert "the reference's draw not evaluated yet" in report.tables(groups)
+    text = report.curve_table({"new": new})
+    assert (
+        "epoch 280: 228.50, epoch 300: 228.41. From epoch 280 to 300 the mean fell by 0.09" in text
+    )
+    assert report._repeats({"new": new, "other": [mk(2, "torch12345", "done", [])]}) == []
+
+
 def test_report_compares_a_learned_prior_and_the_control_with_the_gaussian_row(monkeypatch):
     """The differences from our Gaussian-prior row against hand computation: a 3-seed row uses
     both seed standard errors; a one-seed row borrows the Gaussian row's seed sd and says so; a
