@@ -66,6 +66,21 @@ SMALL = [
 ]
 
 
+# The configuration of the benchmark's Gaussian-prior row, for the report's hand-made runs.
+GATED = dict(
+    model="gated",
+    hidden="300,300",
+    latent_dim=40,
+    prior="normal",
+    prior_components=None,
+    lr=1e-3,
+    lr_final=1e-5,
+    epochs=300,
+    batch_size=100,
+    warmup_epochs=50,
+)
+
+
 def run_likelihood(out, *args):
     cmd = [
         sys.executable,
@@ -305,18 +320,7 @@ def test_report_interval_and_spreads(monkeypatch):
         1
     ] == pytest.approx(1.959964 * 0.15)
     for r in runs:
-        r["config"].update(
-            model="gated",
-            hidden="300,300",
-            latent_dim=40,
-            prior="normal",
-            prior_components=None,
-            lr=1e-3,
-            lr_final=1e-5,
-            epochs=300,
-            batch_size=100,
-            warmup_epochs=50,
-        )
+        r["config"].update(GATED)
         r["final"].update(train_cpu_minutes=50.0, epoch=300)
         r.update(device="cpu", threads=1)
         for b in r["final"]["binarizations"].values():
@@ -335,21 +339,7 @@ def test_report_names_repeated_runs_and_the_last_curve_step(monkeypatch):
     "not yet"); the curve text gives its last step."""
     report = script("likelihood_report", monkeypatch)
     config = dict(
-        dataset="fashion-mnist",
-        protocol="ours",
-        model="gated",
-        hidden="300,300",
-        latent_dim=40,
-        prior="normal",
-        prior_components=None,
-        lr=1e-3,
-        lr_final=1e-5,
-        epochs=300,
-        batch_size=100,
-        warmup_epochs=50,
-        curve_k=500,
-        curve_images=1000,
-        spread_k=0,
+        GATED, dataset="fashion-mnist", protocol="ours", curve_k=500, curve_images=1000, spread_k=0
     )
     mk = lambda seed, draw, status, curve: {
         "config": {**config, "seed": seed},
