@@ -439,6 +439,11 @@ def test_report_compares_a_learned_prior_and_the_control_with_the_gaussian_row(m
     )
     assert "the control run with the reference's training choices (1 seed): **228.60**" in text
     assert report.lead({"v": vamp}) == ""  # no Gaussian row: nothing to lead with
+    # the resolution: the t quantile for 2 degrees of freedom (4.302653, from a t table) on our se
+    hw_t = ((4.302653 * g["se"]) ** 2 + (1.959964 * 0.15) ** 2) ** 0.5
+    assert f"2 degrees of freedom on our se: ± {hw_t:.2f})" in text
+    one = report.lead({"g": gauss[:1]})  # one seed: no se, so no resolution sentence, no nan
+    assert "(1 seed): **229.00 ± n/a**" in one and "nan" not in one and "t quantile" not in one
 
 
 @needs_fashion
