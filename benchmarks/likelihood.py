@@ -14,6 +14,8 @@ Two protocols (--protocol), the same data split and the same evaluation:
     He-normal initial weights N(0, 2 / fan_in), KL weight min(1, epoch / 100), early stopping with
     patience 50 (not counted during the warm-up) up to 2000 epochs, Bernoulli probabilities clamped
     to [1e-5, 1 - 1e-5], validation set binarized by their numpy seed-777 draw.
+    --as-ours CHOICE[,CHOICE...] sets some of these back to ours (the control less those choices:
+    one run per choice measures what that choice moves; see AS_OURS).
 Both: the first 50,000 training images train (binarized afresh for every minibatch or epoch), the
 last 10,000 validate. Architecture "gated" (the reference's): 784-300-300-40 gated dense layers,
 h = (W x + b) * sigmoid(V x + c), encoder log-variance bounded to [-6, 2] by a hardtanh; "mlp" is
@@ -41,6 +43,7 @@ files are absent):
 
     python benchmarks/likelihood.py --seed 0 --out /tmp/lk/seed0
     python benchmarks/likelihood.py --protocol reference --seed 0 --out /tmp/lk/ref0
+    python benchmarks/likelihood.py --protocol reference --as-ours stopping --out /tmp/lk/s0
     python benchmarks/likelihood.py --seed 0 --epochs 2 --train-limit 1000 --k 50 --test-limit 200 \
         --out /tmp/lk-smoke
     python benchmarks/likelihood.py --dataset mnist ...
@@ -59,7 +62,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _runs import fill_defaults
+from _runs import AS_OURS, fill_defaults
 from torch import nn
 
 from vaelib import _atomic, checkpoints, data, evaluate, train
@@ -116,13 +119,21 @@ class ClampLogits(nn.Module):
 
 
 def build_model(
-    kind, data_dim, hidden, latent_dim, protocol="ours", prior="normal", prior_components=None
+    kind,
+    data_dim,
+    hidden,
+    latent_dim,
+    protocol="ours",
+    prior="normal",
+    prior_components=None,
+    as_ours=(),
 ):
     """The VAE of configuration `kind` ("gated" or "mlp"), Bernoulli decoder; seed torch before
     calling.
 
     protocol "reference": every Linear weight drawn He-normal, N(0, 2 / fan_in) (biases keep
-    PyTorch's default), and the decoder's probabilities clamped to [1e-5, 1 - 1e-5].
+    PyTorch's default), and the decoder's probabilities clamped to [1e-5, 1 - 1e-5]; as_ours
+    "init" and "clamp" leave out the one or the other.
     prior: p(z) by its name in vaelib.registry.PRIORS ("vamp": the VampPrior, whose parameters are
     its pseudo-inputs); prior_components: its number of components (None: the prior's default,
     500 pseudo-inputs for "vamp", as in Tomczak & Welling 2018)."""
@@ -136,7 +147,7 @@ def build_model(
         layers = [GatedDense(a, b) for a, b in zip(sizes[:-1], sizes[1:])] + [
             nn.Linear(sizes[-1], data_dim)
         ]
-        if protocol == "reference":
+        if protocol == "reference" and "clamp" not in as_ours:
             layers.append(ClampLogits(PROB_CLAMP))
         model = VAE(
             data_dim,
@@ -146,7 +157,7 @@ def build_model(
             decoder=nn.Sequential(*layers),
             **prior_kw,
         )
-    if protocol == "reference":
+    if protocol == "reference" and "init" not in as_ours:
         with torch.no_grad():
             for m in model.modules():
                 if isinstance(m, nn.Linear):
@@ -235,6 +246,13 @@ def reference_valid(x_valid):
     )
 
 
+def fit_valid_draw(x_valid, seed):
+    """The validation set as `vaelib.train.fit(..., seed=seed)` binarizes it: one fixed torch draw
+    from the seed's derived "valid" stream (what protocol ours validates on)."""
+    g = torch.Generator().manual_seed(train._derived_seed(seed, "valid"))
+    return torch.bernoulli(x_valid, generator=g)
+
+
 def _block_seed(seed, name, start):
     return int.from_bytes(hashlib.sha256(f"{seed}/{name}/{start}".encode()).digest()[:7], "big")
 
@@ -298,6 +316,14 @@ def parse_args(argv):
     )
     p.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "mnist"))
     p.add_argument("--protocol", default="ours", choices=("ours", "reference"))
+    p.add_argument(
+        "--as-ours",
+        default="",
+        metavar="CHOICE[,CHOICE]",
+        help="protocol reference only: set these training choices back to ours ("
+        + "; ".join(f"{k}: {v}" for k, v in AS_OURS.items()).replace("%", "%%")
+        + ")",
+    )
     p.add_argument("--model", default="gated", choices=("gated", "mlp"))
     p.add_argument("--hidden", default="300,300", help="hidden widths (default 300,300)")
     p.add_argument("--latent-dim", type=int, default=40)
@@ -376,11 +402,35 @@ def parse_args(argv):
     for name in args.binarizations:
         _draw_seed(name)  # an unknown name fails before any training
     reference = args.protocol == "reference"
+    args.as_ours = parse_as_ours(args.as_ours, reference)
     if args.epochs is None:
-        args.epochs = REFERENCE["max_epochs"] if reference else 300
+        args.epochs = (
+            REFERENCE["max_epochs"] if reference and "stopping" not in args.as_ours else 300
+        )
     if args.lr is None:
-        args.lr = REFERENCE["lr"] if reference else 1e-3
+        args.lr = REFERENCE["lr"] if reference and "lr" not in args.as_ours else 1e-3
     return args
+
+
+def parse_as_ours(text, reference):
+    """--as-ours "a,b" -> the choices in AS_OURS's order; SystemExit naming what is wrong."""
+    names = [n for n in text.split(",") if n]
+    if names and not reference:
+        raise SystemExit(
+            "--as-ours sets choices of the control back to ours: use it with --protocol reference"
+        )
+    unknown = [n for n in names if n not in AS_OURS]
+    if unknown:
+        raise SystemExit(
+            f"--as-ours: unknown choice {', '.join(map(repr, unknown))}; choose "
+            f"from {', '.join(AS_OURS)}"
+        )
+    if "lr" in names and "stopping" not in names:
+        raise SystemExit(
+            "--as-ours lr needs stopping too: our cosine learning rate runs over a "
+            "fixed number of epochs, which early stopping does not have"
+        )
+    return [n for n in AS_OURS if n in names]
 
 
 def train_ours(args, r, out, model, x_train, x_valid, x_curve, build):
@@ -470,10 +520,13 @@ def train_ours(args, r, out, model, x_train, x_valid, x_curve, build):
 
 def train_reference(args, r, out, model, x_train, x_valid, x_curve, build):
     """The control run (protocol "reference", see the module docstring): a plain loop with
-    AdamNormGrad, the reference's warm-up and early stopping. State saved every 10 epochs and at
-    stops (state.pt); returns the best state dict, or None when stopped by --stop-after."""
+    AdamNormGrad, the reference's warm-up and early stopping, less the choices in --as-ours. State
+    saved every 10 epochs and at stops (state.pt); returns the best state dict, or None when
+    stopped by --stop-after."""
     json_path, state_path = out / "likelihood.json", out / "state.pt"
-    opt = AdamNormGrad(model.parameters(), lr=args.lr)
+    ours = set(args.as_ours)
+    optimizer = torch.optim.Adam if "optimizer" in ours else AdamNormGrad
+    opt = optimizer(model.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(args.seed)
     valid_gen_seed = args.seed + 3
     best_state, patience_count, epoch = None, 0, 0
@@ -500,7 +553,13 @@ def train_reference(args, r, out, model, x_train, x_valid, x_curve, build):
     N = x_train.shape[0]
     while epoch < args.epochs and r.get("stopped") is None:
         epoch += 1
-        beta_e = min(1.0, epoch / REFERENCE["warmup_epochs"])
+        if "warmup" in ours:
+            beta_e = train.kl_weight(epoch, 1.0, args.warmup_epochs)
+        else:
+            beta_e = min(1.0, epoch / REFERENCE["warmup_epochs"])
+        lr_e = cosine_lr(epoch, args.epochs, args.lr, args.lr_final) if "lr" in ours else args.lr
+        for g in opt.param_groups:
+            g["lr"] = lr_e
         t0, c0 = time.perf_counter(), time.process_time()
         model.train()
         losses = []
@@ -524,7 +583,7 @@ def train_reference(args, r, out, model, x_train, x_valid, x_curve, build):
         r["epochs"].append(
             {
                 "epoch": epoch,
-                "lr": args.lr,
+                "lr": lr_e,
                 "beta": beta_e,
                 "loss": sum(losses) / len(losses),
                 "valid_elbo": valid_elbo,
@@ -538,7 +597,7 @@ def train_reference(args, r, out, model, x_train, x_valid, x_curve, build):
             r["best"] = {"epoch": epoch, "valid_elbo": valid_elbo}
             best_state = copy.deepcopy(model.state_dict())
             patience_count = 0
-        else:
+        elif "stopping" not in ours:
             patience_count = 0 if epoch < REFERENCE["warmup_epochs"] else patience_count + 1
             if patience_count > REFERENCE["patience"]:
                 r["stopped"] = {
@@ -665,7 +724,13 @@ def train_and_evaluate(args, argv, out, x_all, xt):
         x_all[:-N_VALID][: args.train_limit],
         x_all[-N_VALID:],
     )  # (50000, D), (10000, D)
-    x_valid = reference_valid(x_valid_gray) if args.protocol == "reference" else x_valid_gray
+    x_valid = x_valid_gray  # protocol ours: fit binarizes it, one fixed draw
+    if args.protocol == "reference":
+        x_valid = (
+            fit_valid_draw(x_valid_gray, args.seed)
+            if "valid-draw" in args.as_ours
+            else reference_valid(x_valid_gray)
+        )
     x_curve = binarize(CURVE_BINARIZATION, xt, x_valid_gray)[: args.curve_images]
     hidden = tuple(int(h) for h in args.hidden.split(","))
     D = x_train.shape[1]
@@ -679,6 +744,7 @@ def train_and_evaluate(args, argv, out, x_all, xt):
             args.protocol,
             args.prior,
             args.prior_components,
+            args.as_ours,
         )
 
     torch.manual_seed(args.seed)

@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 
 from _results import replace_section
-from _runs import fill_defaults
+from _runs import AS_OURS, fill_defaults
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
@@ -114,50 +114,70 @@ DIFFERENCES = [
         "Adam, 1e-3 cosine to 1e-5",
         "AdamNormGrad (gradient / its L2 norm per tensor, then Adam), 5e-4 constant",
         "as theirs",
+        "`optimizer` (the normalisation); `lr` (the schedule, with `stopping`)",
     ),
     (
         "initial weights",
         "PyTorch default, U(±1/√fan_in)",
         "He-normal N(0, 2/fan_in) (biases: PyTorch default)",
         "as theirs",
+        "`init`",
     ),
-    ("KL warm-up", "(epoch − 1)/50, from 0", "epoch/100 (0.01 in epoch 1)", "as theirs"),
+    (
+        "KL warm-up",
+        "(epoch − 1)/50, from 0",
+        "epoch/100 (0.01 in epoch 1)",
+        "as theirs",
+        "`warmup`",
+    ),
     (
         "stopping and model kept",
         "300 epochs; best validation ELBO",
         "up to 2000 epochs, patience 50 not counted before epoch 100; best validation loss",
         "as theirs",
+        "`stopping`",
     ),
     (
         "Bernoulli likelihood",
         "exact, from logits",
         "sigmoid probabilities clamped to [1e-5, 1 − 1e-5]",
         "as theirs",
+        "`clamp`",
     ),
     (
         "validation set",
         "last 10,000 training images, one torch draw (fit's fixed draw)",
         "the same images, numpy RandomState(777) draw",
         "as theirs",
+        "`valid-draw`",
     ),
-    ("validation ELBO noise", "the same z noise every epoch", "fresh noise every epoch", "as ours"),
+    (
+        "validation ELBO noise",
+        "the same z noise every epoch",
+        "fresh noise every epoch",
+        "as ours",
+        "already ours",
+    ),
     (
         "KL term in training",
         "closed form",
         "one-sample Monte Carlo, log q(z|x) − log p(z)",
         "as ours",
+        "already ours",
     ),
     (
         "training binarization",
         "a fresh draw of the whole set each epoch",
         "a fresh draw of each minibatch",
         "as theirs",
+        "none needed: both draw each image afresh once per epoch",
     ),
     (
         "test set",
         "reported on their draw (and four others)",
         "numpy RandomState(777), after the validation draw",
         "as ours",
+        "already ours",
     ),
 ]
 # what may differ between the seeds of one configuration: the seed, where and how it ran, and
@@ -230,6 +250,8 @@ def describe(c):
     if c["prior"] != "normal":
         n = c["prior_components"]
         arch += f", prior {c['prior']}" + (f" ({n} components)" if n is not None else "")
+    if c["protocol"] == "reference" and c["as_ours"]:
+        return f"{arch}; control with our {', '.join(c['as_ours'])} (`--as-ours`)"
     if c["protocol"] == "reference":
         return (
             f"{arch}; control: the reference's training (AdamNormGrad {c['lr']:g}, He init, "
@@ -242,13 +264,30 @@ def describe(c):
     )
 
 
+def _as_ours_options(c):
+    """The options of a control run with --as-ours, with the settings its choices use."""
+    ours = c["as_ours"]
+    if not ours:
+        return ""
+    text = f"--as-ours {','.join(ours)} "
+    if "stopping" in ours:
+        text += f"--epochs {c['epochs']} "
+    if "lr" in ours:
+        text += f"--lr {c['lr']:g} --lr-final {c['lr_final']:g} "
+    if "warmup" in ours:
+        text += f"--warmup-epochs {c['warmup_epochs']} "
+    return text
+
+
 def rerun(r):
     c = r["config"]
     if c["protocol"] == "reference":
         return (
             f"`python benchmarks/likelihood.py --protocol reference --dataset {c['dataset']} "
             f"--model {c['model']} "
-            f"--hidden {c['hidden']} --latent-dim {c['latent_dim']} --seed {c['seed']} --out DIR`"
+            f"--hidden {c['hidden']} --latent-dim {c['latent_dim']} "
+            + _as_ours_options(c)
+            + f"--seed {c['seed']} --out DIR`"
         )
     return (
         f"`python benchmarks/likelihood.py --dataset {c['dataset']} --model {c['model']} --hidden "
@@ -520,6 +559,8 @@ def _group_label(runs):
     K = 5000 number)."""
     n, c = len(runs), runs[0]["config"]
     prior = "" if c["prior"] == "normal" else f"{c['prior']} prior, "
+    if c["as_ours"]:
+        prior += f"our {'+'.join(c['as_ours'])}, "
     return f"{c['protocol']}, {prior}{n} seed{'s' if n > 1 else ''}, {summary(runs)['main']}"
 
 
@@ -549,6 +590,15 @@ def _against_base(groups):
         se = s["se"] if len(runs) > 1 else b["seed_sd"]  # one seed: the Gaussian row's seed sd
         out.append((runs, base, s["mean"] - b["mean"], Z95 * math.sqrt(se**2 + b["se"] ** 2)))
     return out
+
+
+def _against_control(runs, control, seed_sd):
+    """(difference, half-width of its 95 % interval) of a control run with --as-ours minus the
+    control run, on the reference's draw: the seed means, each row's se over its seeds, or
+    `seed_sd` (our Gaussian row's seed sd) for a row of one seed."""
+    rows = [summary(runs), summary(control)]
+    se2 = sum((s["se"] if s["n_seeds"] > 1 else seed_sd) ** 2 for s in rows)
+    return rows[0]["mean"] - rows[1]["mean"], Z95 * math.sqrt(se2)
 
 
 def _verdict(d, hw, than):
@@ -591,11 +641,12 @@ def lead(groups):
             if runs[0]["config"]["dataset"] != dataset:
                 continue
             s, c = summary(runs), runs[0]["config"]
-            what = (
-                "the control run with the reference's training choices"
-                if c["protocol"] == "reference"
-                else f"the {c['prior']} prior"
-            )
+            if c["protocol"] != "reference":
+                what = f"the {c['prior']} prior"
+            elif c["as_ours"]:
+                what = f"the control run with our {', '.join(c['as_ours'])}"
+            else:
+                what = "the control run with the reference's training choices"
             n = s["n_seeds"]
             out.append(
                 f"- {dataset}, {what} ({n} seed{'s' if n > 1 else ''}): **{s['mean']:.2f}** "
@@ -683,13 +734,14 @@ def choices(groups, clamps):
             + ("exactly" if match == 0 else f"to within {match:.1e} nats per image")
             + f"; {cpu:.0f} CPU-minutes per seed."
         )
-    control = [
+    controls = [
         runs
         for runs in groups.values()
         if runs[0]["config"]["protocol"] == "reference" and summary(runs)["main"] == REFERENCE_DRAW
     ]
+    control = next((runs for runs in controls if not runs[0]["config"]["as_ours"]), None)
     if control:
-        s = summary(control[0])
+        s = summary(control)
         lines.append(
             "- Every training choice marked 'as theirs' together (the control run): "
             f"{s['mean'] - b['mean']:+.2f} nats against our row (above)."
@@ -700,11 +752,28 @@ def choices(groups, clamps):
             "(`--protocol reference --seed 0`, up to 2000 epochs) has not finished; its result "
             "is not in the committed files yet."
         )
-    lines.append(
-        "- Each training choice alone (optimizer, initial weights, warm-up, stopping rule, "
-        "validation draw, training binarization): not measured; each needs a training run of its "
-        "own (1 to 7 CPU-hours per seed here)."
-    )
+    alone = set()
+    for runs in controls:
+        ours = runs[0]["config"]["as_ours"]
+        if not ours or control is None:
+            continue
+        if len(ours) == 1 or sorted(ours) == ["lr", "stopping"]:
+            alone.add("lr" if "lr" in ours else ours[0])
+        d, hw = _against_control(runs, control, b["seed_sd"])
+        lines.append(
+            f"- {' and '.join(ours)} set back to ours (the control run with `--as-ours "
+            f"{','.join(ours)}`): **{d:+.2f} nats** [{d - hw:+.2f}, {d + hw:+.2f}] against the "
+            "control run (negative: ours is better here); the interval takes each one-seed run's "
+            f"seed noise as our row's seed sd ({b['seed_sd']:.2f})."
+        )
+    missing = [k for k in AS_OURS if k not in alone]
+    if missing:
+        lines.append(
+            f"- Each training choice alone{' (the others)' if alone else ''}: not measured for "
+            f"{', '.join(f'`{k}`' for k in missing)}; each is a control run with `--as-ours "
+            "CHOICE` (1 to 7 CPU-hours per seed here; `lr` runs as `--as-ours stopping,lr`, to be "
+            "read against `--as-ours stopping`)."
+        )
     return "\nWhat the choices move, where measured (test NLL, nats):\n\n" + "\n".join(lines) + "\n"
 
 
@@ -778,7 +847,7 @@ def section(groups, clamps=None):
         + f" | {r['source']} | {r['their_setup']} | {r['checked']} |\n"
         for name, r in published_rows
     )
-    diffs = "".join(f"| {a} | {b} | {c} | {d} |\n" for a, b, c, d in DIFFERENCES)
+    diffs = "".join(f"| {a} | {b} | {c} | {d} | {e} |\n" for a, b, c, d, e in DIFFERENCES)
     return (
         f"{SECTION}\n\n"
         + lead(groups)
@@ -792,7 +861,9 @@ def section(groups, clamps=None):
         + refs
         + "\nEvery difference between our protocol, the control run (`--protocol reference`) and "
         "the code behind "
-        "the published number:\n\n| choice | ours | theirs | control run |\n|---|---|---|---|\n"
+        "the published number (last column: the `--as-ours` choice that sets it back to ours in a "
+        "control run, to measure it alone):\n\n| choice | ours | theirs | control run | "
+        "`--as-ours` |\n|---|---|---|---|---|\n"
         + diffs
         + choices(groups, clamp_runs() if clamps is None else clamps)
         + "\n"

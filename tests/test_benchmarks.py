@@ -78,6 +78,7 @@ GATED = dict(
     epochs=300,
     batch_size=100,
     warmup_epochs=50,
+    as_ours=[],
 )
 
 
@@ -152,6 +153,88 @@ def test_reference_model_clamps_probabilities_and_draws_he_normal_weights(monkey
     )
     p = torch.sigmoid(model.decoder(torch.randn(3, 40) * 100))
     assert p.min().item() >= 1e-5 * (1 - 1e-6) and p.max().item() <= 1 - 1e-5 * (1 - 1e-3)
+
+
+def test_as_ours_sets_each_control_choice_back_to_ours(monkeypatch):
+    """--as-ours: what each choice changes in the control's model and settings, and the misuses
+    refused by name."""
+    lk = script("likelihood", monkeypatch)
+    out = ["--out", "/tmp/unused"]
+    a = lk.parse_args(["--protocol", "reference", *out])
+    assert (a.as_ours, a.epochs, a.lr) == ([], 2000, 5e-4)
+    a = lk.parse_args(["--protocol", "reference", "--as-ours", "lr,stopping", *out])
+    assert (a.as_ours, a.epochs, a.lr) == (["lr", "stopping"], 300, 1e-3)  # AS_OURS's order
+    for argv, message in [
+        (["--as-ours", "init"], "use it with --protocol reference"),
+        (["--protocol", "reference", "--as-ours", "init,adam"], "unknown choice 'adam'"),
+        (["--protocol", "reference", "--as-ours", "lr"], "--as-ours lr needs stopping too"),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            lk.parse_args([*argv, *out])
+    # init and clamp: PyTorch's U(+-1/sqrt(fan_in)) weights (sd 1/sqrt(3 fan_in), not He's
+    # sqrt(2/fan_in)) and probabilities that reach past the clamp
+    torch.manual_seed(0)
+    model = lk.build_model("gated", 784, (300, 300), 40, "reference", as_ours=["init", "clamp"])
+    w = model.encoder.net[0].h.weight  # (300, 784)
+    assert abs(w.std().item() * (3 * 784) ** 0.5 - 1) < 0.01
+    p = torch.sigmoid(model.decoder(torch.randn(3, 40) * 100))
+    assert p.min().item() < 1e-6 and p.max().item() > 1 - 1e-6
+    # valid-draw: the very validation set fit draws for this seed (read from fit's own closure)
+    from vaelib import train
+
+    x = torch.rand(50, 784)
+    validate = train._validation(model, x, True, 3, 100, torch.device("cpu"), torch.float32)
+    cells = dict(zip(validate.__code__.co_freevars, validate.__closure__))
+    vx = cells["vx"].cell_contents  # (50, 784), fit's one fixed draw
+    assert torch.equal(lk.fit_valid_draw(x, 3), vx)
+    assert not torch.equal(lk.fit_valid_draw(x, 4), vx)
+
+
+@needs_fashion
+def test_control_run_with_choices_as_ours(tmp_path, monkeypatch):
+    """A control run with the optimizer, warm-up, stopping, learning rate and validation draw set
+    back to ours: plain Adam (AdamNormGrad is never built), our warm-up and cosine rate epoch by
+    epoch, every epoch run where the control stops early (a validation ELBO that falls every
+    epoch, patience 0), and fit's validation draw where the control uses the reference's."""
+    lk = script("likelihood", monkeypatch)
+    argv = [*SMALL, "--epochs", "3", "--warmup-epochs", "2", "--protocol", "reference"]
+
+    class Refused(lk.AdamNormGrad):
+        def __init__(self, *a, **k):
+            raise AssertionError("AdamNormGrad built")
+
+    monkeypatch.setattr(lk, "AdamNormGrad", Refused)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # main's; keep this process's
+    with pytest.raises(AssertionError, match="AdamNormGrad built"):  # the plain control uses it
+        lk.main([*argv, "--out", str(tmp_path / "control")])
+    calls = []
+
+    def falling_elbo(model, x, generator=None, **kw):  # -1, -2, -3, ... call by call
+        calls.append(x)
+        return torch.full((x.shape[0],), -float(len(calls)))
+
+    monkeypatch.setattr(lk.evaluate, "test_elbo", falling_elbo)
+    monkeypatch.setitem(lk.REFERENCE, "patience", 0)
+    monkeypatch.setitem(lk.REFERENCE, "warmup_epochs", 1)  # patience counted from epoch 1
+    runs, gray = {}, data.load("fashion-mnist", "train", download=False)[0][-10000:]
+    for name, ours, valid in [
+        ("ours", "optimizer,warmup,stopping,lr,valid-draw", lk.fit_valid_draw(gray, 0)),
+        ("early", "optimizer,warmup", lk.reference_valid(gray)),
+    ]:
+        calls.clear()
+        assert lk.main([*argv, "--as-ours", ours, "--out", str(tmp_path / name)]) == 0
+        assert torch.equal(calls[0], valid)  # the first validation: the validation set's draw
+        runs[name] = json.loads((tmp_path / name / "likelihood.json").read_text())
+        assert runs[name]["status"] == "done" and f"--as-ours {ours}" in runs[name]["command"]
+    r = runs["ours"]
+    # in AS_OURS's order
+    assert r["config"]["as_ours"] == ["optimizer", "lr", "warmup", "stopping", "valid-draw"]
+    assert [e["beta"] for e in r["epochs"]] == [0.0, 0.5, 1.0]  # (epoch - 1) / 2; theirs: e / 100
+    assert [e["lr"] for e in r["epochs"]] == pytest.approx([1e-3, 0.5 * (1e-3 + 1e-5), 1e-5])
+    assert "stopped" not in r and len(r["epochs"]) == 3
+    r = runs["early"]  # their stopping rule and constant rate
+    assert r["stopped"]["epoch"] == 2 and len(r["epochs"]) == 2
+    assert [e["lr"] for e in r["epochs"]] == [5e-4, 5e-4]
 
 
 def _draws(r):
@@ -266,6 +349,7 @@ def test_old_run_files_read_with_the_settings_they_were_run_with(monkeypatch):
         "prior_components": None,
         "spread_k": 0,
         "train_limit": None,
+        "as_ours": [],
     }
     c = runs.fill_defaults({"prior": "vamp", "spread_k": 10}, spread_k=1000)
     assert c["prior"] == "vamp" and c["spread_k"] == 10
@@ -377,13 +461,9 @@ def test_report_compares_a_learned_prior_and_the_control_with_the_gaussian_row(m
     learned prior is never compared with the Gaussian prior's published number."""
     report = script("likelihood_report", monkeypatch)
     mk = lambda seed, nll, **config: {
-        "config": {
-            "seed": seed,
-            "dataset": "fashion-mnist",
-            "protocol": "ours",
-            "prior": "normal",
-            **config,
-        },
+        "config": report.fill_defaults(
+            {"seed": seed, "dataset": "fashion-mnist", "protocol": "ours", **config}
+        ),
         "final": {"binarizations": {"reference777": {"nll": nll}}},
     }
     gauss = [mk(0, 229.0), mk(1, 229.2), mk(2, 228.9)]
@@ -444,6 +524,27 @@ def test_report_compares_a_learned_prior_and_the_control_with_the_gaussian_row(m
     assert f"2 degrees of freedom on our se: ± {hw_t:.2f})" in text
     one = report.lead({"g": gauss[:1]})  # one seed: no se, so no resolution sentence, no nan
     assert "(1 seed): **229.00 ± n/a**" in one and "nan" not in one and "t quantile" not in one
+
+    # a control run with one choice set back to ours, against the control run: both one seed, so
+    # each takes the Gaussian row's seed sd
+    stop = [mk(0, 228.9, protocol="reference", as_ours=["stopping"])]
+    groups["s"] = stop
+    text = report.choices(groups, [])
+    ds, hws = 228.9 - 228.6, 1.959964 * (2 * g["seed_sd"] ** 2) ** 0.5
+    assert (
+        f"- stopping set back to ours (the control run with `--as-ours stopping`): **{ds:+.2f} "
+        f"nats** [{ds - hws:+.2f}, {ds + hws:+.2f}] against the control run" in text
+    )
+    assert f"together (the control run): {dc:+.2f} nats" in text  # still the whole control
+    missing = "not measured for `optimizer`, `lr`, `init`, `warmup`, `clamp`, `valid-draw`;"
+    assert missing in text and "(the others)" in text
+    assert "the control run with our stopping (1 seed): **228.90**" in report.lead(groups)
+    assert "'reference, our stopping, 1 seed, reference777' minus" in report.comparisons(groups)
+    c = stop[0]["config"] | GATED | {"protocol": "reference", "as_ours": ["stopping", "lr"]}
+    assert "control with our stopping, lr (`--as-ours`)" in report.describe(c)
+    assert "--as-ours stopping,lr --epochs 300 --lr 0.001 --lr-final 1e-05 --seed 0" in (
+        report.rerun({"config": c})
+    )
 
 
 @needs_fashion
