@@ -435,8 +435,13 @@ def test_report_names_repeated_runs_and_the_last_curve_step(monkeypatch):
             "epoch": 300,
             "train_cpu_minutes": 50.0,
             "binarizations": {
-                draw: {"nll": 229.0 + seed / 10, "nll_se": 0.76, "elbo": -231.0, "k": 5000}
-                | {"n_test": 10000}
+                draw: {
+                    "nll": 229.0 + seed / 10,
+                    "nll_se": 0.76,
+                    "elbo": -231.0,
+                    "k": 5000,
+                    "n_test": 10000,
+                }
             },
         },
     }
