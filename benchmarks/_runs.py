@@ -30,10 +30,11 @@ def fill_defaults(config, **now):
 # minibatch draws every image once per epoch, as our fresh draw of the whole set does.)
 AS_OURS = {
     "optimizer": "plain Adam: gradients not divided by their norm (the same learning rate)",
-    "lr": "our learning rate, --lr (default 1e-3) cosine to --lr-final over --epochs (only with "
-    "'stopping', which fixes the length)",
+    "lr": "our learning rate, --lr (default 1e-3, not 5e-4) cosine to --lr-final over --epochs "
+    "(only with 'stopping', which fixes the length)",
     "init": "PyTorch's default initial weights, not He-normal",
-    "warmup": "our KL warm-up, (epoch - 1) / --warmup-epochs from 0, not epoch / 100",
+    "warmup": "our KL warm-up, (epoch - 1) / --warmup-epochs from 0, not epoch / 100 (patience "
+    "still starts counting at epoch 100, as in the control)",
     "stopping": "our stopping rule: --epochs epochs (default 300), the best-validation epoch kept, "
     "no early stopping",
     "clamp": "the exact Bernoulli likelihood: probabilities not clamped",

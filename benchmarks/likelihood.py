@@ -14,8 +14,9 @@ Two protocols (--protocol), the same data split and the same evaluation:
     He-normal initial weights N(0, 2 / fan_in), KL weight min(1, epoch / 100), early stopping with
     patience 50 (not counted during the warm-up) up to 2000 epochs, Bernoulli probabilities clamped
     to [1e-5, 1 - 1e-5], validation set binarized by their numpy seed-777 draw.
-    --as-ours CHOICE[,CHOICE...] sets some of these back to ours (the control less those choices:
-    one run per choice measures what that choice moves; see AS_OURS).
+    --as-ours CHOICE[,CHOICE...] sets some of these back to ours (see AS_OURS): a run with one
+    choice set back, read against the control run of the same seed, measures what that choice
+    moves (lr: the run with stopping,lr read against the run with stopping).
 Both: the first 50,000 training images train (binarized afresh for every minibatch or epoch), the
 last 10,000 validate. Architecture "gated" (the reference's): 784-300-300-40 gated dense layers,
 h = (W x + b) * sigmoid(V x + c), encoder log-variance bounded to [-6, 2] by a hardtanh; "mlp" is
@@ -249,8 +250,7 @@ def reference_valid(x_valid):
 def fit_valid_draw(x_valid, seed):
     """The validation set as `vaelib.train.fit(..., seed=seed)` binarizes it: one fixed torch draw
     from the seed's derived "valid" stream (what protocol ours validates on)."""
-    g = torch.Generator().manual_seed(train._derived_seed(seed, "valid"))
-    return torch.bernoulli(x_valid, generator=g)
+    return train._validation_draw(x_valid, True, seed, torch.device("cpu"), x_valid.dtype)[0]
 
 
 def _block_seed(seed, name, start):
@@ -321,7 +321,7 @@ def parse_args(argv):
         default="",
         metavar="CHOICE[,CHOICE]",
         help="protocol reference only: set these training choices back to ours ("
-        + "; ".join(f"{k}: {v}" for k, v in AS_OURS.items()).replace("%", "%%")
+        + "; ".join(f"{k}: {v}" for k, v in AS_OURS.items())
         + ")",
     )
     p.add_argument("--model", default="gated", choices=("gated", "mlp"))
@@ -344,14 +344,16 @@ def parse_args(argv):
         "--epochs",
         type=int,
         default=None,
-        help="epochs (default 300); protocol reference: the most epochs (default 2000)",
+        help="epochs (default 300); protocol reference: the most epochs (default 2000; 300 with "
+        "--as-ours stopping)",
     )
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument(
         "--lr",
         type=float,
         default=None,
-        help="(first) learning rate (default 1e-3; reference 5e-4)",
+        help="(first) learning rate (default 1e-3; protocol reference 5e-4, 1e-3 with --as-ours "
+        "lr)",
     )
     p.add_argument("--lr-final", type=float, default=1e-5)
     p.add_argument("--warmup-epochs", type=int, default=50)
@@ -402,7 +404,7 @@ def parse_args(argv):
     for name in args.binarizations:
         _draw_seed(name)  # an unknown name fails before any training
     reference = args.protocol == "reference"
-    args.as_ours = parse_as_ours(args.as_ours, reference)
+    args.as_ours = parse_as_ours(args.as_ours, reference, args.model)
     if args.epochs is None:
         args.epochs = (
             REFERENCE["max_epochs"] if reference and "stopping" not in args.as_ours else 300
@@ -412,7 +414,7 @@ def parse_args(argv):
     return args
 
 
-def parse_as_ours(text, reference):
+def parse_as_ours(text, reference, model="gated"):
     """--as-ours "a,b" -> the choices in AS_OURS's order; SystemExit naming what is wrong."""
     names = [n for n in text.split(",") if n]
     if names and not reference:
@@ -430,7 +432,39 @@ def parse_as_ours(text, reference):
             "--as-ours lr needs stopping too: our cosine learning rate runs over a "
             "fixed number of epochs, which early stopping does not have"
         )
+    if "clamp" in names and model != "gated":
+        raise SystemExit(
+            f"--as-ours clamp: the {model} model never clamps, so there is nothing to set back"
+        )
     return [n for n in AS_OURS if n in names]
+
+
+def control_settings(args):
+    """What the control run does, with the choices in args.as_ours set back to ours (the model's
+    initial weights and clamp: `build_model`; its validation set: `control_valid`):
+    {"optimizer": its class, "beta": epoch -> KL weight, "lr": epoch -> learning rate,
+    "early_stopping": whether patience stops the run}; epochs count from 1."""
+    ours = set(args.as_ours)
+    if "warmup" in ours:
+        beta = lambda e: train.kl_weight(e, 1.0, args.warmup_epochs)  # noqa: E731
+    else:
+        beta = lambda e: min(1.0, e / REFERENCE["warmup_epochs"])  # noqa: E731
+    if "lr" in ours:
+        lr = lambda e: cosine_lr(e, args.epochs, args.lr, args.lr_final)  # noqa: E731
+    else:
+        lr = lambda e: args.lr  # noqa: E731
+    return {
+        "optimizer": torch.optim.Adam if "optimizer" in ours else AdamNormGrad,
+        "beta": beta,
+        "lr": lr,
+        "early_stopping": "stopping" not in ours,
+    }
+
+
+def control_valid(x_valid, seed, as_ours):
+    """The control run's validation set, (N, D) binary: the reference's numpy seed-777 draw of the
+    gray images x_valid, or with "valid-draw" in as_ours the draw fit makes for `seed`."""
+    return fit_valid_draw(x_valid, seed) if "valid-draw" in as_ours else reference_valid(x_valid)
 
 
 def train_ours(args, r, out, model, x_train, x_valid, x_curve, build):
@@ -524,9 +558,8 @@ def train_reference(args, r, out, model, x_train, x_valid, x_curve, build):
     saved every 10 epochs and at stops (state.pt); returns the best state dict, or None when
     stopped by --stop-after."""
     json_path, state_path = out / "likelihood.json", out / "state.pt"
-    ours = set(args.as_ours)
-    optimizer = torch.optim.Adam if "optimizer" in ours else AdamNormGrad
-    opt = optimizer(model.parameters(), lr=args.lr)
+    settings = control_settings(args)
+    opt = settings["optimizer"](model.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(args.seed)
     valid_gen_seed = args.seed + 3
     best_state, patience_count, epoch = None, 0, 0
@@ -553,11 +586,7 @@ def train_reference(args, r, out, model, x_train, x_valid, x_curve, build):
     N = x_train.shape[0]
     while epoch < args.epochs and r.get("stopped") is None:
         epoch += 1
-        if "warmup" in ours:
-            beta_e = train.kl_weight(epoch, 1.0, args.warmup_epochs)
-        else:
-            beta_e = min(1.0, epoch / REFERENCE["warmup_epochs"])
-        lr_e = cosine_lr(epoch, args.epochs, args.lr, args.lr_final) if "lr" in ours else args.lr
+        beta_e, lr_e = settings["beta"](epoch), settings["lr"](epoch)
         for g in opt.param_groups:
             g["lr"] = lr_e
         t0, c0 = time.perf_counter(), time.process_time()
@@ -597,7 +626,7 @@ def train_reference(args, r, out, model, x_train, x_valid, x_curve, build):
             r["best"] = {"epoch": epoch, "valid_elbo": valid_elbo}
             best_state = copy.deepcopy(model.state_dict())
             patience_count = 0
-        elif "stopping" not in ours:
+        elif settings["early_stopping"]:
             patience_count = 0 if epoch < REFERENCE["warmup_epochs"] else patience_count + 1
             if patience_count > REFERENCE["patience"]:
                 r["stopped"] = {
@@ -726,11 +755,7 @@ def train_and_evaluate(args, argv, out, x_all, xt):
     )  # (50000, D), (10000, D)
     x_valid = x_valid_gray  # protocol ours: fit binarizes it, one fixed draw
     if args.protocol == "reference":
-        x_valid = (
-            fit_valid_draw(x_valid_gray, args.seed)
-            if "valid-draw" in args.as_ours
-            else reference_valid(x_valid_gray)
-        )
+        x_valid = control_valid(x_valid_gray, args.seed, args.as_ours)
     x_curve = binarize(CURVE_BINARIZATION, xt, x_valid_gray)[: args.curve_images]
     hidden = tuple(int(h) for h in args.hidden.split(","))
     D = x_train.shape[1]

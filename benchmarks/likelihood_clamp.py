@@ -95,7 +95,10 @@ def main(argv=None):
     if run.get("status") != "done":
         raise SystemExit(f"the run in {args.run} is not finished (status {run.get('status')!r})")
     if c["protocol"] != "ours":
-        raise SystemExit(f"the run in {args.run} already clamps (protocol {c['protocol']!r})")
+        raise SystemExit(
+            f"the run in {args.run} is a control run (protocol {c['protocol']!r}); the clamp "
+            "measurement takes runs of protocol 'ours', which never clamp"
+        )
     if args.out.exists() and not args.resume:
         raise SystemExit(f"{args.out} exists; add --resume to continue it, or remove it")
 

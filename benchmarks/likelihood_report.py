@@ -21,8 +21,9 @@ prior, the control run) minus our Gaussian-prior row on the same test draw, with
 from the two standard errors over seeds; a learned prior is compared with the published number of
 that prior only (PUBLISHED_PRIORS), never with the Gaussian prior's. Last, what the protocol
 choices move where measured: the test draw (the binarization spread), the probability clamp at
-evaluation (the files of `likelihood_clamp.py` in results/likelihood_clamp/), and every training
-choice together (the control run).
+evaluation (the files of `likelihood_clamp.py` in results/likelihood_clamp/), every training
+choice together (the control run), and each choice alone (a control run with --as-ours CHOICE,
+minus the run of the same seed without it: seed-paired differences).
 
 Print the tables, or write them into RESULTS.md and redraw the curve:
 
@@ -114,7 +115,7 @@ DIFFERENCES = [
         "Adam, 1e-3 cosine to 1e-5",
         "AdamNormGrad (gradient / its L2 norm per tensor, then Adam), 5e-4 constant",
         "as theirs",
-        "`optimizer` (the normalisation); `lr` (the schedule, with `stopping`)",
+        "`optimizer` (the normalisation); `lr` (the schedule and its 1e-3 start, with `stopping`)",
     ),
     (
         "initial weights",
@@ -251,7 +252,10 @@ def describe(c):
         n = c["prior_components"]
         arch += f", prior {c['prior']}" + (f" ({n} components)" if n is not None else "")
     if c["protocol"] == "reference" and c["as_ours"]:
-        return f"{arch}; control with our {', '.join(c['as_ours'])} (`--as-ours`)"
+        return (
+            f"{arch}; control with our {', '.join(c['as_ours'])} (`--as-ours`; up to "
+            f"{c['epochs']} epochs, lr {c['lr']:g})"
+        )
     if c["protocol"] == "reference":
         return (
             f"{arch}; control: the reference's training (AdamNormGrad {c['lr']:g}, He init, "
@@ -269,11 +273,9 @@ def _as_ours_options(c):
     ours = c["as_ours"]
     if not ours:
         return ""
-    text = f"--as-ours {','.join(ours)} "
-    if "stopping" in ours:
-        text += f"--epochs {c['epochs']} "
+    text = f"--as-ours {','.join(ours)} --epochs {c['epochs']} --lr {c['lr']:g} "
     if "lr" in ours:
-        text += f"--lr {c['lr']:g} --lr-final {c['lr_final']:g} "
+        text += f"--lr-final {c['lr_final']:g} "
     if "warmup" in ours:
         text += f"--warmup-epochs {c['warmup_epochs']} "
     return text
@@ -592,13 +594,41 @@ def _against_base(groups):
     return out
 
 
-def _against_control(runs, control, seed_sd):
-    """(difference, half-width of its 95 % interval) of a control run with --as-ours minus the
-    control run, on the reference's draw: the seed means, each row's se over its seeds, or
-    `seed_sd` (our Gaussian row's seed sd) for a row of one seed."""
-    rows = [summary(runs), summary(control)]
-    se2 = sum((s["se"] if s["n_seeds"] > 1 else seed_sd) ** 2 for s in rows)
-    return rows[0]["mean"] - rows[1]["mean"], Z95 * math.sqrt(se2)
+# What two rows must share to be compared choice by choice: the data, the model and the prior.
+SETUP = ("dataset", "model", "hidden", "latent_dim", "prior", "prior_components", "batch_size")
+
+
+def _setup(c):
+    return tuple(c.get(k) for k in (*SETUP, "train_limit"))
+
+
+def _paired(runs, against):
+    """'**d nats** ...': the NLL on the reference's draw of `runs` minus that of `against`, seed by
+    seed (the same seed trains both from the same initial weights and random stream, up to where
+    the choice acts); with 2 or more shared seeds the mean difference and a t interval from the
+    differences' spread, with one the difference alone."""
+
+    def nll(rs):
+        return {r["config"]["seed"]: draws_of(r)[REFERENCE_DRAW]["nll"] for r in rs}
+
+    a, b = nll(runs), nll(against)
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return "no seed in common, so not compared."
+    diffs = [a[s] - b[s] for s in seeds]
+    d = statistics.fmean(diffs)
+    if len(diffs) == 1:
+        return (
+            f"**{d:+.2f} nats** (seed {seeds[0]}, one pair: no interval; negative: ours is "
+            "better here)."
+        )
+    from scipy import stats
+
+    hw = stats.t.ppf(0.975, len(diffs) - 1) * _sd(diffs) / math.sqrt(len(diffs))
+    return (
+        f"**{d:+.2f} nats** [{d - hw:+.2f}, {d + hw:+.2f}] (mean of {len(diffs)} paired seeds, t "
+        "interval; negative: ours is better here)."
+    )
 
 
 def _verdict(d, hw, than):
@@ -737,9 +767,12 @@ def choices(groups, clamps):
     controls = [
         runs
         for runs in groups.values()
-        if runs[0]["config"]["protocol"] == "reference" and summary(runs)["main"] == REFERENCE_DRAW
+        if runs[0]["config"]["protocol"] == "reference"
+        and _setup(runs[0]["config"]) == _setup(base[0]["config"])
+        and summary(runs)["main"] == REFERENCE_DRAW
     ]
-    control = next((runs for runs in controls if not runs[0]["config"]["as_ours"]), None)
+    by_choices = {tuple(runs[0]["config"]["as_ours"]): runs for runs in controls}
+    control = by_choices.get(())
     if control:
         s = summary(control)
         lines.append(
@@ -753,26 +786,33 @@ def choices(groups, clamps):
             "is not in the committed files yet."
         )
     alone = set()
-    for runs in controls:
-        ours = runs[0]["config"]["as_ours"]
-        if not ours or control is None:
+    for ours, runs in by_choices.items():
+        if not ours:
             continue
-        if len(ours) == 1 or sorted(ours) == ["lr", "stopping"]:
-            alone.add("lr" if "lr" in ours else ours[0])
-        d, hw = _against_control(runs, control, b["seed_sd"])
+        # a run with lr is read against the same run without it (which has stopping); any other
+        # against the control run
+        against = tuple(c for c in ours if c != "lr") if "lr" in ours else ()
+        what = "lr" if "lr" in ours else " and ".join(ours)
+        name = "the control run" if not against else f"`--as-ours {','.join(against)}`"
+        if against not in by_choices:
+            lines.append(
+                f"- {what} set back to ours (`--as-ours {','.join(ours)}`): run, waiting for "
+                f"{name} to be compared with."
+            )
+            continue
+        if len(ours) - len(against) == 1:
+            alone.add(what)
         lines.append(
-            f"- {' and '.join(ours)} set back to ours (the control run with `--as-ours "
-            f"{','.join(ours)}`): **{d:+.2f} nats** [{d - hw:+.2f}, {d + hw:+.2f}] against the "
-            "control run (negative: ours is better here); the interval takes each one-seed run's "
-            f"seed noise as our row's seed sd ({b['seed_sd']:.2f})."
+            f"- {what} set back to ours (`--as-ours {','.join(ours)}` against {name}): "
+            + _paired(runs, by_choices[against])
         )
     missing = [k for k in AS_OURS if k not in alone]
     if missing:
         lines.append(
             f"- Each training choice alone{' (the others)' if alone else ''}: not measured for "
             f"{', '.join(f'`{k}`' for k in missing)}; each is a control run with `--as-ours "
-            "CHOICE` (1 to 7 CPU-hours per seed here; `lr` runs as `--as-ours stopping,lr`, to be "
-            "read against `--as-ours stopping`)."
+            "CHOICE`, read against the control run of the same seed (1 to 7 CPU-hours per seed "
+            "here; `lr` runs as `--as-ours stopping,lr`, read against `--as-ours stopping`)."
         )
     return "\nWhat the choices move, where measured (test NLL, nats):\n\n" + "\n".join(lines) + "\n"
 

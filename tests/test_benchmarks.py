@@ -156,38 +156,72 @@ def test_reference_model_clamps_probabilities_and_draws_he_normal_weights(monkey
 
 
 def test_as_ours_sets_each_control_choice_back_to_ours(monkeypatch):
-    """--as-ours: what each choice changes in the control's model and settings, and the misuses
-    refused by name."""
+    """--as-ours: each choice alone changes its own part of the control run and nothing else (lr
+    against stopping, which it needs), and the misuses are refused by name."""
     lk = script("likelihood", monkeypatch)
     out = ["--out", "/tmp/unused"]
     a = lk.parse_args(["--protocol", "reference", *out])
     assert (a.as_ours, a.epochs, a.lr) == ([], 2000, 5e-4)
-    a = lk.parse_args(["--protocol", "reference", "--as-ours", "lr,stopping", *out])
+    a = lk.parse_args(["--protocol", "reference", "--as-ours", "stopping", *out])
+    assert (a.as_ours, a.epochs, a.lr) == (["stopping"], 300, 5e-4)
+    a = lk.parse_args(["--protocol", "reference", "--as-ours", "stopping,lr", *out])
     assert (a.as_ours, a.epochs, a.lr) == (["lr", "stopping"], 300, 1e-3)  # AS_OURS's order
     for argv, message in [
         (["--as-ours", "init"], "use it with --protocol reference"),
         (["--protocol", "reference", "--as-ours", "init,adam"], "unknown choice 'adam'"),
         (["--protocol", "reference", "--as-ours", "lr"], "--as-ours lr needs stopping too"),
+        (["--protocol", "reference", "--model", "mlp", "--as-ours", "clamp"], "never clamps"),
     ]:
         with pytest.raises(SystemExit, match=message):
             lk.parse_args([*argv, *out])
-    # init and clamp: PyTorch's U(+-1/sqrt(fan_in)) weights (sd 1/sqrt(3 fan_in), not He's
-    # sqrt(2/fan_in)) and probabilities that reach past the clamp
-    torch.manual_seed(0)
-    model = lk.build_model("gated", 784, (300, 300), 40, "reference", as_ours=["init", "clamp"])
-    w = model.encoder.net[0].h.weight  # (300, 784)
-    assert abs(w.std().item() * (3 * 784) ** 0.5 - 1) < 0.01
-    p = torch.sigmoid(model.decoder(torch.randn(3, 40) * 100))
-    assert p.min().item() < 1e-6 and p.max().item() > 1 - 1e-6
+
+    gray = torch.rand(30, 784)
+
+    def parts(choices):
+        """Every part of the control run that a choice may touch, as comparable values."""
+        args = lk.parse_args(["--protocol", "reference", "--as-ours", choices, *out])
+        st = lk.control_settings(args)
+        torch.manual_seed(0)
+        model = lk.build_model("gated", 784, (300, 300), 40, "reference", as_ours=args.as_ours)
+        w = model.encoder.net[0].h.weight  # (300, 784)
+        he = abs(w.std().item() / (2 / 784) ** 0.5 - 1) < 0.01  # else sd 1/sqrt(3 * 784)
+        return {
+            "optimizer": st["optimizer"],
+            "beta": [st["beta"](e) for e in range(1, 151)],
+            "lr": [st["lr"](e) for e in range(1, 151)],
+            "epochs": args.epochs,
+            "early_stopping": st["early_stopping"],
+            "init": he,
+            "clamp": any(isinstance(m, lk.ClampLogits) for m in model.decoder.modules()),
+            "valid": lk.control_valid(gray, 0, args.as_ours).tolist(),
+        }
+
+    control, stopping = parts(""), parts("stopping")
+    for choices, base, changed in [
+        ("optimizer", control, ["optimizer"]),
+        ("init", control, ["init"]),
+        ("warmup", control, ["beta"]),
+        ("stopping", control, ["epochs", "early_stopping"]),  # 300 epochs, no early stop
+        ("clamp", control, ["clamp"]),
+        ("valid-draw", control, ["valid"]),
+        ("stopping,lr", stopping, ["lr"]),
+    ]:
+        one = parts(choices)
+        assert [k for k in one if one[k] != base[k]] == changed, choices
+    assert control["optimizer"] is lk.AdamNormGrad and control["init"] and control["clamp"]
+    assert parts("optimizer")["optimizer"] is torch.optim.Adam
+    assert control["beta"][:2] == [0.01, 0.02] and parts("warmup")["beta"][:2] == [0.0, 0.02]
+    lr = lk.control_settings(
+        lk.parse_args(["--protocol", "reference", "--as-ours", "stopping,lr", *out])
+    )["lr"]
+    assert [lr(1), lr(300)] == pytest.approx([1e-3, 1e-5]) and stopping["lr"][0] == 5e-4
     # valid-draw: the very validation set fit draws for this seed (read from fit's own closure)
     from vaelib import train
 
-    x = torch.rand(50, 784)
-    validate = train._validation(model, x, True, 3, 100, torch.device("cpu"), torch.float32)
-    cells = dict(zip(validate.__code__.co_freevars, validate.__closure__))
-    vx = cells["vx"].cell_contents  # (50, 784), fit's one fixed draw
-    assert torch.equal(lk.fit_valid_draw(x, 3), vx)
-    assert not torch.equal(lk.fit_valid_draw(x, 4), vx)
+    validate = train._validation(None, gray, True, 0, 100, torch.device("cpu"), torch.float32)
+    vx = dict(zip(validate.__code__.co_freevars, validate.__closure__))["vx"].cell_contents
+    assert parts("valid-draw")["valid"] == vx.tolist() != control["valid"]
+    assert control["valid"] == lk.reference_valid(gray).tolist()
 
 
 @needs_fashion
@@ -232,9 +266,10 @@ def test_control_run_with_choices_as_ours(tmp_path, monkeypatch):
     assert [e["beta"] for e in r["epochs"]] == [0.0, 0.5, 1.0]  # (epoch - 1) / 2; theirs: e / 100
     assert [e["lr"] for e in r["epochs"]] == pytest.approx([1e-3, 0.5 * (1e-3 + 1e-5), 1e-5])
     assert "stopped" not in r and len(r["epochs"]) == 3
-    r = runs["early"]  # their stopping rule and constant rate
+    r = runs["early"]  # their stopping rule and constant rate; our warm-up
     assert r["stopped"]["epoch"] == 2 and len(r["epochs"]) == 2
     assert [e["lr"] for e in r["epochs"]] == [5e-4, 5e-4]
+    assert [e["beta"] for e in r["epochs"]] == [0.0, 0.5]
 
 
 def _draws(r):
@@ -530,24 +565,43 @@ def test_report_compares_a_learned_prior_and_the_control_with_the_gaussian_row(m
     one = report.lead({"g": gauss[:1]})  # one seed: no se, so no resolution sentence, no nan
     assert "(1 seed): **229.00 ± n/a**" in one and "nan" not in one and "t quantile" not in one
 
-    # a control run with one choice set back to ours, against the control run: both one seed, so
-    # each takes the Gaussian row's seed sd
-    stop = [mk(0, 228.9, protocol="reference", as_ours=["stopping"])]
-    groups["s"] = stop
+    # Control runs with choices set back to ours, each against the run of the same seed without
+    # them: stopping against the control run, lr (with stopping) against stopping alone.
+    ref = dict(protocol="reference")
+    stop = [mk(0, 228.9, **ref, as_ours=["stopping"])]
+    lr = [mk(0, 228.7, **ref, as_ours=["lr", "stopping"])]
+    groups |= {"s": stop, "l": lr}
     text = report.choices(groups, [])
-    ds, hws = 228.9 - 228.6, 1.959964 * (2 * g["seed_sd"] ** 2) ** 0.5
     assert (
-        f"- stopping set back to ours (the control run with `--as-ours stopping`): **{ds:+.2f} "
-        f"nats** [{ds - hws:+.2f}, {ds + hws:+.2f}] against the control run" in text
+        "- stopping set back to ours (`--as-ours stopping` against the control run): **+0.30 "
+        "nats** (seed 0, one pair: no interval" in text
+    )
+    assert (
+        "- lr set back to ours (`--as-ours lr,stopping` against `--as-ours stopping`): **-0.20 "
+        "nats** (seed 0, one pair" in text
     )
     assert f"together (the control run): {dc:+.2f} nats" in text  # still the whole control
-    missing = "not measured for `optimizer`, `lr`, `init`, `warmup`, `clamp`, `valid-draw`;"
+    missing = "not measured for `optimizer`, `init`, `warmup`, `clamp`, `valid-draw`;"
     assert missing in text and "(the others)" in text
     assert "the control run with our stopping (1 seed): **228.90**" in report.lead(groups)
     assert "'reference, our stopping, 1 seed, reference777' minus" in report.comparisons(groups)
-    c = stop[0]["config"] | GATED | {"protocol": "reference", "as_ours": ["stopping", "lr"]}
-    assert "control with our stopping, lr (`--as-ours`)" in report.describe(c)
-    assert "--as-ours stopping,lr --epochs 300 --lr 0.001 --lr-final 1e-05 --seed 0" in (
+    # without the control run: waiting; and a control of another prior is not ours to compare
+    other = [mk(0, 227.0, **ref, prior="vamp")]
+    text = report.choices({"g": gauss, "s": stop, "o": other}, [])
+    assert "(`--as-ours stopping`): run, waiting for the control run to be compared with." in text
+    assert "has not finished" in text and "not measured for `optimizer`, `lr`, `init`" in text
+    # several paired seeds: the mean difference with a t interval (t(0.975, 1) = 12.706205, from
+    # a t table) from the spread of the per-seed differences
+    pair = report._paired(
+        [mk(0, 229.0, **ref), mk(1, 229.3, **ref)], [mk(0, 228.8, **ref), mk(1, 229.0, **ref)]
+    )
+    hw = 12.706205 * 0.05 * 2**0.5 / 2**0.5  # the differences 0.2 and 0.3: sd 0.05 * sqrt(2)
+    assert f"**+0.25 nats** [{0.25 - hw:+.2f}, {0.25 + hw:+.2f}] (mean of 2 paired seeds" in pair
+    c = stop[0]["config"] | GATED | {"protocol": "reference", "as_ours": ["lr", "stopping"]}
+    assert "control with our lr, stopping (`--as-ours`; up to 300 epochs, lr 0.001)" in (
+        report.describe(c)
+    )
+    assert "--as-ours lr,stopping --epochs 300 --lr 0.001 --lr-final 1e-05 --seed 0" in (
         report.rerun({"config": c})
     )
 

@@ -332,6 +332,17 @@ def _make_optimizer(model, lr, optimizer_state):
     return optimizer
 
 
+def _validation_draw(valid_x, binarize, seed, device, dtype):
+    """(vx, vgen): the validation data (M, D) on `device` as fit validates them, binarized once
+    (a fixed draw) when `binarize`, and the generator of the validation noise, seeded from `seed`,
+    which drew it."""
+    vgen = torch.Generator(device=device).manual_seed(_derived_seed(seed, "valid"))
+    vx = valid_x.to(device=device, dtype=dtype)  # (M, D)
+    if binarize:
+        vx = torch.bernoulli(vx, generator=vgen)  # one fixed binarization
+    return vx, vgen
+
+
 def _validation(model, valid_x, binarize, seed, batch_size, device, dtype):
     """None without validation data, else a function () -> the mean validation ELBO (an
     Autoencoder's log p(x | z)).
@@ -340,10 +351,7 @@ def _validation(model, valid_x, binarize, seed, batch_size, device, dtype):
     """
     if valid_x is None:
         return None
-    vgen = torch.Generator(device=device).manual_seed(_derived_seed(seed, "valid"))
-    vx = valid_x.to(device=device, dtype=dtype)  # (M, D)
-    if binarize:
-        vx = torch.bernoulli(vx, generator=vgen)  # one fixed binarization
+    vx, vgen = _validation_draw(valid_x, binarize, seed, device, dtype)
     vgen_state = vgen.get_state()
 
     def elbo(xb):
