@@ -446,13 +446,13 @@ def control_settings(args):
     "early_stopping": whether patience stops the run}; epochs count from 1."""
     ours = set(args.as_ours)
     if "warmup" in ours:
-        beta = lambda e: train.kl_weight(e, 1.0, args.warmup_epochs)  # noqa: E731
+        beta = lambda e: train.kl_weight(e, 1.0, args.warmup_epochs)
     else:
-        beta = lambda e: min(1.0, e / REFERENCE["warmup_epochs"])  # noqa: E731
+        beta = lambda e: min(1.0, e / REFERENCE["warmup_epochs"])
     if "lr" in ours:
-        lr = lambda e: cosine_lr(e, args.epochs, args.lr, args.lr_final)  # noqa: E731
+        lr = lambda e: cosine_lr(e, args.epochs, args.lr, args.lr_final)
     else:
-        lr = lambda e: args.lr  # noqa: E731
+        lr = lambda e: args.lr
     return {
         "optimizer": torch.optim.Adam if "optimizer" in ours else AdamNormGrad,
         "beta": beta,
