@@ -202,6 +202,12 @@ def spread_of(r):
     return {n: b for n, b in f.get("spread", {}).items() if "nll" in b}
 
 
+def cpu_minutes(r):
+    """Run r's CPU-minutes: training and every finished evaluation pass."""
+    passes = [*draws_of(r).values(), *spread_of(r).values()]
+    return r["final"]["train_cpu_minutes"] + sum(b.get("eval_cpu_minutes", 0.0) for b in passes)
+
+
 def eval_threads_of(r):
     """The thread counts of run r's evaluation blocks (runs written before blocks recorded their
     threads: the empty set, read as the training's)."""
@@ -398,12 +404,7 @@ def tables(groups):
             if math.isnan(s["se"]) and not interval.startswith("[n/a"):
                 interval += " (one seed: from the published ± alone, without our seed spread)"
             pub, diff = f"{ref['nll']:.2f}{_pm(ref)}", f"{d:+.2f} {interval}"
-        cpu = [
-            r["final"]["train_cpu_minutes"]
-            + sum(b.get("eval_cpu_minutes", 0.0) for b in draws_of(r).values())
-            + sum(b.get("eval_cpu_minutes", 0.0) for b in spread_of(r).values())
-            for r in runs
-        ]
+        cpu = [cpu_minutes(r) for r in runs]
         n_draws = len(s["spread_draws"]) if s["spread_draws"] else len(s["draws"])
         bin_sd = _fmt(s["bin_sd"]) + (
             f" ({n_draws} draws, K = {s['spread_k']})" if s["spread_k"] else ""
@@ -487,7 +488,7 @@ def plot(groups, path):
     from vaelib.plotting import savefig, use_style
 
     use_style()
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4.0), gridspec_kw={"width_ratios": [2, 1]})
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.0), gridspec_kw={"width_ratios": [2, 1.4]})
     for gi, runs in enumerate(groups.values()):
         c = runs[0]["config"]
         color = f"C{gi}"
@@ -811,8 +812,14 @@ def choices(groups, clamps):
         lines.append(
             f"- Each training choice alone{' (the others)' if alone else ''}: not measured for "
             f"{', '.join(f'`{k}`' for k in missing)}; each is a control run with `--as-ours "
-            "CHOICE`, read against the control run of the same seed (1 to 7 CPU-hours per seed "
-            "here; `lr` runs as `--as-ours stopping,lr`, read against `--as-ours stopping`)."
+            "CHOICE`, read against the control run of the same seed ("
+            + (
+                f"the control run took {cpu_minutes(control[0]):.0f} CPU-minutes here, training "
+                "and evaluation; "
+                if control
+                else ""
+            )
+            + "`lr` runs as `--as-ours stopping,lr`, read against `--as-ours stopping`)."
         )
     return "\nWhat the choices move, where measured (test NLL, nats):\n\n" + "\n".join(lines) + "\n"
 

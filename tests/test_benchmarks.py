@@ -504,7 +504,10 @@ def test_report_compares_a_learned_prior_and_the_control_with_the_gaussian_row(m
         "config": report.fill_defaults(
             {"seed": seed, "dataset": "fashion-mnist", "protocol": "ours", **config}
         ),
-        "final": {"binarizations": {"reference777": {"nll": nll}}},
+        "final": {
+            "binarizations": {"reference777": {"nll": nll, "eval_cpu_minutes": 40.0}},
+            "train_cpu_minutes": 180.0,
+        },
     }
     gauss = [mk(0, 229.0), mk(1, 229.2), mk(2, 228.9)]
     vamp = [mk(s, v, prior="vamp") for s, v in enumerate([227.5, 227.9, 227.6])]
@@ -583,6 +586,7 @@ def test_report_compares_a_learned_prior_and_the_control_with_the_gaussian_row(m
     assert f"together (the control run): {dc:+.2f} nats" in text  # still the whole control
     missing = "not measured for `optimizer`, `init`, `warmup`, `clamp`, `valid-draw`;"
     assert missing in text and "(the others)" in text
+    assert "the control run took 220 CPU-minutes here, training and evaluation;" in text
     assert "the control run with our stopping (1 seed): **228.90**" in report.lead(groups)
     assert "'reference, our stopping, 1 seed, reference777' minus" in report.comparisons(groups)
     # without the control run: waiting; and a control of another prior is not ours to compare
